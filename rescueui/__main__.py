@@ -1,0 +1,3 @@
+from rescueui.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,57 @@
+"""Command line front end: ``rescueui [--demo] | disks | host | capture | restore | verify | preflight``.
+
+Thin by rule: each sub-command lives in its own module (``rescueui/cli/<name>.py``)
+exposing ``add_parser(subparsers)`` and ``run(args) -> int``; no business rule here.
+With no sub-command the full-screen TUI starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from rescueui import __version__
+from rescueui.core.errors import RescueError
+
+COMMANDS = ("disks", "host", "capture", "restore", "verify", "preflight")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rescueui",
+        description="Restore and capture disk images. Without a command, starts the full-screen app.",
+    )
+    parser.add_argument("--version", action="version", version=f"rescueui {__version__}")
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="run the app on a built-in demo (sample image, file-backed virtual disks; no real disk)",
+    )
+    parser.add_argument(
+        "--ascii", action="store_true", help="ASCII-only drawing (serial lines, poor fonts)"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        module = importlib.import_module(f"rescueui.cli.{name}")
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command is None:
+            from rescueui.cli.app import run_app
+
+            return run_app(args)
+        module = importlib.import_module(f"rescueui.cli.{args.command}")
+        return int(module.run(args))
+    except RescueError as exc:
+        print(f"rescueui: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("rescueui: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.loopdisk import LoopFactory, have_root, udev_running
+
+NEEDS_ROOT = "needs root: creates loop devices (runs in CI, which is root)"
+NEEDS_UDEV = "needs a running udev (systemd-udevd); .ci/run starts one"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    root = have_root()
+    udev = udev_running()
+    for item in items:
+        if "root" in item.keywords and not root:
+            item.add_marker(pytest.mark.skip(reason=NEEDS_ROOT))
+        elif "udev" in item.keywords and not udev:
+            item.add_marker(pytest.mark.skip(reason=NEEDS_UDEV))
+
+
+@pytest.fixture
+def loops(tmp_path: Path) -> Iterator[LoopFactory]:
+    """Factory of real loop disks; every disk is unmounted, detached and deleted afterwards."""
+    if not have_root():
+        pytest.skip(NEEDS_ROOT)
+    factory = LoopFactory(tmp_path / "loops")
+    factory.workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        yield factory
+    finally:
+        factory.cleanup()
