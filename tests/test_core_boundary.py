@@ -10,9 +10,7 @@ import rescueui.core
 
 
 def test_core_does_not_import_textual() -> None:
-    modules = [
-        f"rescueui.core.{m.name}" for m in pkgutil.iter_modules(rescueui.core.__path__)
-    ]
+    modules = [f"rescueui.core.{m.name}" for m in pkgutil.iter_modules(rescueui.core.__path__)]
     assert modules, "rescueui.core has no modules"
     code = (
         "import importlib, sys\n"

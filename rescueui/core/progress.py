@@ -79,7 +79,9 @@ class ProgressMeter:
     def __post_init__(self) -> None:
         self._start = self.clock()
         self._samples.append((self._start, 0))
-        self._last = Progress(job=self.job, phase="start", bytes_done=0, bytes_total=self.bytes_total)
+        self._last = Progress(
+            job=self.job, phase="start", bytes_done=0, bytes_total=self.bytes_total
+        )
 
     @property
     def last(self) -> Progress:
@@ -94,7 +96,9 @@ class ProgressMeter:
         self.callback(snap)
         return snap
 
-    def advance(self, nbytes: int, *, phase_bytes: int | None = None, **changes: object) -> Progress:
+    def advance(
+        self, nbytes: int, *, phase_bytes: int | None = None, **changes: object
+    ) -> Progress:
         """Add ``nbytes`` done and notify. ``changes`` sets other fields of the snapshot."""
         with self._lock:
             now = self.clock()
@@ -110,9 +114,7 @@ class ProgressMeter:
             rate_for_eta = rate_now or rate_avg
             remaining = max(self.bytes_total - done, 0)
             eta = remaining / rate_for_eta if rate_for_eta > 0 else None
-            phase_done = (
-                prev.phase_bytes_done + nbytes if phase_bytes is None else phase_bytes
-            )
+            phase_done = prev.phase_bytes_done + nbytes if phase_bytes is None else phase_bytes
             snap = replace(
                 prev,
                 bytes_done=done,
