@@ -1,0 +1,393 @@
+#!/usr/bin/env python3
+"""Restore/capture/verify benchmark of rescueui against dd, zstd|dd, bmaptool and qemu-img.
+
+Run as root (``make bench``). Everything is measured in the same run, on the same data,
+with the page cache dropped before each run; each figure is the median of ``--runs``.
+It only ever writes to loop devices and files it created under its work folder
+(default: a temp dir on the disk holding /var/tmp) and to a tmpfs it mounts itself.
+
+Throughput is logical bytes of the source disk per second of wall time, so a tool that
+skips zero regions looks faster (that is the point of zero chunks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+
+def rescueui_cmd() -> list[str]:
+    venv = REPO / ".venv" / "bin" / "rescueui"
+    return [str(venv)] if venv.exists() else [sys.executable, "-m", "rescueui"]
+
+
+def sh(cmd: Sequence[str] | str, **kw: object) -> subprocess.CompletedProcess[str]:
+    shell = isinstance(cmd, str)
+    return subprocess.run(cmd, shell=shell, check=True, text=True, capture_output=True, **kw)  # type: ignore[call-overload]
+
+
+def drop_caches() -> None:
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+@dataclass
+class Sample:
+    wall: float
+    cpu: float
+    maxrss_kib: int
+
+
+def timed(cmd: Sequence[str] | str) -> Sample:
+    """Run a command (a shell pipeline if a str); wall time, CPU of the whole tree, peak RSS."""
+    shell = isinstance(cmd, str)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd if not shell else ["bash", "-o", "pipefail", "-c", cmd],  # type: ignore[arg-type]
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    _, status, ru = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    if proc.returncode != 0:
+        raise RuntimeError(f"command failed ({proc.returncode}): {cmd}\n{err[-2000:]}")
+    return Sample(wall=wall, cpu=ru.ru_utime + ru.ru_stime, maxrss_kib=ru.ru_maxrss)
+
+
+@dataclass
+class Result:
+    name: str
+    logical_bytes: int
+    samples: list[Sample] = field(default_factory=list)
+
+    @property
+    def wall(self) -> float:
+        return statistics.median(s.wall for s in self.samples)
+
+    @property
+    def cpu(self) -> float:
+        return statistics.median(s.cpu for s in self.samples)
+
+    @property
+    def rss_mib(self) -> float:
+        return max(s.maxrss_kib for s in self.samples) / 1024
+
+    @property
+    def rate(self) -> float:
+        return self.logical_bytes / self.wall
+
+
+def measure(
+    name: str,
+    logical: int,
+    runs: int,
+    cmd: Sequence[str] | str,
+    prep: Callable[[], object] | None = None,
+) -> Result:
+    res = Result(name, logical)
+    for _ in range(runs):
+        if prep:
+            prep()
+        drop_caches()
+        res.samples.append(timed(cmd))
+    print(
+        f"  {name:<44} {res.rate / 1e6:8.1f} MB/s  wall {res.wall:6.2f}s  cpu {res.cpu:6.2f}s"
+        f"  rss {res.rss_mib:7.1f} MiB",
+        flush=True,
+    )
+    return res
+
+
+class Workspace:
+    """Loop devices, mounts and files of this run; all removed in :meth:`close`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.loops: list[str] = []
+        self.mounts: list[Path] = []
+
+    def attach(self, backing: Path) -> str:
+        dev = sh(["losetup", "-f", "--show", str(backing)]).stdout.strip()
+        self.loops.append(dev)
+        subprocess.run(["partx", "-a", dev], capture_output=True)
+        subprocess.run(["udevadm", "settle"], capture_output=True)
+        return dev
+
+    def detach(self, dev: str) -> None:
+        subprocess.run(["partx", "-d", dev], capture_output=True)
+        subprocess.run(["losetup", "-d", dev], capture_output=True)
+        if dev in self.loops:
+            self.loops.remove(dev)
+
+    def mount(self, what: str, where: Path, *args: str) -> Path:
+        where.mkdir(parents=True, exist_ok=True)
+        sh(["mount", *args, what, str(where)])
+        self.mounts.append(where)
+        return where
+
+    def umount(self, where: Path) -> None:
+        subprocess.run(["umount", str(where)], capture_output=True)
+        if where in self.mounts:
+            self.mounts.remove(where)
+
+    def close(self) -> None:
+        for m in reversed(self.mounts):
+            subprocess.run(["umount", "-l", str(m)], capture_output=True)
+        for dev in list(self.loops):
+            self.detach(dev)
+        subprocess.run(["udevadm", "settle"], capture_output=True)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+FILL_SOURCES = ["/usr/lib/python3.11", "/usr/share/doc", "/usr/lib/x86_64-linux-gnu", "/usr/share"]
+
+
+def make_source_disk(ws: Workspace, path: Path, size: int, *, fill: str) -> int:
+    """A GPT disk file with one ext4 partition; ``fill``="files" (real files up to about half)
+    or "random" (partition full of incompressible data, no filesystem). Returns bytes used."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+    sh(["sfdisk", "--quiet", str(path)], input="label: gpt\nstart=2048, type=L, name=root\n")
+    dev = ws.attach(path)
+    part = f"{dev}p1"
+    try:
+        if fill == "random":
+            psize = int(sh(["blockdev", "--getsize64", part]).stdout)
+            sh(f"head -c {psize} /dev/urandom > {part}")
+            return psize
+        sh(["mkfs.ext4", "-q", "-F", "-L", "benchroot", part])
+        mnt = ws.mount(part, ws.root / "srcmnt")
+        target = size // 2
+        i = 0
+        while shutil.disk_usage(mnt).used < target:
+            src = FILL_SOURCES[i % len(FILL_SOURCES)]
+            dst = mnt / f"copy{i}"
+            subprocess.run(f"cp -a {src} {dst} 2>/dev/null; true", shell=True, check=True)
+            i += 1
+            if i > 40:
+                break
+        used = shutil.disk_usage(mnt).used
+        ws.umount(mnt)
+        return used
+    finally:
+        ws.detach(dev)
+
+
+def run_restore_suite(args: argparse.Namespace, ws: Workspace, label: str, disk: Path) -> dict:
+    size = disk.stat().st_size
+    runs = args.runs
+    img = ws.root / f"{label}.rescueui"
+    raw_zst = ws.root / f"{label}.raw.zst"
+    bmap = ws.root / f"{label}.bmap"
+    qcow = ws.root / f"{label}.qcow2"
+    print(f"\n== preparing {label} ({size / GiB:.1f} GiB)", flush=True)
+    src_dev = ws.attach(disk)
+    cap = measure(
+        "capture: rescueui capture (level 3, hashing)",
+        size,
+        runs,
+        [*rescueui_cmd(), "capture", src_dev, str(img)],
+        prep=lambda: shutil.rmtree(img, ignore_errors=True),
+    )
+    capz = measure(
+        "capture: dd bs=4M | zstd -3 -T0",
+        size,
+        runs,
+        f"dd if={src_dev} bs=4M iflag=direct status=none | zstd -3 -T0 -q -f -o {raw_zst}",
+    )
+    ws.detach(src_dev)
+    sh(["bmaptool", "create", "-o", str(bmap), str(disk)])
+    sh(["qemu-img", "convert", "-O", "qcow2", str(disk), str(qcow)])
+    results: dict[str, dict] = {
+        "capture": {"rescueui": cap.__dict__ | {"rate": cap.rate}, "dd|zstd": capz.rate}
+    }
+    cap_ratio = cap.rate / capz.rate
+    print(f"  ratio capture rescueui / (dd|zstd -T0): {cap_ratio:.2f}")
+    results["capture_ratio"] = cap_ratio
+
+    for tname in ("tmpfs", "disk"):
+        if tname == "tmpfs":
+            tdir = ws.mount(
+                "tmpfs", ws.root / "tmpfs", "-t", "tmpfs", "-o", f"size={size + 64 * MiB}"
+            )
+        else:
+            tdir = ws.root / "ondisk"
+            tdir.mkdir(exist_ok=True)
+        backing = tdir / "target.img"
+        with open(backing, "wb") as f:
+            f.truncate(size)
+        tdev = ws.attach(backing)
+        print(f"\n-- restore of {label} onto a loop device backed by {tname}", flush=True)
+        rs = {}
+        rs["rescueui"] = measure(
+            "rescueui restore (inline BLAKE3, no read-back)",
+            size,
+            runs,
+            [
+                *rescueui_cmd(),
+                "restore",
+                str(img),
+                tdev,
+                "--yes",
+                "--no-verify",
+                "--no-grow",
+            ],
+        )
+        rs["rescueui+verify"] = measure(
+            "rescueui restore + read-back verify",
+            size,
+            runs,
+            [*rescueui_cmd(), "restore", str(img), tdev, "--yes", "--no-grow"],
+        )
+        rs["zstd|dd"] = measure(
+            "zstd -dc | dd bs=4M oflag=direct",
+            size,
+            runs,
+            f"zstd -dc -q {raw_zst} | dd of={tdev} bs=4M oflag=direct iflag=fullblock status=none",
+        )
+        rs["dd"] = measure(
+            "dd raw image bs=4M oflag=direct",
+            size,
+            runs,
+            f"dd if={disk} of={tdev} bs=4M oflag=direct status=none",
+        )
+        rs["bmaptool"] = measure(
+            "bmaptool copy (with .bmap)",
+            size,
+            runs,
+            ["bmaptool", "-q", "copy", "--bmap", str(bmap), str(disk), tdev],
+        )
+        rs["qemu-img"] = measure(
+            "qemu-img convert -t none (qcow2)",
+            size,
+            runs,
+            ["qemu-img", "convert", "-t", "none", "-O", "raw", str(qcow), tdev],
+        )
+        rs["dd|b3sum"] = measure(
+            "dd iflag=direct bs=4M | b3sum",
+            size,
+            runs,
+            f"dd if={tdev} bs=4M iflag=direct status=none | b3sum --no-names",
+        )
+        r = rs["rescueui"].rate
+        print(
+            f"  ratios: rescueui / zstd|dd = {r / rs['zstd|dd'].rate:.2f}, "
+            f"/ dd = {r / rs['dd'].rate:.2f}, / bmaptool = {r / rs['bmaptool'].rate:.2f}, "
+            f"/ qemu-img = {r / rs['qemu-img'].rate:.2f}"
+        )
+        # Read-back verify time = (restore with verify) - (restore without), per run medians.
+        vtime = rs["rescueui+verify"].wall - rs["rescueui"].wall
+        if vtime > 0:
+            vrate = size / vtime
+            print(
+                f"  read-back verify (derived: with-verify minus without) {vrate / 1e6:.1f} MB/s; "
+                f"ratio to dd|b3sum = {vrate / rs['dd|b3sum'].rate:.2f}"
+            )
+        results[f"restore_{tname}"] = {
+            k: {"rate": v.rate, "wall": v.wall, "cpu": v.cpu, "rss_mib": v.rss_mib}
+            for k, v in rs.items()
+        }
+        ws.detach(tdev)
+        backing.unlink()
+        if tname == "tmpfs":
+            ws.umount(tdir)
+    shutil.rmtree(img, ignore_errors=True)
+    for p in (raw_zst, bmap, qcow):
+        p.unlink(missing_ok=True)
+    return results
+
+
+def rss_scaling(args: argparse.Namespace, ws: Workspace) -> dict:
+    """Peak RSS of capture and restore for a 2 GiB and an 8 GiB sparse disk."""
+    out = {}
+    print("\n== peak RSS vs image size (sparse disks: a little data, mostly zeros)", flush=True)
+    for gib in (2, 8):
+        disk = ws.root / f"sparse{gib}.img"
+        with open(disk, "wb") as f:
+            f.truncate(gib * GiB)
+            for off in range(0, gib * GiB, 512 * MiB):
+                f.seek(off)
+                f.write(os.urandom(4 * MiB))
+        img = ws.root / f"sparse{gib}.rescueui"
+        cap = measure(
+            f"capture {gib} GiB sparse",
+            gib * GiB,
+            1,
+            [*rescueui_cmd(), "capture", str(disk), str(img)],
+        )
+        target = ws.root / f"sparse{gib}.target"
+        with open(target, "wb") as f:
+            f.truncate(gib * GiB)
+        tdev = ws.attach(target)
+        res = measure(
+            f"restore {gib} GiB sparse (+verify)",
+            gib * GiB,
+            1,
+            [*rescueui_cmd(), "restore", str(img), tdev, "--yes", "--no-grow"],
+        )
+        ws.detach(tdev)
+        out[f"{gib}GiB"] = {"capture_rss_mib": cap.rss_mib, "restore_rss_mib": res.rss_mib}
+        shutil.rmtree(img, ignore_errors=True)
+        disk.unlink()
+        target.unlink()
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--size-gib", type=int, default=2)
+    ap.add_argument("--workdir", default="/var/tmp")
+    ap.add_argument("--skip-random", action="store_true", help="skip the incompressible disk")
+    ap.add_argument("--skip-rss", action="store_true")
+    ap.add_argument("--json", help="also write the results here")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("bench: needs root (loop devices, drop_caches)", file=sys.stderr)
+        return 2
+    for tool in ("zstd", "dd", "bmaptool", "qemu-img", "b3sum", "sfdisk", "losetup"):
+        if not shutil.which(tool):
+            print(f"bench: {tool} is missing (sudo make deps)", file=sys.stderr)
+            return 2
+    ws = Workspace(Path(tempfile.mkdtemp(prefix="rescueui-bench-", dir=args.workdir)))
+    results: dict[str, object] = {"cpus": os.cpu_count(), "runs": args.runs}
+    try:
+        half = ws.root / "half.img"
+        used = make_source_disk(ws, half, args.size_gib * GiB, fill="files")
+        print(f"source: {args.size_gib} GiB GPT disk, ext4 with {used / GiB:.2f} GiB of real files")
+        results["half_full"] = run_restore_suite(args, ws, "half-full", half)
+        half.unlink()
+        if not args.skip_random:
+            rnd = ws.root / "random.img"
+            make_source_disk(ws, rnd, 1 * GiB, fill="random")
+            print("source: 1 GiB GPT disk, partition full of incompressible data")
+            results["incompressible"] = run_restore_suite(args, ws, "incompressible", rnd)
+            rnd.unlink()
+        if not args.skip_rss:
+            results["rss"] = rss_scaling(args, ws)
+    finally:
+        ws.close()
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
