@@ -1,0 +1,259 @@
+"""Block-device primitives: size, sector sizes, zeroing, discard, aligned buffers.
+
+Everything here works on a block device *or* a regular file (disk image files
+used by the demo and by tests without root): files report their ``st_size`` and
+512-byte sectors, and zeroing falls back to punching holes or writing zeros.
+
+These are thin wrappers over ioctls; callers own the file descriptors and the
+safety rules (only a confirmed target is ever opened for writing).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import mmap
+import os
+import stat
+import struct
+from pathlib import Path
+
+from rescueui.core.errors import DiskError
+
+# <linux/fs.h>
+BLKGETSIZE64 = 0x80081272  # _IOR(0x12, 114, size_t)
+BLKSSZGET = 0x1268  # _IO(0x12, 104): logical sector size (int)
+BLKPBSZGET = 0x127B  # _IO(0x12, 123): physical sector size (unsigned int)
+BLKDISCARD = 0x1277  # _IO(0x12, 119): uint64[2] {start, length}
+BLKZEROOUT = 0x127F  # _IO(0x12, 127): uint64[2] {start, length}
+BLKFLSBUF = 0x1261  # _IO(0x12, 97)
+
+# <linux/falloc.h>
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_ZERO_RANGE = 0x10
+
+PAGE_SIZE = mmap.PAGESIZE
+ZERO_WRITE_SIZE = 4 * 1024 * 1024
+
+_libc: ctypes.CDLL | None = None
+
+
+def _get_libc() -> ctypes.CDLL:
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+        _libc.fallocate.restype = ctypes.c_int
+    return _libc
+
+
+FdOrPath = int | str | Path
+
+
+class _Opened:
+    """Context manager giving an fd for ``fd_or_path`` (opened read-only if it is a path)."""
+
+    def __init__(self, fd_or_path: FdOrPath) -> None:
+        self.src = fd_or_path
+        self.fd = -1
+        self.owned = False
+
+    def __enter__(self) -> int:
+        if isinstance(self.src, int):
+            self.fd = self.src
+        else:
+            try:
+                self.fd = os.open(os.fspath(self.src), os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise DiskError(
+                    f"Cannot open {self.src}: {exc.strerror}.",
+                    hint="Check that the device or file exists and that you are root.",
+                ) from exc
+            self.owned = True
+        return self.fd
+
+    def __exit__(self, *exc: object) -> None:
+        if self.owned:
+            os.close(self.fd)
+
+
+def is_block_device(fd_or_path: FdOrPath) -> bool:
+    st = os.fstat(fd_or_path) if isinstance(fd_or_path, int) else os.stat(fd_or_path)
+    return stat.S_ISBLK(st.st_mode)
+
+
+def device_size(fd_or_path: FdOrPath) -> int:
+    """Size in bytes of a block device (BLKGETSIZE64) or a regular file (st_size)."""
+    with _Opened(fd_or_path) as fd:
+        st = os.fstat(fd)
+        if stat.S_ISBLK(st.st_mode):
+            buf = fcntl.ioctl(fd, BLKGETSIZE64, b"\0" * 8)
+            return int(struct.unpack("Q", buf)[0])
+        if stat.S_ISREG(st.st_mode):
+            return st.st_size
+        raise DiskError(
+            f"{fd_or_path} is neither a block device nor a regular file.",
+            hint="Choose a disk (e.g. /dev/sda) or a disk image file.",
+        )
+
+
+def _int_ioctl(fd: int, request: int) -> int:
+    buf = fcntl.ioctl(fd, request, b"\0" * 4)
+    return int(struct.unpack("I", buf)[0])
+
+
+def logical_sector_size(fd_or_path: FdOrPath) -> int:
+    """Logical sector size (BLKSSZGET); 512 for regular files."""
+    with _Opened(fd_or_path) as fd:
+        if not stat.S_ISBLK(os.fstat(fd).st_mode):
+            return 512
+        return _int_ioctl(fd, BLKSSZGET)
+
+
+def physical_sector_size(fd_or_path: FdOrPath) -> int:
+    """Physical sector size (BLKPBSZGET); 512 for regular files."""
+    with _Opened(fd_or_path) as fd:
+        if not stat.S_ISBLK(os.fstat(fd).st_mode):
+            return 512
+        return _int_ioctl(fd, BLKPBSZGET)
+
+
+def aligned_buffer(size: int) -> mmap.mmap:
+    """A zero-filled, page-aligned, writable buffer (anonymous mmap), usable with O_DIRECT.
+
+    ``size`` is rounded up to a whole number of pages. Use ``memoryview(buf)[:n]``
+    for partial views; ``os.preadv(fd, [buf], off)`` reads straight into it.
+    """
+    if size <= 0:
+        raise ValueError("buffer size must be positive")
+    rounded = (size + PAGE_SIZE - 1) // PAGE_SIZE * PAGE_SIZE
+    return mmap.mmap(-1, rounded, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+
+
+def _fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    libc = _get_libc()
+    if libc.fallocate(fd, mode, offset, length) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+_zero_buf: mmap.mmap | None = None
+
+
+def _write_zeros(fd: int, offset: int, length: int) -> None:
+    """Write zeros with pwrite from a page-aligned zero buffer (works with O_DIRECT fds)."""
+    global _zero_buf
+    if _zero_buf is None:
+        _zero_buf = aligned_buffer(ZERO_WRITE_SIZE)
+    view = memoryview(_zero_buf)
+    pos, end = offset, offset + length
+    while pos < end:
+        n = min(ZERO_WRITE_SIZE, end - pos)
+        written = os.pwritev(fd, [view[:n]], pos)
+        if written <= 0:
+            raise OSError(errno.EIO, f"short write at offset {pos}")
+        pos += written
+
+
+def zero_range(fd: int, offset: int, length: int) -> str:
+    """Make ``length`` bytes at ``offset`` read back as zeros, as cheaply as the target allows.
+
+    Block device: BLKZEROOUT (the kernel uses WRITE ZEROES / discard-zeroing where
+    the device supports it, writes otherwise); if the ioctl is refused, plain writes.
+    Regular file: punch a hole (keeping the size), or FALLOC_FL_ZERO_RANGE, else writes;
+    a range beyond the end of the file extends the file (the new bytes are zeros).
+    Returns the method used: "blkzeroout", "punch-hole", "zero-range", "extend" or "write".
+    """
+    if length <= 0:
+        return "none"
+    st = os.fstat(fd)
+    if stat.S_ISBLK(st.st_mode):
+        try:
+            fcntl.ioctl(fd, BLKZEROOUT, struct.pack("QQ", offset, length))
+            return "blkzeroout"
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL, errno.ENOSYS):
+                raise
+        _write_zeros(fd, offset, length)
+        return "write"
+    size = st.st_size
+    end = offset + length
+    method = "extend"
+    if offset < size:
+        inside = min(end, size) - offset
+        for mode, name in (
+            (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, "punch-hole"),
+            (FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, "zero-range"),
+        ):
+            try:
+                _fallocate(fd, mode, offset, inside)
+                method = name
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                    raise
+        else:
+            _write_zeros(fd, offset, inside)
+            method = "write"
+    if end > size:
+        os.ftruncate(fd, end)
+    return method
+
+
+def discard(fd: int, offset: int, length: int) -> bool:
+    """Tell the device the range is unused (BLKDISCARD; punch hole on files).
+
+    Returns False when the device does not support it. Discarded blocks need not
+    read back as zeros: use :func:`zero_range` when zeros are required.
+    """
+    if length <= 0:
+        return True
+    if is_block_device(fd):
+        try:
+            fcntl.ioctl(fd, BLKDISCARD, struct.pack("QQ", offset, length))
+            return True
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL, errno.ENOSYS):
+                return False
+            raise
+    try:
+        _fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length)
+        return True
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            return False
+        raise
+
+
+def flush_buffers(fd: int) -> None:
+    """Drop the page cache of a block device (BLKFLSBUF); a no-op on files."""
+    if is_block_device(fd):
+        try:
+            fcntl.ioctl(fd, BLKFLSBUF, 0)
+        except OSError:
+            pass
+
+
+def open_direct_read(path: str | Path) -> tuple[int, bool]:
+    """Open ``path`` read-only, with O_DIRECT where the kernel accepts it.
+
+    Returns ``(fd, direct)``. Regular files on tmpfs refuse O_DIRECT; then the
+    fd is a normal buffered one.
+    """
+    flags = os.O_RDONLY | os.O_CLOEXEC
+    try:
+        return os.open(os.fspath(path), flags | os.O_DIRECT), True
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+    return os.open(os.fspath(path), flags), False
+
+
+def tell_kernel_partitions(path: str | Path) -> None:
+    """Make the kernel re-read ``path``'s partitions (BLKPG via partx, then udev settle)."""
+    from rescueui.core.parttable import tell_kernel
+
+    tell_kernel(path)
