@@ -103,9 +103,15 @@ class DiskWatcher:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def run(self, cancel: threading.Event) -> None:
-        """Listen in the calling thread until ``cancel`` is set."""
-        self._loop(self._open(), cancel)
+    def run(self, cancel: threading.Event, *, listening: threading.Event | None = None) -> None:
+        """Listen in the calling thread until ``cancel`` is set.
+
+        ``listening`` is set once the monitor is open: events from then on are reported.
+        """
+        monitor = self._open()
+        if listening is not None:
+            listening.set()
+        self._loop(monitor, cancel)
 
     def __enter__(self) -> DiskWatcher:
         self.start()
