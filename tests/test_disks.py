@@ -24,7 +24,17 @@ from rescueui.core.disks import (
     scan_disks,
     whole_disk_devnum,
 )
-from tests.loopdisk import LoopDisk, LoopFactory, MiB, mkfs_ext4, mkfs_vfat, settle
+from tests.loopdisk import (
+    LoopDisk,
+    LoopFactory,
+    MiB,
+    attach,
+    detach,
+    mkfs_ext4,
+    mkfs_vfat,
+    run,
+    settle,
+)
 
 
 def real(test: Callable[..., None]) -> Callable[..., None]:
@@ -326,3 +336,44 @@ def test_classify_many_mounts_and_virtual() -> None:
     classify(disk, boot=set(), image=set())
     assert disk.reasons[0].startswith("virtual device")
     assert disk.reasons[1] == "mounted: /a, /b, /c (+1 more)"
+
+
+@real
+def test_live_system_overlay_followed_to_the_usb_stick(loops: LoopFactory, tmp_path: Path) -> None:
+    """Like live-boot: / is an overlay over a squashfs loop whose file lives on the stick."""
+    stick = _gpt_disk(loops)
+    medium = Path(stick.mount(2, tmp_path / "run live" / "medium"))
+    content = tmp_path / "rootfs content"
+    (content / "etc").mkdir(parents=True)
+    (content / "etc" / "hostname").write_text("live\n")
+    squash = medium / "live" / "filesystem.squashfs"
+    squash.parent.mkdir()
+    run(["mksquashfs", str(content), str(squash), "-quiet", "-noappend"])
+    squash_loop = attach(squash, read_only=True)
+    rootfs = tmp_path / "rootfs ro"
+    rw = tmp_path / "rw"
+    merged = tmp_path / "merged root"
+    mounted: list[Path] = []
+    try:
+        for d in (rootfs, rw, merged):
+            d.mkdir()
+        run(["mount", "-t", "squashfs", "-o", "ro", squash_loop, str(rootfs)])
+        mounted.append(rootfs)
+        run(["mount", "-t", "tmpfs", "tmpfs", str(rw)])
+        mounted.append(rw)
+        (rw / "upper").mkdir()
+        (rw / "work").mkdir()
+        opts = f"lowerdir={rootfs},upperdir={rw / 'upper'},workdir={rw / 'work'}"
+        run(["mount", "-t", "overlay", "overlay", "-o", opts, str(merged)])
+        mounted.append(merged)
+        # Only the overlay is named: the stick must be found through squashfs -> loop -> file.
+        disks = scan_disks(live_mounts=[str(merged)])
+        usb = find_disk(stick.path, disks)
+        assert usb is not None and "boot" in usb.roles and usb.reasons[0] == REASON_BOOT
+        sq = find_disk(squash_loop, disks)
+        assert sq is not None and "boot" in sq.roles and sq.read_only
+        assert sq.fs_type == "squashfs" and str(rootfs) in sq.mountpoints
+    finally:
+        for m in reversed(mounted):
+            subprocess.run(["umount", str(m)], check=False)
+        detach(squash_loop)

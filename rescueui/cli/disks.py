@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from rescueui.core.disks import DEFAULT_LIVE_MOUNTS, Disk, Partition, scan_disks
+from rescueui.core.disks import DEFAULT_LIVE_MOUNTS, Disk, Partition, scan_disks, udev_running
 from rescueui.core.units import human_size
 
 
@@ -114,6 +114,12 @@ def print_table(disks: list[Disk], *, ascii_only: bool = False) -> None:
 
 def run(args: argparse.Namespace) -> int:
     disks = scan_disks(image_paths=args.image, live_mounts=args.live_mount)
+    if not udev_running():
+        print(
+            "rescueui: warning: udev is not running; labels, models and serials may be missing "
+            "(start it: /lib/systemd/systemd-udevd --daemon && udevadm trigger && udevadm settle)",
+            file=sys.stderr,
+        )
     if args.json:
         print(json.dumps([d.to_dict() for d in disks], indent=2))
     elif not disks:

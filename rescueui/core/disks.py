@@ -18,6 +18,7 @@ from typing import Any
 import pyudev
 
 from rescueui.core import mounts as mnt
+from rescueui.core.errors import DiskError
 from rescueui.core.units import human_size
 
 DevNum = tuple[int, int]
@@ -270,7 +271,7 @@ def _boot_devnums(live_mounts: Iterable[str], entries: list[mnt.MountEntry]) -> 
                 if key in ("lowerdir", "upperdir"):
                     for d in value.split(":"):
                         if d:
-                            add_path(d, 0)
+                            add_path(mnt.unescape(d), 0)
     while pending:
         dev, depth = pending.pop()
         whole = whole_disk_devnum(dev)
@@ -450,6 +451,11 @@ def classify(disk: Disk, *, boot: set[DevNum], image: set[DevNum]) -> None:
     disk.reasons = reasons
 
 
+def udev_running() -> bool:
+    """True if the udev daemon runs; without it labels, serials and models are mostly missing."""
+    return os.path.exists("/run/udev/control")
+
+
 def _skip(name: str, size_bytes: int) -> bool:
     return name.startswith(_SKIP_PREFIXES) or size_bytes == 0
 
@@ -475,7 +481,13 @@ def scan_disks(
         if whole is not None:
             image.add(whole)
 
-    context = pyudev.Context()
+    try:
+        context = pyudev.Context()
+    except ImportError as exc:  # libudev.so.1 missing
+        raise DiskError(
+            f"Cannot list disks: udev library not available ({exc}).",
+            hint="Install the libudev1 package.",
+        ) from exc
     disks: dict[str, Disk] = {}
     for dev in context.list_devices(subsystem="block", DEVTYPE="disk"):
         if dev.device_number == 0:
