@@ -1,0 +1,373 @@
+"""What a front end drives: one object that answers every question a screen asks.
+
+The TUI holds a :class:`Session` and never decides anything itself: which disks exist and
+which may be written (``rescueui.core.disks``), which images are on attached media, whether an
+image fits a target and what the pre-flight says (``rescueui.core.preflight``), the code the
+operator must type (``rescueui.core.identity``) and the jobs themselves (capture, restore,
+verify). A demo session (:class:`rescueui.core.demo.DemoEnvironment`) answers the same
+questions with file-backed virtual disks.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rescueui.core.demo import DemoEnvironment
+from rescueui.core.errors import ImageError, RescueError
+from rescueui.core.progress import ProgressCallback
+from rescueui.core.units import human_size
+
+MAX_SEARCH_DEPTH = 3
+_SKIP_MOUNT_TYPES = {
+    "proc", "sysfs", "devtmpfs", "devpts", "tmpfs", "cgroup", "cgroup2", "securityfs", "pstore",
+    "debugfs", "tracefs", "configfs", "fusectl", "mqueue", "hugetlbfs", "bpf", "autofs",
+    "binfmt_misc", "efivarfs", "overlay", "squashfs", "nsfs", "rpc_pipefs", "ramfs",
+}  # fmt: skip
+
+
+@dataclass
+class StreamSummary:
+    name: str
+    kind: str
+    partition_number: int | None
+    start_bytes: int
+    size_bytes: int
+    fs_type: str | None
+    label: str | None
+
+
+@dataclass
+class ImageSummary:
+    """One image as the Image screen lists it."""
+
+    path: Path
+    ok: bool
+    error: str | None = None
+    source: str = ""
+    source_size: int = 0
+    extent_bytes: int = 0
+    stored_bytes: int = 0
+    created: str = ""
+    machine: str = ""
+    complete: bool = False
+    table_type: str | None = None
+    streams: list[StreamSummary] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def summarize_image(path: str | Path) -> ImageSummary:
+    """Open an image folder (untrusted: errors become a summary with ``ok=False``)."""
+    from rescueui.core.image import Image
+
+    p = Path(path)
+    try:
+        image = Image.open(p)
+    except RescueError as exc:
+        return ImageSummary(path=p, ok=False, error=str(exc))
+    m = image.manifest
+    src = m.source_disk or {}
+    host = m.host or {}
+    machine = " ".join(str(x) for x in (host.get("dmi_vendor"), host.get("dmi_product")) if x)
+    extras = []
+    if host.get("firmware"):
+        extras.append(str(host["firmware"]).upper())
+    if host.get("cpus"):
+        extras.append(f"{host['cpus']} CPUs")
+    if host.get("memory_bytes"):
+        extras.append(human_size(int(host["memory_bytes"])))
+    if extras:
+        machine = f"{machine} ({', '.join(extras)})" if machine else ", ".join(extras)
+    stored = 0
+    for s in m.streams:
+        try:
+            stored += (p / s.data_file).stat().st_size
+        except OSError:
+            pass
+    source = " ".join(
+        str(x) for x in (src.get("model"), src.get("serial") and f"serial {src['serial']}") if x
+    )
+    return ImageSummary(
+        path=p,
+        ok=True,
+        source=source or str(src.get("path", "?")),
+        source_size=int(src.get("size_bytes") or 0),
+        extent_bytes=image.extent_bytes,
+        stored_bytes=stored,
+        created=m.created,
+        machine=machine or "unknown machine",
+        complete=m.complete,
+        table_type=(m.partition_table or {}).get("label"),
+        streams=[
+            StreamSummary(
+                s.name, s.kind, s.partition_number, s.start_bytes, s.size_bytes, s.fs_type, s.label
+            )
+            for s in m.streams
+        ],
+        warnings=list(m.warnings),
+    )
+
+
+def _walk_for_images(root: Path, depth: int) -> Iterable[Path]:
+    try:
+        if (root / "manifest.json").is_file():
+            yield root
+            return
+        if depth <= 0:
+            return
+        with os.scandir(root) as it:
+            entries = sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
+    except OSError:
+        return
+    for name in entries:
+        if name.startswith(".") or name in ("proc", "sys", "dev", "run", "usr", "lib", "bin"):
+            continue
+        yield from _walk_for_images(root / name, depth - 1)
+
+
+def mounted_filesystems() -> list[tuple[str, str, str]]:
+    """(device, mount point, fs type) of the mounted filesystems that may hold images."""
+    out = []
+    try:
+        lines = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 3 or parts[2] in _SKIP_MOUNT_TYPES:
+            continue
+        mnt = parts[1].replace("\\040", " ")
+        out.append((parts[0], mnt, parts[2]))
+    return out
+
+
+def find_images(
+    roots: Iterable[str | Path], *, depth: int = MAX_SEARCH_DEPTH
+) -> list[ImageSummary]:
+    """Image folders (ours: a ``manifest.json``) under the given roots, a few levels deep."""
+    seen: set[Path] = set()
+    found = []
+    for root in roots:
+        for path in _walk_for_images(Path(root), depth):
+            real = path.resolve()
+            if real in seen:
+                continue
+            seen.add(real)
+            found.append(summarize_image(path))
+    return found
+
+
+@dataclass
+class CheckLine:
+    """A pre-flight line when the pre-flight module is not available (same fields as Finding)."""
+
+    level: str
+    code: str
+    message: str
+    detail: str = ""
+
+
+def findings_allow_restore(findings: Sequence[Any]) -> bool:
+    """A restore may be confirmed only when no finding says stop."""
+    return not any(f.level == "stop" for f in findings)
+
+
+class Session:
+    """The front end's single door into the core."""
+
+    def __init__(self, demo: DemoEnvironment | None = None) -> None:
+        self.demo = demo
+        self._watcher: Any = None
+
+    @property
+    def is_demo(self) -> bool:
+        return self.demo is not None
+
+    # -- disks ----------------------------------------------------------
+    def scan_disks(self, image_dir: str | Path | None = None) -> list[Any]:
+        if self.demo is not None:
+            return self.demo.disks()
+        from rescueui.core.disks import scan_disks
+
+        return scan_disks(image_paths=[image_dir] if image_dir else ())
+
+    def start_watcher(self, callback: Callable[[Any], None]) -> None:
+        """Report disks appearing/disappearing (real udev events; none in the demo)."""
+        if self.demo is not None:
+            return
+        try:
+            from rescueui.core.hotplug import DiskWatcher
+
+            self._watcher = DiskWatcher(callback)
+            self._watcher.start()
+        except Exception:  # no udev: the list still works, it just does not refresh by itself
+            self._watcher = None
+
+    def stop_watcher(self) -> None:
+        if self._watcher is not None:
+            self._watcher.stop()
+            self._watcher = None
+
+    def demo_plug(self) -> Any:
+        """Demo only: plug/unplug a virtual USB disk; returns the DiskEvent to post."""
+        if self.demo is None:
+            return None
+        from rescueui.core.hotplug import DiskEvent
+
+        res = self.demo.plug()
+        if res is None:
+            return None
+        action, path = res
+        return DiskEvent(action=action, kind="disk", path=str(path), devnum=(0, 0))
+
+    # -- images ---------------------------------------------------------
+    def image_roots(self) -> list[Path]:
+        if self.demo is not None:
+            return []
+        return [Path(m) for _dev, m, _t in mounted_filesystems()]
+
+    def find_images(self, extra: Sequence[str | Path] = ()) -> list[ImageSummary]:
+        if self.demo is not None:
+            found = [summarize_image(p) for p in self.demo.image_dirs()]
+        else:
+            found = find_images(self.image_roots())
+        have = {s.path.resolve() for s in found}
+        for p in extra:
+            for s in find_images([p], depth=1):
+                if s.path.resolve() not in have:
+                    found.append(s)
+                    have.add(s.path.resolve())
+        return found
+
+    # -- fit, pre-flight, confirmation --------------------------------
+    def fit_problem(self, image: ImageSummary, disk: Any) -> str | None:
+        """Why the image cannot go onto this disk at all (None if it can be considered)."""
+        if not disk.targetable:
+            return "; ".join(disk.reasons)
+        if image.extent_bytes > disk.size_bytes:
+            return (
+                f"too small: the image needs {human_size(image.extent_bytes)}, "
+                f"{disk.path} has {human_size(disk.size_bytes)}"
+            )
+        return None
+
+    def preflight(self, image_dir: str | Path, disk: Any) -> list[Any]:
+        from rescueui.core.image import Image
+
+        image = Image.open(image_dir)
+        try:
+            from rescueui.core.preflight import run_preflight
+        except ImportError:
+            return self._basic_checks(image, disk)
+        return run_preflight(image, disk.path)
+
+    def _basic_checks(self, image: Any, disk: Any) -> list[Any]:
+        lines: list[Any] = []
+        if not disk.targetable:
+            lines.append(CheckLine("stop", "unsafe-target", "; ".join(disk.reasons)))
+        need, have = image.extent_bytes, disk.size_bytes
+        if need > have:
+            lines.append(
+                CheckLine(
+                    "stop",
+                    "too-small",
+                    f"The image needs {human_size(need)}; {disk.path} has only {human_size(have)}.",
+                    "Choose a bigger target disk.",
+                )
+            )
+        else:
+            lines.append(
+                CheckLine(
+                    "ok",
+                    "fits",
+                    f"The image ({human_size(need)}) fits on {disk.path} ({human_size(have)}).",
+                )
+            )
+        return lines
+
+    def allows_restore(self, findings: Sequence[Any]) -> bool:
+        return findings_allow_restore(findings)
+
+    def confirmation_code(self, disk: Any) -> str:
+        from rescueui.core.identity import confirmation_code, identity_of
+
+        return confirmation_code(identity_of(disk.path))
+
+    def confirm(self, disk: Any, typed: str) -> Any:
+        """Raises UnsafeTargetError when the typed code does not match."""
+        from rescueui.core.identity import confirm_target
+
+        return confirm_target(disk.path, typed)
+
+    # -- jobs -----------------------------------------------------------
+    def restore(
+        self,
+        image_dir: str | Path,
+        confirmed: Any,
+        *,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+        resume: bool = False,
+    ) -> Any:
+        from rescueui.core.restore import plan_restore, restore
+
+        plan = plan_restore(image_dir, confirmed, resume=resume, accept_warnings=True)
+        return restore(plan, progress=progress, cancel=cancel)
+
+    def capture(
+        self,
+        source: str | Path,
+        image_dir: str | Path,
+        *,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Any:
+        from rescueui.core.capture import capture
+
+        return capture(source, image_dir, progress=progress, cancel=cancel)
+
+    def verify(
+        self,
+        image_dir: str | Path,
+        *,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Any:
+        from rescueui.core.verify import verify_image
+
+        return verify_image(image_dir, progress=progress, cancel=cancel)
+
+    def default_capture_dir(self, disk: Any) -> Path:
+        from datetime import datetime
+
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        name = f"{disk.name}-{stamp}"
+        if self.demo is not None:
+            return self.demo.build.root / "captures" / name
+        return Path.cwd() / name
+
+
+def open_session(demo: bool) -> Session:
+    if demo:
+        return Session(DemoEnvironment.create())
+    return Session()
+
+
+__all__ = [
+    "CheckLine",
+    "ImageError",
+    "ImageSummary",
+    "Session",
+    "StreamSummary",
+    "find_images",
+    "open_session",
+    "summarize_image",
+]

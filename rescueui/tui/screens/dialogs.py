@@ -1,0 +1,137 @@
+"""Modal dialogs: type a path, confirm the target by its identity, confirm a cancel."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Footer, Input, Static
+
+from rescueui.core.errors import RescueError
+from rescueui.core.units import human_size
+from rescueui.tui.widgets.disktable import part_text
+
+
+class PathDialog(ModalScreen[str | None]):
+    """Ask for a folder or file path."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel", id="cancel")]
+
+    def __init__(self, prompt: str, default: str = "") -> None:
+        super().__init__()
+        self.prompt = prompt
+        self.default = default
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Static(self.prompt)
+            yield Input(value=self.default, id="path")
+            yield Static("Enter: OK   Esc: cancel", classes="dim")
+        yield Footer()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.dismiss(event.value.strip() or None)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+def destroyed_text(disk: Any) -> Text:
+    """What a whole-disk restore onto ``disk`` overwrites, from the core's description of it."""
+    text = Text()
+    text.append("Target: ", style="bold")
+    text.append(f"{disk.path}  {disk.model or ''}  serial {disk.serial or '-'}  ")
+    text.append(human_size(disk.size_bytes))
+    text.append("\nEVERYTHING ON THIS DISK WILL BE OVERWRITTEN:", style="bold")
+    if not disk.partitions:
+        text.append(
+            f"\n  no partitions found (table: {disk.table_type or 'none'}); all data on it is lost"
+        )
+    for p in disk.partitions:
+        text.append(
+            f"\n  {p.name:<14} {human_size(p.size_bytes):>10}  {part_text(p) or 'unknown contents'}"
+        )
+    return text
+
+
+class ConfirmTargetDialog(ModalScreen[Any]):
+    """The operator types a short part of the target's identity; the core checks it."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "cancel", "Cancel (nothing is written)", id="cancel")
+    ]
+
+    def __init__(self, disk: Any, code: str, confirm: Any) -> None:
+        super().__init__()
+        self.disk = disk
+        self.code = code
+        self.confirm = confirm  # callable(disk, typed) -> ConfirmedTarget, raises RescueError
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog danger", id="confirm-box"):
+            yield Static(destroyed_text(self.disk), id="destroyed")
+            prompt = Text("\nTo confirm, type the code ")
+            prompt.append(f" {self.code} ", style="bold reverse")
+            prompt.append(" (the end of the disk's identity above) and press Enter:")
+            yield Static(prompt)
+            yield Input(placeholder="confirmation code", id="code")
+            yield Static("", id="error")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#confirm-box").border_title = "Confirm the target"
+        self.query_one(Input).focus()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        try:
+            confirmed = self.confirm(self.disk, event.value.strip())
+        except RescueError as exc:
+            self.query_one("#error", Static).update(Text(f"REFUSED: {exc}", style="bold reverse"))
+            self.query_one(Input).value = ""
+            self.app.bell()
+            return
+        self.dismiss(confirmed)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class CancelJobDialog(ModalScreen[bool]):
+    """Ask before stopping a running job."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("y", "yes", "Yes, stop it", id="yes"),
+        Binding("n", "no", "No, continue", id="no"),
+        Binding("escape", "no", "Continue", show=False),
+    ]
+
+    def __init__(self, what: str) -> None:
+        super().__init__()
+        self.what = what
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog danger", id="cancel-box"):
+            yield Static(Text(f"Stop the {self.what} now?", style="bold"))
+            yield Static(self._explain())
+            yield Static("y: yes, stop   n: no, continue", classes="dim")
+        yield Footer()
+
+    def _explain(self) -> str:
+        if self.what == "restore":
+            return (
+                "The target will be incomplete and must not be used. What was written so far is "
+                "recorded in the journal: the restore can be resumed later."
+            )
+        if self.what == "capture":
+            return "The image folder will be left marked incomplete and cannot be restored."
+        return "The image will not have been fully verified."
+
+    def action_yes(self) -> None:
+        self.dismiss(True)
+
+    def action_no(self) -> None:
+        self.dismiss(False)

@@ -1,0 +1,151 @@
+"""Step 2: images found on the attached media; selecting one shows its layout."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import VerticalScroll
+from textual.widgets import DataTable, Footer, Static
+
+from rescueui.core.units import human_size
+from rescueui.tui.screens.base import StepScreen
+from rescueui.tui.widgets.steps import StepsBar
+
+
+def image_layout(img: Any) -> Text:
+    text = Text()
+    text.append(str(img.path), style="bold")
+    if not img.ok:
+        text.append("\nCannot be used: ", style="bold reverse")
+        text.append(img.error or "unreadable")
+        return text
+    text.append(f"\nFrom {img.source} ({human_size(img.source_size)}), machine: {img.machine}")
+    text.append(
+        f"\nCreated {img.created}; needs {human_size(img.extent_bytes)} on the target; "
+        f"{human_size(img.stored_bytes)} stored; table {img.table_type or 'none'}"
+    )
+    if not img.complete:
+        text.append("\nINCOMPLETE IMAGE (capture did not finish)", style="bold reverse")
+    for w in img.warnings:
+        text.append(f"\nWarning: {w}")
+    text.append("\nLayout:", style="bold")
+    for s in img.streams:
+        where = f"at {human_size(s.start_bytes)}"
+        what = " ".join(x for x in (s.fs_type, s.label) if x)
+        num = f"#{s.partition_number}" if s.partition_number else ""
+        text.append(
+            f"\n  {s.name:<10} {s.kind:<9} {num:<3} {human_size(s.size_bytes):>10} {where:<14} {what}"
+        )
+    return text
+
+
+class ImageScreen(StepScreen):
+    STEP = "Image"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("enter", "choose", "Use this image", priority=True, id="choose"),
+        Binding("o", "open_path", "Open a path", id="open"),
+        Binding("v", "verify", "Verify image", id="verify"),
+        Binding("r", "rescan", "Rescan", id="rescan"),
+        Binding("escape", "back", "Back", id="back"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[Any] = []
+        self.extra_paths: list[str] = []
+
+    def compose(self) -> ComposeResult:
+        yield StepsBar(self.STEP, demo=self.session.is_demo)
+        yield Static("Images found on the attached media (o: type a path).", id="hint")
+        yield DataTable(id="images", cursor_type="row")
+        with VerticalScroll(id="details-box"):
+            yield Static(id="details")
+        yield Static("", id="status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#details-box").border_title = "Image layout"
+        table = self.query_one(DataTable)
+        table.add_column("Image", key="name")
+        table.add_column("Source disk", key="source")
+        table.add_column("Size", key="size")
+        table.add_column("Created", key="created")
+        table.add_column("Machine", key="machine")
+        table.focus()
+        self.query_one("#status", Static).update("Looking for images...")
+        self.scan()
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="scan")
+    def scan(self) -> None:
+        images = self.session.find_images(self.extra_paths)
+        self.app.call_from_thread(self._show, images)
+
+    def _show(self, images: list[Any]) -> None:
+        self.images = images
+        table = self.query_one(DataTable)
+        table.clear()
+        for img in images:
+            table.add_row(
+                Text(img.name, style="bold"),
+                (img.source if img.ok else Text("UNUSABLE", style="bold"))[:26]
+                if isinstance(img.source, str)
+                else img.source,
+                Text(human_size(img.extent_bytes) if img.ok else "-", justify="right"),
+                img.created[:16].replace("T", " ") if img.ok else "",
+                img.machine[:24] if img.ok else (img.error or "")[:40],
+                key=str(img.path),
+            )
+        self.query_one("#status", Static).update(f"{len(images)} image(s) found.")
+        self._details()
+
+    def selected(self) -> Any:
+        table = self.query_one(DataTable)
+        if not self.images or not table.row_count:
+            return None
+        return self.images[min(table.cursor_row, len(self.images) - 1)]
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._details()
+
+    def _details(self) -> None:
+        img = self.selected()
+        self.query_one("#details", Static).update(image_layout(img) if img else "No image found.")
+
+    def action_rescan(self) -> None:
+        self.scan()
+
+    def action_choose(self) -> None:
+        from rescueui.tui.screens.target import TargetScreen
+
+        img = self.selected()
+        if img is None:
+            return
+        if not img.ok:
+            self.query_one("#status", Static).update(
+                Text(f"Cannot use it: {img.error}", style="bold")
+            )
+            self.app.bell()
+            return
+        self.flow.image = img
+        self.app.push_screen(TargetScreen())
+
+    def action_open_path(self) -> None:
+        from rescueui.tui.screens.dialogs import PathDialog
+
+        def add(path: str | None) -> None:
+            if path:
+                self.extra_paths.append(path)
+                self.scan()
+
+        self.app.push_screen(PathDialog("Image folder (or a folder holding images):"), add)
+
+    def action_verify(self) -> None:
+        from rescueui.tui.screens.job import JobScreen
+
+        img = self.selected()
+        if img is not None:
+            self.app.push_screen(JobScreen.verify(img))

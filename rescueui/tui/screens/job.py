@@ -1,0 +1,273 @@
+"""A running engine job (restore, capture, verify image) with live panels.
+
+The engine runs in a worker thread. Its progress callback only stores the latest snapshot and
+appends to a bounded list of rate samples; a timer repaints four times a second, so the screen
+never slows the copy.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Footer, Static
+
+from rescueui.core.errors import CancelledError, CorruptImageError, RescueError, VerifyError
+from rescueui.core.progress import Progress
+from rescueui.core.units import human_duration, human_size
+from rescueui.tui.screens.base import StepScreen
+from rescueui.tui.widgets.bars import BlockBar
+from rescueui.tui.widgets.bignum import BigNumber
+from rescueui.tui.widgets.checksums import checksum_text
+from rescueui.tui.widgets.graph import ThroughputGraph
+from rescueui.tui.widgets.steps import StepsBar
+
+SAMPLE_EVERY = 0.25  # seconds between graph samples
+MAX_SAMPLES = 600
+
+JobFn = Callable[..., Any]  # (progress=, cancel=) -> JobReport
+
+
+def _expected_roots(image_dir: Any) -> dict[str, str]:
+    from rescueui.core.image import Image
+
+    try:
+        image = Image.open(image_dir)
+    except RescueError:
+        return {}
+    return {s.name: s.root_blake3 for s in image.manifest.streams}
+
+
+class JobScreen(StepScreen):
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("x", "cancel", "Cancel job", id="cancel"),
+        Binding("escape", "cancel", "Cancel job", show=False),
+        Binding("enter", "report", "Show report", priority=True, id="report"),
+    ]
+
+    def __init__(
+        self, kind: str, title: str, job: JobFn, *, image_dir: Any, context: dict[str, Any]
+    ) -> None:
+        super().__init__()
+        self.kind = kind
+        self.STEP = "Restore" if kind == "restore" else ""
+        self.title_text = title
+        self.job = job
+        self.image_dir = image_dir
+        self.context = context
+        self.cancel_event = threading.Event()
+        self.latest: Progress | None = None
+        self.samples: deque[float] = deque(maxlen=MAX_SAMPLES)
+        self._last_sample = 0.0
+        self.mismatch: Any = None
+        self.report: Any = None
+        self.error: BaseException | None = None
+        self.finished = False
+        self.roots: dict[str, str] = {}
+
+    # -- factories (the job functions come from the session: the core) --
+    @classmethod
+    def restore(cls, image: Any, confirmed: Any, disk: Any, *, resume: bool = False) -> JobScreen:
+        def job(*, session: Any, progress: Any, cancel: threading.Event) -> Any:
+            return session.restore(
+                image.path, confirmed, progress=progress, cancel=cancel, resume=resume
+            )
+
+        return cls(
+            "restore",
+            f"{'Resume' if resume else 'Restore'} {image.name} -> {disk.path}",
+            job,
+            image_dir=image.path,
+            context={"image": image, "disk": disk, "confirmed": confirmed},
+        )
+
+    @classmethod
+    def capture(cls, disk: Any, image_dir: str) -> JobScreen:
+        def job(*, session: Any, progress: Any, cancel: threading.Event) -> Any:
+            return session.capture(disk.path, image_dir, progress=progress, cancel=cancel)
+
+        return cls(
+            "capture",
+            f"Capture {disk.path} -> {image_dir}",
+            job,
+            image_dir=image_dir,
+            context={"disk": disk},
+        )
+
+    @classmethod
+    def verify(cls, image: Any) -> JobScreen:
+        def job(*, session: Any, progress: Any, cancel: threading.Event) -> Any:
+            return session.verify(image.path, progress=progress, cancel=cancel)
+
+        return cls(
+            "verify",
+            f"Verify image {image.path}",
+            job,
+            image_dir=image.path,
+            context={"image": image},
+        )
+
+    def compose(self) -> ComposeResult:
+        g = self.glyphs
+        yield StepsBar(self.STEP, demo=self.session.is_demo)
+        yield Static(Text(self.title_text, style="bold"), id="job-title")
+        yield Static("Starting...", id="phase")
+        yield BlockBar(g, id="bar-total")
+        yield BlockBar(g, id="bar-phase")
+        yield Static("", id="numbers")
+        with Horizontal(id="rates"):
+            yield BigNumber("Now", "MB/s", g, id="rate-now")
+            yield BigNumber("Average", "MB/s", g, id="rate-avg")
+        yield ThroughputGraph(g, id="graph")
+        with Vertical(id="checksums-box"):
+            yield Static("", id="checksums")
+        yield Static("", id="alarm")
+        yield Static("", id="outcome")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#checksums-box").border_title = "BLAKE3 checks"
+        self.query_one("#alarm").display = False
+        self.roots = _expected_roots(self.image_dir) if self.kind != "capture" else {}
+        self.set_interval(self.rescue.repaint_interval, self.repaint)
+        self.run_job()
+
+    # -- engine side (worker thread) -------------------------------------
+    def on_progress(self, p: Progress) -> None:
+        """Called by the engine thread for every chunk: store, sample, nothing else."""
+        self.latest = p
+        if p.last_chunk is not None and not p.last_chunk.ok and self.mismatch is None:
+            self.mismatch = p.last_chunk
+        now = time.monotonic()
+        if now - self._last_sample >= SAMPLE_EVERY:
+            self._last_sample = now
+            self.samples.append(p.rate_now)
+        if self.rescue.job_throttle:
+            time.sleep(self.rescue.job_throttle)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="job")
+    def run_job(self) -> None:
+        report: Any = None
+        error: BaseException | None = None
+        try:
+            report = self.job(
+                session=self.session, progress=self.on_progress, cancel=self.cancel_event
+            )
+        except RescueError as exc:
+            error = exc
+            report = getattr(exc, "report", None)
+        except Exception as exc:  # an engine bug: show it, do not crash the console
+            error = exc
+        self.app.call_from_thread(self.job_done, report, error)
+
+    # -- UI side ---------------------------------------------------------
+    def job_done(self, report: Any, error: BaseException | None) -> None:
+        self.finished = True
+        self.report = report
+        self.error = error
+        outcome = getattr(report, "outcome", None) or ("failed" if error else "success")
+        if isinstance(error, CancelledError):
+            outcome = "cancelled"
+        self.outcome = outcome
+        if error is not None and isinstance(error, CorruptImageError | VerifyError):
+            self.mismatch = self.mismatch or error
+        report_error = getattr(report, "error", None)
+        if (
+            self.mismatch is None
+            and outcome == "failed"
+            and report_error
+            and "mismatch" in str(report_error).lower()
+        ):
+            self.mismatch = report_error
+        self.repaint()
+        line = self.query_one("#outcome", Static)
+        label = {"success": "FINISHED: SUCCESS", "cancelled": "CANCELLED", "failed": "FAILED"}.get(
+            outcome, outcome.upper()
+        )
+        msg = str(error) if error else (report_error or "")
+        line.update(
+            Text(f" {label} {('- ' + msg) if msg else ''}  Enter: report ", style="bold reverse")
+        )
+        self.refresh_bindings()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "cancel":
+            return not self.finished
+        if action == "report":
+            return self.finished
+        return True
+
+    def repaint(self) -> None:
+        p = self.latest
+        if self.mismatch is not None:
+            alarm = self.query_one("#alarm", Static)
+            alarm.display = True
+            alarm.update(self._alarm_text())
+        if p is None:
+            return
+        phase = {
+            "write": "Writing (each chunk checked before it is written)",
+            "verify": "Read-back verify of the target",
+        }.get(p.phase, p.phase)
+        stream = f"  stream {p.stream}" if p.stream else ""
+        msg = f"  {p.message}" if p.message else ""
+        self.query_one("#phase", Static).update(Text(f"Phase: {phase}{stream}{msg}"))
+        total = self.query_one("#bar-total", BlockBar)
+        total.fraction = p.fraction
+        total.label = "job"
+        ph = self.query_one("#bar-phase", BlockBar)
+        ph.fraction = p.phase_bytes_done / p.phase_bytes_total if p.phase_bytes_total else 0.0
+        ph.label = p.phase[:6]
+        self.query_one("#numbers", Static).update(
+            f"{human_size(p.bytes_done)} of {human_size(p.bytes_total)}   "
+            f"elapsed {human_duration(p.elapsed)}   ETA {human_duration(p.eta) if not self.finished else '00:00'}"
+        )
+        self.query_one("#rate-now", BigNumber).value = f"{p.rate_now / 1e6:.1f}"
+        self.query_one("#rate-avg", BigNumber).value = f"{p.rate_avg / 1e6:.1f}"
+        self.query_one(ThroughputGraph).set_samples(self.samples)
+        width = self.query_one("#checksums-box").size.width - 2
+        self.query_one("#checksums", Static).update(
+            checksum_text(p, self.roots, self.mismatch, width)
+        )
+
+    def _alarm_text(self) -> Text:
+        m = self.mismatch
+        if isinstance(m, BaseException) or isinstance(m, str):
+            detail = str(m)
+        else:
+            detail = f"stream {m.stream}, chunk {m.index}, offset {m.offset}: BLAKE3 {m.blake3[:16]}... does not match the image index"
+        return Text(
+            f"!!! CHECKSUM MISMATCH - THE IMAGE IS DAMAGED - RESTORE STOPPED !!!\n{detail}\n"
+            "Do not use this target. Use another copy of the image.",
+            style="bold reverse",
+        )
+
+    def action_cancel(self) -> None:
+        from rescueui.tui.screens.dialogs import CancelJobDialog
+
+        if self.finished:
+            return
+
+        def answer(yes: bool | None) -> None:
+            if yes and not self.finished:
+                self.cancel_event.set()
+                self.query_one("#outcome", Static).update(
+                    Text(" Stopping... ", style="bold reverse")
+                )
+
+        self.app.push_screen(CancelJobDialog(self.kind), answer)
+
+    def action_report(self) -> None:
+        from rescueui.tui.screens.report import ReportScreen
+
+        if not self.finished:
+            return
+        self.app.push_screen(ReportScreen(self))

@@ -1,0 +1,89 @@
+"""Step 7: the outcome and the report the engine wrote (kept on screen)."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import VerticalScroll
+from textual.widgets import Footer, Static
+
+from rescueui.tui.screens.base import StepScreen
+from rescueui.tui.widgets.steps import StepsBar
+
+BANNERS = {
+    "success": " SUCCESS: every chunk matched its BLAKE3 ",
+    "cancelled": " CANCELLED by the operator ",
+    "failed": " FAILED ",
+}
+
+
+def report_body(report: Any, error: BaseException | None) -> Text:
+    text = Text()
+    if report is not None and hasattr(report, "to_text"):
+        text.append(report.to_text())
+        files = getattr(report, "report_files", None) or []
+        if files:
+            text.append("\nReport written to:\n", style="bold")
+            for f in files:
+                text.append(f"  {f}\n")
+        else:
+            text.append("\nNo report file could be written (see above).\n", style="bold")
+    elif error is not None:
+        text.append(f"Error: {error}\n")
+    return text
+
+
+class ReportScreen(StepScreen):
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("enter", "start_over", "Start over", priority=True, id="start-over"),
+        Binding("u", "resume", "Resume restore", id="resume"),
+        Binding("escape", "back", "Back", id="back"),
+        Binding("q", "app.quit", "Quit", id="quit"),
+    ]
+
+    def __init__(self, job: Any) -> None:
+        super().__init__()
+        self.job = job  # the finished JobScreen
+        self.STEP = "Report" if job.kind == "restore" else ""
+
+    def compose(self) -> ComposeResult:
+        outcome = self.job.outcome
+        yield StepsBar(self.STEP, demo=self.session.is_demo)
+        banner = BANNERS.get(outcome, f" {outcome.upper()} ")
+        if outcome == "success" and self.job.kind == "capture":
+            banner = " SUCCESS: image captured and hashed "
+        if self.job.mismatch is not None:
+            banner = " FAILED: CHECKSUM MISMATCH - THE IMAGE IS DAMAGED "
+        yield Static(Text(f"{self.job.kind.upper()}: {banner}", style="bold reverse"), id="banner")
+        with VerticalScroll(id="report-box"):
+            yield Static(report_body(self.job.report, self.job.error), id="report")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#report-box").border_title = "Report"
+        self.query_one("#report-box").focus()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "resume":
+            return (
+                self.job.kind == "restore"
+                and self.job.outcome in ("cancelled", "failed")
+                and self.job.mismatch is None
+            )
+        return True
+
+    def action_start_over(self) -> None:
+        self.flow.reset()
+        while len(self.app.screen_stack) > 1:
+            self.app.pop_screen()
+
+    def action_resume(self) -> None:
+        from rescueui.tui.screens.job import JobScreen
+
+        ctx = self.job.context
+        self.app.push_screen(
+            JobScreen.restore(ctx["image"], ctx["confirmed"], ctx["disk"], resume=True)
+        )

@@ -1,0 +1,92 @@
+"""Step 3: pick the target disk; what the core refuses (unsafe, too small) is shown and refused."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import VerticalScroll
+from textual.widgets import DataTable, Footer, Static
+
+from rescueui.core.units import human_size
+from rescueui.tui.messages import DiskHotplug
+from rescueui.tui.screens.base import StepScreen
+from rescueui.tui.widgets.disktable import DiskTable, disk_details
+from rescueui.tui.widgets.steps import StepsBar
+
+
+class TargetScreen(StepScreen):
+    STEP = "Target"
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("enter", "choose", "Restore onto this disk", priority=True, id="choose"),
+        Binding("r", "rescan", "Rescan", id="rescan"),
+        Binding("escape", "back", "Back", id="back"),
+    ]
+
+    def compose(self) -> ComposeResult:
+        img = self.flow.image
+        yield StepsBar(self.STEP, demo=self.session.is_demo)
+        yield Static(
+            f"Image {img.name} needs {human_size(img.extent_bytes)}. Choose the disk to restore onto.",
+            id="hint",
+        )
+        yield DiskTable(id="targets", extra=("Fit", self._fit))
+        with VerticalScroll(id="details-box"):
+            yield Static(id="details")
+        yield Static("", id="status")
+        yield Footer()
+
+    def _fit(self, disk: Any) -> Text:
+        problem = self.session.fit_problem(self.flow.image, disk)
+        if problem is None:
+            return Text("fits", style="bold")
+        return Text(f"NO: {problem}")
+
+    def on_mount(self) -> None:
+        self.query_one("#details-box").border_title = "Target disk"
+        self.query_one(DiskTable).focus()
+        self.rescan()
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="scan")
+    def rescan(self) -> None:
+        disks = self.session.scan_disks(self.flow.image.path)
+        self.app.call_from_thread(self._show, disks)
+
+    def _show(self, disks: list[Any]) -> None:
+        self.query_one(DiskTable).show(disks)
+        self._details()
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._details()
+
+    def _details(self) -> None:
+        disk = self.query_one(DiskTable).selected_disk()
+        self.query_one("#details", Static).update(disk_details(disk) if disk else "No disks found.")
+
+    def refresh_disks(self, event: Any) -> None:
+        self.rescan()
+
+    def on_disk_hotplug(self, message: DiskHotplug) -> None:
+        self.refresh_disks(message.event)
+
+    def action_rescan(self) -> None:
+        self.rescan()
+
+    def action_choose(self) -> None:
+        from rescueui.tui.screens.preflight import PreflightScreen
+
+        disk = self.query_one(DiskTable).selected_disk()
+        if disk is None:
+            return
+        problem = self.session.fit_problem(self.flow.image, disk)
+        if problem is not None:
+            self.query_one("#status", Static).update(
+                Text(f"Refused: {disk.name}: {problem}", style="bold reverse")
+            )
+            self.app.bell()
+            return
+        self.flow.target = disk
+        self.app.push_screen(PreflightScreen())

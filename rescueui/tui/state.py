@@ -1,0 +1,22 @@
+"""What the operator has chosen so far in the guided restore (no decisions here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+STEPS = ("Disks", "Image", "Target", "Pre-flight", "Confirm", "Restore", "Report")
+
+
+@dataclass
+class Flow:
+    image: Any = None  # rescueui.core.session.ImageSummary
+    target: Any = None  # rescueui.core.disks.Disk
+    findings: list[Any] = field(default_factory=list)
+    confirmed: Any = None  # rescueui.core.identity.ConfirmedTarget
+
+    def reset(self) -> None:
+        self.image = None
+        self.target = None
+        self.findings = []
+        self.confirmed = None

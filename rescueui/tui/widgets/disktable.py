@@ -1,0 +1,117 @@
+"""Disks and their partitions as table rows; what the core says about each, shown as is."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from rich.text import Text
+from textual.widgets import DataTable
+
+from rescueui.core.units import human_size
+
+
+def disk_status(disk: Any) -> Text:
+    if disk.targetable:
+        return Text("target ok")
+    if "boot" in disk.roles and "image" in disk.roles:
+        return Text("BOOT+IMAGE", style="bold")
+    if "boot" in disk.roles:
+        return Text("BOOT MEDIUM", style="bold")
+    if "image" in disk.roles:
+        return Text("IMAGE MEDIUM", style="bold")
+    return Text(f"no: {disk.reasons[0]}"[:26] if disk.reasons else "not a target")
+
+
+def part_text(p: Any) -> str:
+    bits = [p.fs_type or "", p.label or p.part_label or ""]
+    if p.mountpoints:
+        bits.append("on " + ",".join(p.mountpoints))
+    return " ".join(b for b in bits if b)
+
+
+def disk_details(disk: Any) -> Text:
+    """Everything about one disk, for the panel under the table."""
+    text = Text()
+    text.append(f"{disk.path}", style="bold")
+    text.append(f"  {disk.model or '?'}  serial {disk.serial or '-'}")
+    if disk.wwn:
+        text.append(f"  WWN {disk.wwn}")
+    text.append(
+        f"\n{human_size(disk.size_bytes)} ({disk.size_bytes} bytes), bus {disk.bus}, "
+        f"sectors {disk.logical_sector_size}/{disk.physical_sector_size}, "
+        f"table {disk.table_type or 'none'}"
+        f"{', removable' if disk.removable else ''}{', read-only' if disk.read_only else ''}"
+    )
+    if disk.reasons:
+        text.append("\nNot a target: ", style="bold")
+        text.append("; ".join(disk.reasons))
+    else:
+        text.append("\nCan be chosen as a restore target.")
+    for p in disk.partitions:
+        text.append(f"\n  {p.name:<12} {human_size(p.size_bytes):>10}  {part_text(p)}")
+    if not disk.partitions:
+        text.append("\n  (no partitions)")
+    return text
+
+
+class DiskTable(DataTable[Any]):
+    """One row per disk followed by one row per partition. Row keys: device paths."""
+
+    def __init__(
+        self, *, id: str | None = None, extra: tuple[str, Callable[[Any], Text]] | None = None
+    ) -> None:
+        super().__init__(id=id, cursor_type="row", zebra_stripes=False)
+        self.extra = extra
+        self.disks: list[Any] = []
+        self._row_disk: dict[str, Any] = {}
+
+    def on_mount(self) -> None:
+        self.add_column("Device", key="dev")
+        self.add_column("Model", key="model")
+        self.add_column("Size", key="size")
+        self.add_column("Bus", key="bus")
+        self.add_column(self.extra[0] if self.extra else "Status", key="status")
+
+    def show(self, disks: Sequence[Any]) -> None:
+        """Replace the rows, keeping the cursor on the same device if it is still there."""
+        keep = self.selected_path()
+        self.disks = list(disks)
+        self._row_disk = {}
+        self.clear()
+        for d in self.disks:
+            status = self.extra[1](d) if self.extra else disk_status(d)
+            self.add_row(
+                Text(d.name[:14], style="bold"),
+                (d.model or "")[:20],
+                Text(human_size(d.size_bytes), justify="right"),
+                d.bus,
+                status,
+                key=d.path,
+            )
+            self._row_disk[d.path] = d
+            for p in d.partitions:
+                self.add_row(
+                    Text("  " + p.name[-12:], style="dim"),
+                    Text(part_text(p)[:20], style="dim"),
+                    Text(human_size(p.size_bytes), justify="right", style="dim"),
+                    "",
+                    "",
+                    key=p.path,
+                )
+                self._row_disk[p.path] = d
+        if keep is not None and keep in self._row_disk:
+            self.move_cursor(row=self.get_row_index(keep))
+
+    def selected_path(self) -> str | None:
+        if not self.row_count:
+            return None
+        try:
+            key = self.coordinate_to_cell_key(self.cursor_coordinate).row_key
+        except Exception:
+            return None
+        return key.value
+
+    def selected_disk(self) -> Any:
+        path = self.selected_path()
+        return self._row_disk.get(path) if path else None
