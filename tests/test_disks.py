@@ -17,7 +17,9 @@ from rescueui.core.disks import (
     REASON_SWAP,
     Disk,
     Partition,
+    bus_of,
     classify,
+    clean_udev_text,
     devnum_of,
     disk_of_path,
     find_disk,
@@ -377,3 +379,60 @@ def test_live_system_overlay_followed_to_the_usb_stick(loops: LoopFactory, tmp_p
         for m in reversed(mounted):
             subprocess.run(["umount", str(m)], check=False)
         detach(squash_loop)
+
+
+# --------------------------------------------------------------------------- bus and udev text
+
+
+@pytest.mark.parametrize(
+    ("name", "props", "sysdir", "bus"),
+    [
+        ("loop3", {}, "/sys/devices/virtual/block/loop3", "loop"),
+        (
+            "nvme0n1",
+            {},
+            "/sys/devices/pci0000:00/0000:00:1d.0/0000:3d:00.0/nvme/nvme0/nvme0n1",
+            "nvme",
+        ),
+        ("mmcblk0", {}, "/sys/devices/platform/mmc0/block/mmcblk0", "mmc"),
+        ("sda", {"ID_BUS": "ata", "ID_PATH": "pci-0000:00:17.0-ata-1"}, "/sys/x/ata1/sda", "ata"),
+        (
+            "sdb",
+            {"ID_BUS": "usb", "ID_PATH": "pci-0000:00:14.0-usb-0:2:1.0-scsi-0:0:0:0"},
+            "/sys/devices/pci0000:00/0000:00:14.0/usb2/2-2/block/sdb",
+            "usb",
+        ),
+        ("sdc", {}, "/sys/devices/pci0000:00/0000:00:14.0/usb2/2-2/2-2:1.0/block/sdc", "usb"),
+        ("sdd", {"ID_PATH": "pci-0000:00:17.0-ata-2"}, "/nonexistent", "ata"),
+        (
+            "vdb",
+            {"ID_PATH": "pci-0000:00:05.0"},
+            "/sys/devices/pci0000:00/0000:00:05.0/virtio3/block/vdb",
+            "virtio",
+        ),
+        (
+            "sde",
+            {"ID_BUS": "scsi", "ID_PATH": "pci-0000:00:06.0-scsi-0:0:0:1"},
+            "/nonexistent",
+            "scsi",
+        ),
+        ("md127", {}, "/sys/devices/virtual/block/md127", "md"),
+        ("dm-0", {}, "/sys/devices/virtual/block/dm-0", "dm"),
+    ],
+)
+def test_bus_of(name: str, props: dict[str, str], sysdir: str, bus: str) -> None:
+    assert bus_of(name, props, Path(sysdir)) == bus
+
+
+@pytest.mark.udev
+def test_bus_of_this_machines_virtio_disk() -> None:
+    if not os.path.exists("/sys/class/block/vda"):
+        pytest.skip("no /dev/vda here")
+    disk = find_disk("/dev/vda")
+    assert disk is not None and disk.bus == "virtio"
+
+
+def test_udev_encoded_text_decoded() -> None:
+    assert clean_udev_text(r"Samsung\x20SSD\x20860\x20EVO\x20\x20") == "Samsung SSD 860 EVO"
+    assert clean_udev_text("  ATA     ") == "ATA"
+    assert clean_udev_text("") is None and clean_udev_text(None) is None

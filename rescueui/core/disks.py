@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,7 +179,7 @@ def _loop_backing_file(sysdir: Path) -> str | None:
     return _read(sysdir / "loop" / "backing_file") or None
 
 
-def _clean(value: str | None) -> str | None:
+def clean_udev_text(value: str | None) -> str | None:
     """udev ``*_ENC`` values carry ``\\x20``-style escapes; plain ones use ``_`` for spaces."""
     if value is None:
         return None
@@ -288,7 +288,8 @@ def _boot_devnums(live_mounts: Iterable[str], entries: list[mnt.MountEntry]) -> 
 # --------------------------------------------------------------------------- scanning
 
 
-def _bus(dev: pyudev.Device, name: str, sysdir: Path) -> str:
+def bus_of(name: str, props: Mapping[str, str], sysdir: Path) -> str:
+    """Bus/transport a technician recognises, from the name, udev properties and sysfs."""
     if name.startswith("loop"):
         return "loop"
     if name.startswith("nvme"):
@@ -299,8 +300,8 @@ def _bus(dev: pyudev.Device, name: str, sysdir: Path) -> str:
         return "md"
     if name.startswith("dm-"):
         return "dm"
-    id_bus = _prop(dev, "ID_BUS")
-    id_path = _prop(dev, "ID_PATH") or ""
+    id_bus = props.get("ID_BUS") or None
+    id_path = props.get("ID_PATH") or ""
     if id_bus == "usb" or "-usb-" in id_path or id_path.startswith("usb-") or "/usb" in str(sysdir):
         return "usb"
     if id_bus:
@@ -316,6 +317,8 @@ def _bus(dev: pyudev.Device, name: str, sysdir: Path) -> str:
         pass
     if driver.startswith("virtio") or "virtio-pci" in id_path or "/virtio" in str(sysdir):
         return "virtio"
+    if "/ata" in str(sysdir):  # libata: .../ata1/host0/target0:0:0/...
+        return "ata"
     if "-scsi-" in id_path or driver == "sd":
         return "scsi"
     if name.startswith("xvd"):
@@ -345,9 +348,9 @@ def _partition(
         start_bytes=_read_int(sysdir / "start") * SECTOR,
         size_bytes=_read_int(sysdir / "size") * SECTOR,
         fs_type=fs_type,
-        label=_clean(_prop(dev, "ID_FS_LABEL_ENC", "ID_FS_LABEL")),
+        label=clean_udev_text(_prop(dev, "ID_FS_LABEL_ENC", "ID_FS_LABEL")),
         uuid=_prop(dev, "ID_FS_UUID"),
-        part_label=_clean(_prop(dev, "ID_PART_ENTRY_NAME")),
+        part_label=clean_udev_text(_prop(dev, "ID_PART_ENTRY_NAME")),
         part_type=_prop(dev, "ID_PART_ENTRY_TYPE"),
         part_uuid=_prop(dev, "ID_PART_ENTRY_UUID"),
         mountpoints=[e.mountpoint for e in entries],
@@ -367,19 +370,23 @@ def _disk(
     devnum: DevNum = (os.major(dev.device_number), os.minor(dev.device_number))
     devdir = sysdir / "device"
     entries = mounts.get(devnum, [])
-    model = _clean(_prop(dev, "ID_MODEL_ENC", "ID_MODEL")) or _clean(_read(devdir / "model"))
-    vendor = _clean(_prop(dev, "ID_VENDOR_ENC", "ID_VENDOR")) or _clean(_read(devdir / "vendor"))
+    model = clean_udev_text(_prop(dev, "ID_MODEL_ENC", "ID_MODEL")) or clean_udev_text(
+        _read(devdir / "model")
+    )
+    vendor = clean_udev_text(_prop(dev, "ID_VENDOR_ENC", "ID_VENDOR")) or clean_udev_text(
+        _read(devdir / "vendor")
+    )
     if vendor and vendor.startswith("0x"):  # a PCI vendor id (virtio), not a name
         vendor = None
     serial = (
-        _clean(_prop(dev, "ID_SERIAL_SHORT"))
-        or _clean(_read(devdir / "serial"))
-        or _clean(_read(sysdir / "serial"))
+        clean_udev_text(_prop(dev, "ID_SERIAL_SHORT"))
+        or clean_udev_text(_read(devdir / "serial"))
+        or clean_udev_text(_read(sysdir / "serial"))
     )
     wwn = (
         _prop(dev, "ID_WWN_WITH_EXTENSION", "ID_WWN")
-        or _clean(_read(sysdir / "wwid"))
-        or _clean(_read(devdir / "wwid"))
+        or clean_udev_text(_read(sysdir / "wwid"))
+        or clean_udev_text(_read(devdir / "wwid"))
     )
     queue = sysdir / "queue"
     return Disk(
@@ -391,7 +398,7 @@ def _disk(
         vendor=vendor,
         serial=serial,
         wwn=wwn,
-        bus=_bus(dev, name, sysdir),
+        bus=bus_of(name, dev.properties, sysdir),
         removable=_read(sysdir / "removable") == "1",
         read_only=_read(sysdir / "ro") == "1",
         rotational=_read(queue / "rotational") == "1",
@@ -402,7 +409,7 @@ def _disk(
         swap=devnum in swaps,
         holders=_holders(sysdir),
         fs_type=_prop(dev, "ID_FS_TYPE") or (entries[0].fs_type if entries else None),
-        label=_clean(_prop(dev, "ID_FS_LABEL_ENC", "ID_FS_LABEL")),
+        label=clean_udev_text(_prop(dev, "ID_FS_LABEL_ENC", "ID_FS_LABEL")),
         uuid=_prop(dev, "ID_FS_UUID"),
         backing_file=_loop_backing_file(sysdir),
     )
