@@ -36,7 +36,6 @@ REASON_HOLDERS = "in use by md/dm"  # "in use by md/dm: dm-0"
 REASON_VIRTUAL = "virtual device (md/dm): restore to the disks beneath it"
 
 _SKIP_PREFIXES = ("ram", "zram")
-_VIRTUAL_PREFIXES = ("dm-", "md")
 
 
 @dataclass
@@ -268,7 +267,7 @@ def _boot_devnums(live_mounts: Iterable[str], entries: list[mnt.MountEntry]) -> 
         elif entry.fs_type == "overlay":
             for opt in entry.super_options.split(","):
                 key, _, value = opt.partition("=")
-                if key in ("lowerdir", "upperdir"):
+                if key.rstrip("+") in ("lowerdir", "upperdir", "datadir"):
                     for d in value.split(":"):
                         if d:
                             add_path(mnt.unescape(d), 0)
