@@ -1,0 +1,855 @@
+"""Capture a disk (or a disk image file) into a rescueui image folder.
+
+Pipeline, memory bounded whatever the disk size::
+
+    reader thread ──(page-aligned buffer pool)──> 2-3 workers ──(in order)──> writer
+    pread/O_DIRECT                                 zero check, BLAKE3,        .zst append,
+                                                   zstd frame                 index, progress
+
+The reader fills a small pool of page-aligned buffers (O_DIRECT on block devices);
+workers check a chunk against a zero buffer, hash it (BLAKE3) and compress it into one
+independent zstd frame (both release the GIL); the coordinating thread writes frames in
+disk order, builds the chunk index and reports progress by bytes. A zero chunk costs
+only the comparison: its hash and its frame are known.
+
+A capture that does not finish (cancel, full destination, read error, crash) leaves the
+folder marked ``INCOMPLETE``, which :meth:`rescueui.core.image.Image.open` refuses.
+On failure :func:`capture` raises a :class:`~rescueui.core.errors.RescueError` whose
+``report`` attribute is the (already written) failed :class:`JobReport`.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import math
+import os
+import shutil
+import stat
+import subprocess
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from queue import Empty, Queue
+from typing import Any
+
+import blake3
+import zstandard
+
+from rescueui import __version__
+from rescueui.core import blockdev, parttable
+from rescueui.core.errors import CancelledError, CaptureError, DiskError, RescueError
+from rescueui.core.image import (
+    CHUNK_SIZE,
+    FORMAT_VERSION,
+    INCOMPLETE_MARKER,
+    MANIFEST_NAME,
+    ImageManifest,
+    IndexBuilder,
+    StreamEntry,
+    save_manifest,
+    write_file_atomic,
+    zero_digest,
+)
+from rescueui.core.progress import ChunkEvent, ProgressCallback, ProgressMeter
+from rescueui.core.report import JobReport, now_iso
+from rescueui.core.units import human_size
+
+REPORTS_SUBDIR = "reports"
+DEFAULT_WORKERS = max(1, min(3, os.cpu_count() or 2))
+
+DevNum = tuple[int, int]
+
+
+# ---- planning -------------------------------------------------------------------------
+@dataclass
+class PlannedStream:
+    name: str
+    kind: str
+    start: int
+    size: int
+    partition_number: int | None = None
+    optional: bool = False  # a gap: dropped again if it turns out all zeros
+    fs_type: str | None = None
+    label: str | None = None
+
+    @property
+    def end(self) -> int:
+        return self.start + self.size
+
+
+def plan_streams(
+    table: dict[str, Any] | None,
+    disk_size: int,
+    partitions: list[int] | None = None,
+    source: str = "the source",
+) -> list[PlannedStream]:
+    """Cut the disk into streams: head, partitions, gaps (optional), GPT tail; or one 'disk'."""
+    if table is None or not table.get("partitions"):
+        if partitions:
+            raise CaptureError(
+                f"{source} has no partitions, so partition {partitions[0]} cannot be captured.",
+                hint="Capture the whole disk instead (leave out --partition).",
+            )
+        return [PlannedStream("disk", "disk", 0, disk_size)]
+    ss = parttable.sector_size(table)
+    parts: list[PlannedStream] = []
+    for p in table["partitions"]:
+        if parttable.is_extended(table, p):
+            continue
+        n = parttable.partition_number(p)
+        start, size = int(p["start"]) * ss, int(p["size"]) * ss
+        if size <= 0:
+            continue
+        if start + size > disk_size:
+            raise CaptureError(
+                f"Partition {n} of {source} ends at byte {start + size}, beyond the end of the "
+                f"disk ({disk_size} bytes): the partition table is damaged.",
+                hint="Repair the partition table (or capture the raw disk as a file) first.",
+            )
+        parts.append(PlannedStream(f"p{n}", "partition", start, size, partition_number=n))
+    parts.sort(key=lambda s: s.start)
+    for a, b in itertools.pairwise(parts):
+        if b.start < a.end:
+            raise CaptureError(
+                f"Partitions {a.partition_number} and {b.partition_number} of {source} overlap: "
+                "the partition table is damaged.",
+                hint="Repair the partition table first.",
+            )
+    if partitions:
+        by_num = {s.partition_number: s for s in parts}
+        missing = [n for n in partitions if n not in by_num]
+        if missing:
+            have = ", ".join(str(s.partition_number) for s in parts) or "none"
+            raise CaptureError(
+                f"{source} has no partition {missing[0]} (it has: {have}).",
+                hint="Pick one of the partitions listed.",
+            )
+        return [by_num[n] for n in sorted(set(partitions))]
+    out: list[PlannedStream] = []
+    if parts and parts[0].start > 0:
+        out.append(PlannedStream("head", "head", 0, parts[0].start))
+    pos = parts[0].start if parts else 0
+    for p in parts:
+        if p.start > pos:
+            out.append(PlannedStream(f"gap-{pos}", "gap", pos, p.start - pos, optional=True))
+        out.append(p)
+        pos = p.end
+    if table.get("label") == "gpt":
+        tail_start = (int(table.get("lastlba", disk_size // ss - 34)) + 1) * ss
+        tail_start = min(max(tail_start, pos), disk_size)
+        if tail_start > pos:
+            out.append(PlannedStream(f"gap-{pos}", "gap", pos, tail_start - pos, optional=True))
+        if disk_size > tail_start:
+            out.append(PlannedStream("tail", "tail", tail_start, disk_size - tail_start))
+    elif disk_size > pos:
+        out.append(PlannedStream(f"gap-{pos}", "gap", pos, disk_size - pos, optional=True))
+    return out
+
+
+def probe_filesystem(source: str, start: int, size: int) -> tuple[str | None, str | None]:
+    """(fs type, label) of the filesystem at ``start`` on ``source`` (blkid low-level probe)."""
+    blkid = shutil.which("blkid")
+    if blkid is None:
+        return None, None
+    try:
+        proc = subprocess.run(
+            [blkid, "-p", "-o", "export", "-O", str(start), "-S", str(size), source],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None, None
+    props = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
+    return props.get("TYPE"), props.get("LABEL")
+
+
+# ---- source safety --------------------------------------------------------------------
+def _sys_block_dir(devnum: DevNum) -> Path | None:
+    p = Path(f"/sys/dev/block/{devnum[0]}:{devnum[1]}")
+    try:
+        return p.resolve(strict=True)
+    except OSError:
+        return None
+
+
+def _read_devnum(path: Path) -> DevNum | None:
+    try:
+        major, minor = path.read_text().strip().split(":")
+        return int(major), int(minor)
+    except (OSError, ValueError):
+        return None
+
+
+def source_devnums(devnum: DevNum) -> dict[DevNum, str]:
+    """The device and its partitions (device numbers -> kernel names)."""
+    out: dict[DevNum, str] = {}
+    sysdir = _sys_block_dir(devnum)
+    if sysdir is None:
+        return {devnum: f"{devnum[0]}:{devnum[1]}"}
+    out[devnum] = sysdir.name
+    for child in sysdir.iterdir():
+        if (child / "partition").exists():
+            dn = _read_devnum(child / "dev")
+            if dn is not None:
+                out[dn] = child.name
+    return out
+
+
+def busy_read_write(devnums: dict[DevNum, str]) -> list[str]:
+    """Read-write mounts and active swap on these devices, as operator-readable strings."""
+    from rescueui.core import mounts
+
+    found: list[str] = []
+    try:
+        entries = mounts.read_mountinfo()
+    except OSError:
+        entries = []
+    for e in entries:
+        dev = mounts.mount_devnum(e)
+        if dev in devnums and "rw" in e.options.split(","):
+            found.append(f"/dev/{devnums[dev]} is mounted read-write on {e.mountpoint}")
+    for s in mounts.read_swaps():
+        if s.kind == "partition" and s.devnum in devnums:
+            found.append(f"/dev/{devnums[s.devnum]} is in use as swap")
+    return found
+
+
+def describe_source(path: str, kind: str, size: int, lss: int, pss: int) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "path": path,
+        "kind": kind,
+        "size_bytes": size,
+        "logical_sector_size": lss,
+        "physical_sector_size": pss,
+        "model": None,
+        "vendor": None,
+        "serial": None,
+        "wwn": None,
+        "bus": "file" if kind == "file" else None,
+    }
+    if kind == "block":
+        try:
+            from rescueui.core.disks import find_disk
+
+            disk = find_disk(path)
+            if disk is not None:
+                for key in ("model", "vendor", "serial", "wwn", "bus"):
+                    info[key] = getattr(disk, key, None)
+                info["name"] = disk.name
+        except Exception:  # description only: never fail a capture over it
+            pass
+    return info
+
+
+def host_profile() -> dict[str, Any]:
+    try:
+        from rescueui.core.host import read_host_profile
+
+        return dict(read_host_profile().to_dict())
+    except Exception:
+        firmware = "uefi" if os.path.isdir("/sys/firmware/efi") else "bios"
+        try:
+            mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError):
+            mem = 0
+        return {"cpus": os.cpu_count() or 1, "memory_bytes": mem, "firmware": firmware}
+
+
+# ---- destination ----------------------------------------------------------------------
+def _our_files(directory: Path) -> list[Path]:
+    return [
+        p
+        for p in directory.iterdir()
+        if p.name in (MANIFEST_NAME, INCOMPLETE_MARKER, f".{MANIFEST_NAME}.tmp")
+        or p.suffix in (".zst", ".idx")
+    ]
+
+
+def prepare_destination(image_dir: Path) -> None:
+    """Create or reuse the image folder; refuse one that holds anything but an incomplete image."""
+    if image_dir.exists() and not image_dir.is_dir():
+        raise CaptureError(
+            f"{image_dir} exists and is not a folder.",
+            hint="Give the path of a new (or empty) folder for the image.",
+        )
+    if image_dir.is_dir():
+        entries = [p for p in image_dir.iterdir() if p.name != REPORTS_SUBDIR]
+        if entries:
+            if not (image_dir / INCOMPLETE_MARKER).exists():
+                raise CaptureError(
+                    f"The folder {image_dir} is not empty"
+                    + (" (it holds an image)" if (image_dir / MANIFEST_NAME).exists() else "")
+                    + ": refusing to write an image into it.",
+                    hint="Choose a new or empty folder, or delete this one if it is not needed.",
+                )
+            strangers = [p.name for p in entries if p not in _our_files(image_dir)]
+            if strangers:
+                raise CaptureError(
+                    f"The incomplete image in {image_dir} also holds other files "
+                    f"({', '.join(sorted(strangers)[:5])}): refusing to replace it.",
+                    hint="Choose a new or empty folder.",
+                )
+            for p in _our_files(image_dir):
+                if p.name != INCOMPLETE_MARKER:
+                    p.unlink()
+    else:
+        image_dir.mkdir(parents=True)
+    write_file_atomic(
+        image_dir / INCOMPLETE_MARKER,
+        b"This image is incomplete: its capture is running or did not finish.\n"
+        b"rescueui refuses to restore it. Capture the disk again.\n",
+    )
+
+
+# ---- pipeline -------------------------------------------------------------------------
+@dataclass
+class _StreamState:
+    plan: PlannedStream
+    chunk_size: int
+    count: int
+    data_path: Path
+    index_path: Path
+    fd: int = -1
+    index: IndexBuilder | None = None
+    nonzero: bool = False
+    chunks_written: int = 0
+
+
+@dataclass
+class _Result:
+    st: _StreamState
+    i: int
+    n: int
+    zero: bool
+    digest: bytes
+    frame: bytes
+
+
+@dataclass
+class CaptureStats:
+    bytes_read: int = 0
+    bytes_stored: int = 0
+    chunks: int = 0
+    zero_chunks: int = 0
+    direct_io: bool = False
+    streams: list[StreamEntry] = field(default_factory=list)
+
+
+class _Capture:
+    def __init__(
+        self,
+        src_fd: int,
+        src_path: str,
+        image_dir: Path,
+        plans: list[PlannedStream],
+        *,
+        level: int,
+        chunk_size: int,
+        workers: int,
+        meter: ProgressMeter,
+        cancel: threading.Event,
+        direct: bool,
+    ) -> None:
+        self.src_fd = src_fd
+        self.src_path = src_path
+        self.image_dir = image_dir
+        self.level = level
+        self.chunk_size = chunk_size
+        self.workers = workers
+        self.meter = meter
+        self.cancel = cancel
+        self.direct = direct
+        self.stop = threading.Event()
+        self.states = [
+            _StreamState(
+                plan=p,
+                chunk_size=chunk_size,
+                count=math.ceil(p.size / chunk_size),
+                data_path=image_dir / f"{p.name}.zst",
+                index_path=image_dir / f"{p.name}.idx",
+            )
+            for p in plans
+        ]
+        self.total_chunks = sum(s.count for s in self.states)
+        nbuf = 2 * workers + 2
+        self.free: Queue[Any] = Queue()
+        for _ in range(nbuf):
+            self.free.put(blockdev.aligned_buffer(chunk_size))
+        self.work: Queue[Any] = Queue()
+        self.max_pending = nbuf
+        self.zero = bytes(chunk_size)
+        self._zero_frames: dict[int, bytes] = {}
+        self._local = threading.local()
+        self.stats = CaptureStats(direct_io=direct)
+        self.buffered_fd: int | None = None
+
+    # -- reader ---------------------------------------------------------------------
+    def _read_exact(self, buf: Any, n: int, offset: int) -> None:
+        view = memoryview(buf)
+        done = 0
+        try:
+            while done < n:
+                fd = self.src_fd if self.buffered_fd is None else self.buffered_fd
+                try:
+                    got = os.preadv(fd, [view[done:n]], offset + done)
+                except OSError as exc:
+                    if exc.errno == errno.EINVAL and self.buffered_fd is None:
+                        # O_DIRECT refused this request (alignment): continue buffered
+                        self.buffered_fd = os.open(self.src_path, os.O_RDONLY | os.O_CLOEXEC)
+                        self.stats.direct_io = False
+                        continue
+                    raise
+                if got == 0:
+                    raise CaptureError(
+                        f"{self.src_path} ended at byte {offset + done}, before the expected "
+                        f"end ({offset + n}); the disk shrank or was removed.",
+                        hint="Check the source disk and its cable, then capture again.",
+                    )
+                done += got
+        except OSError as exc:
+            raise CaptureError(
+                f"Reading {self.src_path} at byte {offset + done} failed: {exc.strerror}.",
+                hint="The source disk may be failing (see 'dmesg'); a failing disk is better "
+                "copied with ddrescue first, then captured from the copy.",
+            ) from exc
+        finally:
+            view.release()
+
+    def _reader(self) -> None:
+        try:
+            for st in self.states:
+                p = st.plan
+                for i in range(st.count):
+                    buf = None
+                    while buf is None:
+                        if self.stop.is_set() or self.cancel.is_set():
+                            return
+                        try:
+                            buf = self.free.get(timeout=0.2)
+                        except Empty:
+                            continue
+                    off = i * st.chunk_size
+                    n = min(st.chunk_size, p.size - off)
+                    self._read_exact(buf, n, p.start + off)
+                    self.work.put((st, i, buf, n))
+        except BaseException as exc:  # handed to the writer, which raises it
+            self.work.put(exc)
+            return
+        finally:
+            self.work.put(None)
+
+    # -- workers --------------------------------------------------------------------
+    def _cctx(self) -> zstandard.ZstdCompressor:
+        c = getattr(self._local, "c", None)
+        if c is None:
+            c = self._local.c = zstandard.ZstdCompressor(
+                level=self.level, write_content_size=True, write_checksum=False
+            )
+        return c
+
+    def _zero_frame(self, n: int) -> bytes:
+        frame = self._zero_frames.get(n)
+        if frame is None:
+            frame = self._zero_frames[n] = self._cctx().compress(bytes(n))
+        return frame
+
+    def _process(self, item: tuple[_StreamState, int, Any, int]) -> _Result:
+        st, i, buf, n = item
+        try:
+            zero = buf[:n] == (self.zero if n == self.chunk_size else self.zero[:n])
+            if zero:
+                return _Result(st, i, n, True, zero_digest(n), self._zero_frame(n))
+            with memoryview(buf) as mv, mv[:n] as view:
+                digest = blake3.blake3(view).digest()
+                frame = self._cctx().compress(view)
+            return _Result(st, i, n, False, digest, frame)
+        finally:
+            self.free.put(buf)
+
+    # -- writer ---------------------------------------------------------------------
+    def _write_all(self, fd: int, data: bytes, path: Path) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError as exc:
+            raise self._dest_error(exc, path) from exc
+
+    def _dest_error(self, exc: OSError, path: Path) -> CaptureError:
+        written = self.stats.bytes_stored
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return CaptureError(
+                f"The destination {self.image_dir} is full: writing {path.name} failed after "
+                f"{human_size(written)} of image data ({human_size(self.stats.bytes_read)} of "
+                f"{human_size(self.meter.bytes_total)} of the disk captured). The folder is "
+                "marked incomplete and cannot be restored.",
+                hint="Free space or choose a larger medium, then capture again (the incomplete "
+                "folder can be reused or deleted).",
+            )
+        return CaptureError(
+            f"Writing {path} failed: {exc.strerror} (after {human_size(written)} of image data). "
+            "The folder is marked incomplete.",
+            hint="Check the destination medium (see 'dmesg'), then capture again.",
+        )
+
+    def _write_result(self, r: _Result) -> None:
+        st = r.st
+        if st.fd < 0:
+            try:
+                st.fd = os.open(
+                    st.data_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644
+                )
+            except OSError as exc:
+                raise self._dest_error(exc, st.data_path) from exc
+            st.index = IndexBuilder(st.chunk_size)
+        assert st.index is not None
+        self._write_all(st.fd, r.frame, st.data_path)
+        st.index.add(len(r.frame), r.n, r.digest, r.zero)
+        st.nonzero = st.nonzero or not r.zero
+        st.chunks_written += 1
+        self.stats.bytes_read += r.n
+        self.stats.bytes_stored += len(r.frame)
+        self.stats.chunks += 1
+        self.stats.zero_chunks += int(r.zero)
+        event = ChunkEvent(
+            stream=st.plan.name,
+            index=r.i,
+            offset=st.plan.start + r.i * st.chunk_size,
+            length=r.n,
+            blake3=r.digest.hex(),
+            ok=True,
+            zero=r.zero,
+        )
+        self.meter.advance(
+            r.n,
+            stream=st.plan.name,
+            chunks_done=self.stats.chunks,
+            stream_chunks_done=r.i + 1,
+            stream_chunks_total=st.count,
+            last_chunk=event,
+        )
+        if r.i == st.count - 1:
+            self._finish_stream(st)
+
+    def _finish_stream(self, st: _StreamState) -> None:
+        assert st.index is not None
+        try:
+            os.fdatasync(st.fd)
+        except OSError as exc:
+            raise self._dest_error(exc, st.data_path) from exc
+        finally:
+            os.close(st.fd)
+            st.fd = -1
+        p = st.plan
+        if p.optional and not st.nonzero:
+            st.data_path.unlink(missing_ok=True)  # an all-zero gap: restore zeros it anyway
+            return
+        index_bytes = st.index.encode(p.size)
+        try:
+            write_file_atomic(st.index_path, index_bytes)
+        except OSError as exc:
+            raise self._dest_error(exc, st.index_path) from exc
+        self.stats.streams.append(
+            StreamEntry(
+                name=p.name,
+                kind=p.kind,
+                partition_number=p.partition_number,
+                start_bytes=p.start,
+                size_bytes=p.size,
+                data_file=st.data_path.name,
+                index_file=st.index_path.name,
+                root_blake3=st.index.root(),
+                chunk_size=st.chunk_size,
+                fs_type=p.fs_type,
+                label=p.label,
+                chunk_count=st.count,
+                index_blake3=blake3.blake3(index_bytes).hexdigest(),
+                compressed_bytes=st.index.offset,
+                zero_chunks=st.index.zero_chunks,
+            )
+        )
+
+    def run(self) -> CaptureStats:
+        self.meter.update(phase="capture", chunks_total=self.total_chunks)
+        reader = threading.Thread(target=self._reader, name="capture-reader", daemon=True)
+        pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="capture-work")
+        pending: deque[Future[_Result]] = deque()
+        reader.start()
+        try:
+            while True:
+                item = self.work.get()
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                pending.append(pool.submit(self._process, item))
+                while pending and (len(pending) >= self.max_pending or pending[0].done()):
+                    self._write_result(pending.popleft().result())
+                if self.cancel.is_set():
+                    raise CancelledError(
+                        f"Capture of {self.src_path} cancelled by the operator after "
+                        f"{human_size(self.stats.bytes_read)}. The folder {self.image_dir} is "
+                        "marked incomplete.",
+                        hint="Capture again when ready, or delete the incomplete folder.",
+                    )
+            while pending:
+                self._write_result(pending.popleft().result())
+            if self.cancel.is_set() and self.stats.chunks < self.total_chunks:
+                raise CancelledError(
+                    f"Capture of {self.src_path} cancelled by the operator after "
+                    f"{human_size(self.stats.bytes_read)}. The folder {self.image_dir} is "
+                    "marked incomplete.",
+                    hint="Capture again when ready, or delete the incomplete folder.",
+                )
+            if self.stats.chunks != self.total_chunks:
+                raise CaptureError(
+                    f"Capture of {self.src_path} stopped after {self.stats.chunks} of "
+                    f"{self.total_chunks} chunks.",
+                    hint="Capture again.",
+                )
+            return self.stats
+        finally:
+            self.stop.set()
+            for f in pending:
+                f.cancel()
+            # unblock and join the reader
+            while reader.is_alive():
+                try:
+                    self.work.get(timeout=0.1)
+                except Empty:
+                    pass
+            pool.shutdown(wait=True, cancel_futures=True)
+            for st in self.states:
+                if st.fd >= 0:
+                    os.close(st.fd)
+                    st.fd = -1
+            if self.buffered_fd is not None:
+                os.close(self.buffered_fd)
+
+
+# ---- public entry point ---------------------------------------------------------------
+def _open_source(path: str) -> tuple[int, str, bool]:
+    """(fd, kind, direct) — block devices with O_DIRECT where possible, files buffered."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise CaptureError(
+            f"Cannot open the source {path}: {exc.strerror}.",
+            hint="Check the device name with 'rescueui disks'.",
+        ) from exc
+    if stat.S_ISBLK(st.st_mode):
+        try:
+            fd, direct = blockdev.open_direct_read(path)
+        except OSError as exc:
+            raise CaptureError(
+                f"Cannot open the source {path}: {exc.strerror}.", hint="Are you root?"
+            ) from exc
+        return fd, "block", direct
+    if stat.S_ISREG(st.st_mode):
+        try:
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC), "file", False
+        except OSError as exc:
+            raise CaptureError(f"Cannot open the source {path}: {exc.strerror}.") from exc
+    raise CaptureError(
+        f"The source {path} is neither a disk nor a disk image file.",
+        hint="Choose a whole disk such as /dev/sda (see 'rescueui disks').",
+    )
+
+
+def capture(
+    source: str | Path,
+    image_dir: str | Path,
+    *,
+    level: int = 3,
+    partitions: list[int] | None = None,
+    allow_mounted_rw: bool = False,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+    chunk_size: int = CHUNK_SIZE,
+    workers: int = DEFAULT_WORKERS,
+) -> JobReport:
+    """Capture ``source`` (a block device or a disk image file) into the folder ``image_dir``.
+
+    Returns the success :class:`JobReport` (also written to ``image_dir/reports``). On
+    failure or cancel raises a :class:`RescueError` (``CaptureError``, ``CancelledError``,
+    ...) with the failed report, already written, as ``exc.report``.
+    """
+    src = os.fspath(source)
+    dest = Path(image_dir).absolute()
+    cancel = cancel or threading.Event()
+    report = JobReport(job="capture", source=src, destination=str(dest), image_dir=str(dest))
+    report.details.update({"level": level, "chunk_size": chunk_size, "workers": workers})
+    fd = -1
+    dest_prepared = False
+    try:
+        if not 1 <= level <= 22:
+            raise CaptureError(
+                f"zstd level {level} is out of range.", hint="Use 1 to 19 (default 3)."
+            )
+        fd, kind, direct = _open_source(src)
+        size = blockdev.device_size(fd)
+        lss = blockdev.logical_sector_size(fd)
+        pss = blockdev.physical_sector_size(fd)
+        if size == 0:
+            raise CaptureError(f"The source {src} is empty (0 bytes).", hint="Choose another disk.")
+        warnings: list[str] = []
+        if kind == "block":
+            rdev = os.fstat(fd).st_rdev
+            devnums = source_devnums((os.major(rdev), os.minor(rdev)))
+            # never write the image onto the disk being captured
+            probe = dest if dest.exists() else dest.parent
+            while not probe.exists() and probe != probe.parent:
+                probe = probe.parent
+            dst_dev = os.stat(probe).st_dev
+            if (os.major(dst_dev), os.minor(dst_dev)) in devnums:
+                raise CaptureError(
+                    f"The destination {dest} is on the disk being captured ({src}).",
+                    hint="Write the image to another disk (e.g. a USB disk).",
+                )
+            busy = busy_read_write(devnums)
+            if busy:
+                if not allow_mounted_rw:
+                    raise CaptureError(
+                        f"Refusing to capture {src}: {'; '.join(busy)}. A filesystem that "
+                        "changes while it is read gives an inconsistent image.",
+                        hint="Unmount it (or remount it read-only) and try again; to capture "
+                        "anyway, allow mounted sources explicitly (--allow-mounted).",
+                    )
+                warnings.append(
+                    f"The source was in use during capture ({'; '.join(busy)}); the image may "
+                    "be inconsistent."
+                )
+        try:
+            table = parttable.read_table(src)
+        except DiskError as exc:
+            raise CaptureError(exc.message, hint=exc.hint) from exc
+        plans = plan_streams(table, size, partitions, src)
+        for p in plans:
+            if p.kind in ("partition", "disk"):
+                p.fs_type, p.label = probe_filesystem(src, p.start, p.size)
+        total = sum(p.size for p in plans)
+        report.bytes_total = total
+        manifest = ImageManifest(
+            version=FORMAT_VERSION,
+            created=now_iso(),
+            tool_version=__version__,
+            source_disk=describe_source(src, kind, size, lss, pss),
+            partition_table=table,
+            host=host_profile(),
+            streams=[],
+            complete=False,
+            warnings=warnings,
+            whole_disk=not partitions,
+        )
+        report.warnings = list(warnings)
+        try:
+            prepare_destination(dest)
+            dest_prepared = True
+            save_manifest(dest, manifest)
+        except OSError as exc:
+            raise CaptureError(
+                f"Cannot write to {dest}: {exc.strerror}.",
+                hint="Check that the image medium is mounted read-write and has free space.",
+            ) from exc
+        meter = ProgressMeter("capture", total, progress or (lambda _p: None))
+        job = _Capture(
+            fd,
+            src,
+            dest,
+            plans,
+            level=level,
+            chunk_size=chunk_size,
+            workers=max(1, workers),
+            meter=meter,
+            cancel=cancel,
+            direct=direct,
+        )
+        stats = job.run()
+        report.bytes_done = stats.bytes_read
+        report.bytes_stored = stats.bytes_stored
+        manifest.streams = stats.streams
+        manifest.complete = True
+        manifest.finished = now_iso()
+        try:
+            save_manifest(dest, manifest)
+            os.unlink(dest / INCOMPLETE_MARKER)
+            blockdev_fsync_dir(dest)
+        except OSError as exc:
+            raise job._dest_error(exc, dest / MANIFEST_NAME) from exc
+        meter.update(phase="done")
+        report.streams = [_stream_summary(s) for s in stats.streams]
+        report.details.update(
+            {
+                "chunks": stats.chunks,
+                "zero_chunks": stats.zero_chunks,
+                "direct_io": stats.direct_io,
+                "gaps_skipped_all_zero": [
+                    p.name
+                    for p in plans
+                    if p.optional and p.name not in {s.name for s in stats.streams}
+                ],
+                "extent_bytes": manifest.extent_bytes,
+                "manifest_blake3": manifest.manifest_blake3,
+            }
+        )
+        report.finish("success")
+        report.write(dest / REPORTS_SUBDIR)
+        return report
+    except RescueError as exc:
+        _fail(report, exc, dest if dest_prepared else None)
+        raise
+    except Exception as exc:  # a bug or an unexpected OS error: still a report, still a message
+        err = CaptureError(
+            f"Capture of {src} failed unexpectedly: {type(exc).__name__}: {exc}.",
+            hint="The image folder is marked incomplete. Please report this with the log.",
+        )
+        _fail(report, err, dest if dest_prepared else None)
+        raise err from exc
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def _stream_summary(s: StreamEntry) -> dict[str, Any]:
+    return {
+        "name": s.name,
+        "kind": s.kind,
+        "start_bytes": s.start_bytes,
+        "size_bytes": s.size_bytes,
+        "compressed_bytes": s.compressed_bytes,
+        "zero_chunks": s.zero_chunks,
+        "chunk_count": s.chunk_count,
+        "fs_type": s.fs_type,
+        "label": s.label,
+        "root_blake3": s.root_blake3,
+    }
+
+
+def _fail(report: JobReport, exc: RescueError, dest: Path | None) -> None:
+    report.finish("cancelled" if isinstance(exc, CancelledError) else "failed", exc)
+    if dest is not None:
+        report.details["incomplete_image"] = str(dest)
+    report.write(dest / REPORTS_SUBDIR if dest is not None else None)
+    exc.report = report  # type: ignore[attr-defined]
+
+
+def blockdev_fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+__all__ = [
+    "CaptureStats",
+    "PlannedStream",
+    "capture",
+    "plan_streams",
+    "prepare_destination",
+]
