@@ -92,8 +92,10 @@ def print_table(disks: list[Disk], *, ascii_only: bool = False) -> None:
     table = Table(box=box.ASCII if ascii_only else box.SQUARE, header_style="bold")
     table.add_column("Device", no_wrap=True)
     table.add_column("Size", no_wrap=True, justify="right")
-    for col in ("Model / serial", "Bus", "Table / filesystem", "Mounted on"):
-        table.add_column(col, overflow="fold")
+    table.add_column("Model / serial", overflow="fold", max_width=30)
+    table.add_column("Bus")
+    table.add_column("Table / filesystem", overflow="fold")
+    table.add_column("Mounted on", overflow="fold")
     table.add_column("Target", justify="center")
     table.add_column("Why not", overflow="fold")
     for disk in disks:
