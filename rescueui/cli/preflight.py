@@ -1,17 +1,104 @@
-"""`rescueui preflight` (placeholder until its issue lands)."""
+"""`rescueui preflight IMAGE_DIR TARGET [--partition N] [--no-grow] [--json]`.
+
+Prints every pre-flight finding: the level as a word (OK / INFO / WARN / STOP) and as a
+colour (never colour alone), the one-line message and, indented, the detail.
+Nothing is written. Exit status: 0 when nothing stops the restore (warnings still need
+``--accept-warnings`` on ``rescueui restore``), 3 when a STOP was found, 1 on an error
+(image unreadable, target not found).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+
+from rich.console import Console
+from rich.markup import escape
+
+from rescueui.core.image import Image
+from rescueui.core.preflight import Finding, TargetInfo, preflight_report, run_preflight, stops
+
+EXIT_STOP = 3
+
+LEVEL_STYLE = {"ok": "green", "info": "cyan", "warn": "yellow", "stop": "bold red"}
+LEVEL_WORD = {"ok": "OK", "info": "INFO", "warn": "WARN", "stop": "STOP"}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("preflight", help="(not built yet)")
-    p.add_argument("rest", nargs="*")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser(
+        "preflight",
+        help="check an image against a target disk and this machine (nothing is written)",
+        description="Pre-flight check: does the image fit the target, does this machine match "
+        "the one the image came from (firmware, CPUs, memory, disk bus, sector size, "
+        "virtual/physical), and what is on the target now. Nothing is written. "
+        f"Exit status 0 when nothing stops a restore, {EXIT_STOP} when something does.",
+    )
+    p.add_argument("image_dir", metavar="IMAGE_DIR", help="the image folder")
+    p.add_argument(
+        "target",
+        metavar="TARGET",
+        help="target disk (e.g. /dev/sdb), target partition with --partition, or a disk image file",
+    )
+    p.add_argument(
+        "--partition",
+        type=int,
+        metavar="N",
+        help="check restoring only image partition N onto the partition TARGET",
+    )
+    p.add_argument(
+        "--no-grow",
+        action="store_true",
+        help="as for a restore that keeps the image's partition sizes on a larger disk",
+    )
+    p.add_argument("--json", action="store_true", help="print the findings as JSON")
+
+
+def format_finding(f: Finding, *, colour: bool = True) -> str:
+    """Rich markup for one finding: ``[STOP] message`` + indented detail."""
+    word = f"[{LEVEL_WORD[f.level]}]".ljust(6)
+    head = f"[{LEVEL_STYLE[f.level]}]{escape(word)}[/] " if colour else f"{word} "
+    text = head + escape(f.message)
+    if f.detail:
+        for line in f.detail.splitlines():
+            text += "\n       " + escape(line)
+    return text
+
+
+def summary(findings: list[Finding]) -> str:
+    n_stop = len(stops(findings))
+    n_warn = sum(1 for f in findings if f.level == "warn")
+    if n_stop:
+        return f"STOP: {n_stop} problem(s) prevent this restore. Nothing would be written."
+    if n_warn:
+        return (
+            f"WARN: {n_warn} warning(s); a restore needs each acknowledged "
+            "(rescueui restore ... --accept-warnings)."
+        )
+    return "OK: nothing stops this restore."
 
 
 def run(args: argparse.Namespace) -> int:
-    print("rescueui preflight: not built yet", file=sys.stderr)
-    return 2
+    with Image.open(args.image_dir) as image:
+        target = TargetInfo.from_path(args.target, image_paths=[image.dir])
+        findings = run_preflight(image, target, partition=args.partition, grow=not args.no_grow)
+    code = EXIT_STOP if stops(findings) else 0
+    if args.json:
+        out = preflight_report(findings)
+        out["image"] = str(args.image_dir)
+        out["target"] = target.path
+        out["partition"] = args.partition
+        print(json.dumps(out, indent=2))
+        return code
+    console = Console(highlight=False, soft_wrap=True)
+    console.print(
+        f"Pre-flight: {escape(str(args.image_dir))} -> {escape(target.path)}"
+        + (f" (image partition {args.partition})" if args.partition else "")
+    )
+    for f in findings:
+        console.print(format_finding(f))
+    last = summary(findings)
+    style = "bold red" if code else ("yellow" if last.startswith("WARN") else "green")
+    console.print(f"[{style}]{escape(last)}[/]")
+    sys.stdout.flush()
+    return code

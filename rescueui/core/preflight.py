@@ -339,6 +339,7 @@ class ImageFacts:
     extent_bytes: int
     complete: bool = True
     warnings: list[str] = field(default_factory=list)
+    whole_disk: bool = True  # False: only selected partitions were captured
     mbr: bytes | None = None  # first 512 bytes of the source disk, None when not in the image
     mbr_note: str = ""  # why mbr is None
 
@@ -377,6 +378,7 @@ class ImageFacts:
             extent_bytes=extent,
             complete=bool(get("complete", True)),
             warnings=[str(w) for w in get("warnings", []) or []],
+            whole_disk=bool(get("whole_disk", True)),
             mbr=mbr,
             mbr_note=mbr_note,
         )
@@ -596,7 +598,17 @@ def check(
     out: list[Finding] = []
     out += _check_image(facts)
     out += _check_target_safety(target)
-    if partition is None:
+    if partition is None and not facts.whole_disk:
+        out.append(
+            Finding(
+                "stop",
+                "fit",
+                "The image holds only selected partitions, not a whole disk.",
+                "Restore its partitions one by one onto existing partitions "
+                "(--partition N TARGET_PARTITION).",
+            )
+        )
+    elif partition is None:
         out += _check_fit_disk(facts, target, grow=grow)
     else:
         out += _check_fit_partition(facts, target, partition)
@@ -983,6 +995,8 @@ def _check_cpus_memory(source: HostProfile | None, host: HostProfile) -> list[Fi
 def _check_bus(facts: ImageFacts, target: Any, partition: int | None) -> list[Finding]:
     src = str(facts.source_disk.get("bus") or "").lower() or None
     tgt = str(_get(target, "bus", "") or "").lower() or None
+    if (_get(target, "kind") == "file" or tgt == "file") and src == "file":
+        return [Finding("ok", "bus", "Source and target are both disk image files.")]
     if _get(target, "kind") == "file" or tgt == "file":
         return [
             Finding(
@@ -1070,7 +1084,8 @@ def _check_model(source: HostProfile | None, host: HostProfile) -> list[Finding]
             Finding(
                 "info",
                 "model",
-                f"Machine model not compared (the source's is unknown); this is {host.machine}.",
+                "Machine model not compared: the source's is unknown "
+                f"(this machine: {host.machine}).",
             )
         ]
     if (source.dmi_vendor, source.dmi_product) == (host.dmi_vendor, host.dmi_product):
