@@ -1,0 +1,569 @@
+"""The restore data path: read → decompress → BLAKE3 check → write, then read-back verify.
+
+Work is a list of :class:`Segment` s in disk order (one per chunk of every stream, plus
+"fill" segments for the zero ranges of a whole-disk image that no stream covers). The
+coordinating thread (the writer) hands chunks to a small pool of decoder threads
+(zstandard and blake3 release the GIL) and writes their results strictly in order, so
+a chunk that fails its hash check stops the job with nothing from that chunk onward
+written. Memory is bounded by a fixed pool of page-aligned buffers reused for every
+chunk, whatever the image size.
+
+Zero chunks cost neither decompression nor hashing: the index flag and the known hash
+of that many zero bytes are checked, and adjacent zero ranges are made zero on the
+target with one ``BLKZEROOUT`` (``blockdev.zero_range``) call.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import blake3
+import zstandard
+
+from rescueui.core import blockdev
+from rescueui.core.errors import CorruptImageError, ImageError, RestoreError, VerifyError
+from rescueui.core.image import Image, StreamEntry
+from rescueui.core.target import TargetHandle
+from rescueui.core.units import MiB
+
+ZERO_FLUSH_BYTES = 256 * MiB  # largest single zero_range call (keeps cancel responsive)
+FILL_SEGMENT = 4 * MiB  # uncovered zero ranges are cut into pieces of this size
+
+# errno values that mean "the disk went away or is failing", not "bad request".
+DEVICE_GONE = {errno.ENODEV, errno.ENXIO, errno.ENOENT}
+
+
+@lru_cache(maxsize=32)
+def zero_hash(length: int) -> str:
+    """BLAKE3 (hex) of ``length`` zero bytes."""
+    return blake3.blake3(bytes(length)).hexdigest()
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One piece of work: a chunk of a stream (or a zero fill) at its place on the target."""
+
+    stream: str  # stream name, or "fill" for a zero range no stream covers
+    index: int  # chunk index in its stream (fill: running number)
+    disk_offset: int  # where it goes on the target
+    length: int  # raw bytes
+    blake3: str  # expected hash of the raw bytes
+    zero: bool
+    data_file: str | None = None  # stream data file (None for zero fills)
+    file_offset: int = 0
+    comp_length: int = 0
+    phase: str = "write"  # "partition-table" | "write"
+
+    @property
+    def end(self) -> int:
+        return self.disk_offset + self.length
+
+    def where(self) -> str:
+        if self.stream == "fill":
+            return f"zero range at disk offset {self.disk_offset}"
+        return f"stream '{self.stream}', chunk {self.index} (disk offset {self.disk_offset})"
+
+
+def stream_segments(image: Image, stream: StreamEntry, base: int, phase: str) -> list[Segment]:
+    """The chunks of one stream placed at ``base`` (its start on the target)."""
+    out: list[Segment] = []
+    for c in image.iter_chunks(stream):
+        out.append(
+            Segment(
+                stream=stream.name,
+                index=c.index,
+                disk_offset=base + c.index * stream.chunk_size,
+                length=c.raw_length,
+                blake3=c.blake3,
+                zero=c.zero,
+                data_file=str(image.data_path(stream)),
+                file_offset=c.offset,
+                comp_length=c.length,
+                phase=phase,
+            )
+        )
+    return out
+
+
+def fill_segments(start: int, end: int, first_index: int) -> list[Segment]:
+    out: list[Segment] = []
+    pos = start
+    n = first_index
+    while pos < end:
+        length = min(FILL_SEGMENT - (pos % FILL_SEGMENT), end - pos)
+        out.append(Segment("fill", n, pos, length, zero_hash(length), True))
+        pos += length
+        n += 1
+    return out
+
+
+def table_streams(image: Image) -> list[StreamEntry]:
+    """The streams that hold the partition table(s): the head and, for GPT, the tail."""
+    return [s for s in image.streams if s.kind in ("head", "tail")]
+
+
+def whole_disk_segments(image: Image) -> list[Segment]:
+    """Every segment of a whole-disk restore: the tables first, then the rest in disk order,
+    with zero fills for the ranges below the image extent that no stream covers."""
+    tables = table_streams(image)
+    rest = sorted((s for s in image.streams if s not in tables), key=lambda s: s.start_bytes)
+    segs: list[Segment] = []
+    for s in sorted(tables, key=lambda s: s.start_bytes):
+        segs += stream_segments(image, s, s.start_bytes, "partition-table")
+    covered = sorted((s.start_bytes, s.end_bytes) for s in image.streams)
+    fills: list[tuple[int, int]] = []
+    if image.manifest.whole_disk:
+        pos = 0
+        for a, b in covered:
+            if a > pos:
+                fills.append((pos, a))
+            pos = max(pos, b)
+    # Merge the non-table streams and the fills in disk order.
+    items: list[tuple[int, StreamEntry | tuple[int, int]]] = [(s.start_bytes, s) for s in rest]
+    items += [(a, (a, b)) for a, b in fills]
+    items.sort(key=lambda t: t[0])
+    nfill = 0
+    for _, item in items:
+        if isinstance(item, StreamEntry):
+            segs += stream_segments(image, item, item.start_bytes, "write")
+        else:
+            new = fill_segments(item[0], item[1], nfill)
+            nfill += len(new)
+            segs += new
+    return segs
+
+
+def partition_segments(image: Image, stream: StreamEntry) -> list[Segment]:
+    """A partition restore: the stream goes at offset 0 of the target partition."""
+    return stream_segments(image, stream, 0, "write")
+
+
+# ------------------------------------------------------------------ decoding
+
+
+class Decoder:
+    """Reads, decompresses and hash-checks chunks into caller-provided buffers (thread-safe)."""
+
+    def __init__(self, max_comp: int) -> None:
+        self._local = threading.local()
+        self._fds: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._max_comp = max_comp
+
+    def _fd(self, path: str) -> int:
+        fd = self._fds.get(path)
+        if fd is None:
+            with self._lock:
+                fd = self._fds.get(path)
+                if fd is None:
+                    try:
+                        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                    except OSError as exc:
+                        raise ImageError(
+                            f"Cannot open the image data file {path}: {exc.strerror}.",
+                            hint="Check that the image medium is still attached.",
+                        ) from exc
+                    self._fds[path] = fd
+        return fd
+
+    def _state(self) -> tuple[zstandard.ZstdDecompressor, bytearray]:
+        st = getattr(self._local, "st", None)
+        if st is None:
+            st = self._local.st = (zstandard.ZstdDecompressor(), bytearray(self._max_comp))
+        return st
+
+    def decode(self, seg: Segment, out: memoryview) -> memoryview:
+        """Fill ``out[:seg.length]`` with the chunk's raw bytes, checked against its BLAKE3."""
+        assert seg.data_file is not None
+        dctx, comp = self._state()
+        cview = memoryview(comp)[: seg.comp_length]
+        try:
+            n = os.preadv(self._fd(seg.data_file), [cview], seg.file_offset)
+        except OSError as exc:
+            raise ImageError(
+                f"Reading {seg.where()} from {seg.data_file} failed: {exc.strerror}.",
+                hint="The image medium may be failing; try another copy of the image.",
+            ) from exc
+        if n != seg.comp_length:
+            raise CorruptImageError(
+                f"The image data file {seg.data_file} is truncated at {seg.where()}: "
+                f"expected {seg.comp_length} bytes at file offset {seg.file_offset}, got {n}.",
+                hint="Nothing from this chunk on was written. Use another copy of the image.",
+            )
+        dst = out[: seg.length]
+        got = 0
+        try:
+            reader = dctx.stream_reader(cview, read_across_frames=False)
+            while got < seg.length:
+                k = reader.readinto(dst[got:])
+                if not k:
+                    break
+                got += k
+            extra = reader.read(1) if got == seg.length else b""
+        except zstandard.ZstdError as exc:
+            raise CorruptImageError(
+                f"{seg.where()} of the image does not decompress: {exc}.",
+                hint="Nothing from this chunk on was written. The image is damaged; use "
+                "another copy of it.",
+            ) from exc
+        if got != seg.length or extra:
+            raise CorruptImageError(
+                f"{seg.where()} decompresses to the wrong size "
+                f"({got if not extra else 'more than ' + str(got)} bytes, expected {seg.length}).",
+                hint="Nothing from this chunk on was written. The image is damaged; use "
+                "another copy of it.",
+            )
+        actual = blake3.blake3(dst).hexdigest()
+        if actual != seg.blake3:
+            raise CorruptImageError(
+                f"Image chunk check failed: {seg.where()} has BLAKE3 {actual}, "
+                f"the index says {seg.blake3}.",
+                hint="Nothing from this chunk on was written. The image is damaged; use "
+                "another copy of it (`rescueui verify IMAGE_DIR` checks a copy without a disk).",
+            )
+        return dst
+
+    def close(self) -> None:
+        with self._lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
+
+
+def check_zero_segment(seg: Segment) -> None:
+    """A zero chunk must carry the known hash of that many zero bytes (no decompression)."""
+    if seg.blake3 != zero_hash(seg.length):
+        raise CorruptImageError(
+            f"{seg.where()} is marked all-zero but its hash is {seg.blake3}, not the hash of "
+            f"{seg.length} zero bytes.",
+            hint="Nothing from this chunk on was written. The image index is damaged; use "
+            "another copy of the image.",
+        )
+
+
+# ------------------------------------------------------------------ errors
+
+
+def device_error(exc: OSError, path: str, offset: int, action: str) -> RestoreError:
+    """Turn an OSError on the target into an operator message."""
+    if exc.errno in DEVICE_GONE:
+        what = f"{path} disappeared while {action} at byte {offset} ({exc.strerror})"
+        hint = (
+            "The disk was removed or its controller reset. Reconnect it, then run the restore "
+            "again with --resume; the journal lets it continue after re-checking what was written."
+        )
+    elif exc.errno == errno.ENOSPC:
+        what = f"{path} is full at byte {offset} while {action}"
+        hint = "The target is smaller than it claimed; choose a larger target."
+    else:
+        what = f"I/O error on {path} at byte {offset} while {action}: {exc.strerror}"
+        hint = (
+            "The disk may be failing (see `dmesg`). Replace it or try another target; a "
+            "restore to it cannot be trusted."
+        )
+    return RestoreError(what + ".", hint=hint)
+
+
+# ------------------------------------------------------------------ the writer
+
+
+@dataclass
+class WriteResult:
+    next_index: int  # segments [start, next_index) are written
+    bytes_written: int
+    zero_calls: int
+    zero_methods: set[str]
+
+
+class BufferPool:
+    """A fixed set of page-aligned buffers (anonymous mmaps), reused for every chunk."""
+
+    def __init__(self, count: int, size: int) -> None:
+        self.size = size
+        self._bufs = [blockdev.aligned_buffer(size) for _ in range(count)]
+        self._free: deque[memoryview] = deque(memoryview(b) for b in self._bufs)
+
+    def take(self) -> memoryview | None:
+        return self._free.popleft() if self._free else None
+
+    def give(self, view: memoryview) -> None:
+        self._free.append(view)
+
+    def __len__(self) -> int:
+        return len(self._bufs)
+
+    def close(self) -> None:
+        self._free.clear()
+        for b in self._bufs:
+            try:
+                b.close()
+            except BufferError:  # a view is still referenced somewhere; the GC frees it
+                pass
+
+
+def write_segments(
+    handle: TargetHandle,
+    segments: list[Segment],
+    start: int,
+    *,
+    pool: BufferPool,
+    decoder: Decoder,
+    workers: int,
+    on_progress: Callable[[Segment, int], None],
+    on_checkpoint: Callable[[int, int], None],
+    cancelled: Callable[[], bool],
+    checkpoint_bytes: int,
+    zero_ranges: bool = True,
+) -> WriteResult:
+    """Write ``segments[start:]`` in order. ``on_checkpoint(next_index, bytes)`` is called
+    after each fdatasync (every ``checkpoint_bytes``) and at the end.
+
+    Raises CorruptImageError (nothing of the bad chunk or after it written), RestoreError
+    on I/O errors, and returns early (check ``cancelled``) when cancelled.
+    """
+    inflight: deque[tuple[int, Segment, Future[memoryview] | None, memoryview | None]] = deque()
+    max_inflight = len(pool) + 64  # zero segments take no buffer
+    i = start
+    written = 0
+    since_sync = 0
+    zero_calls = 0
+    methods: set[str] = set()
+    # Pending zero range: [zstart, zend) covering segments up to znext-1
+    zstart = zend = -1
+    done_index = start
+
+    def flush_zero() -> None:
+        nonlocal zstart, zend, zero_calls
+        if zend > zstart >= 0:
+            try:
+                if zero_ranges:
+                    methods.add(handle.zero(zstart, zend - zstart))
+                else:
+                    _write_zero_plain(handle, pool, zstart, zend - zstart)
+                    methods.add("write")
+            except OSError as exc:
+                raise device_error(exc, handle.path, zstart, "zeroing") from exc
+            zero_calls += 1
+        zstart = zend = -1
+
+    def checkpoint(next_index: int) -> None:
+        nonlocal since_sync
+        flush_zero()
+        try:
+            handle.sync()
+        except OSError as exc:
+            raise device_error(exc, handle.path, 0, "flushing writes (fdatasync)") from exc
+        since_sync = 0
+        on_checkpoint(next_index, written)
+
+    executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="restore-decode")
+    try:
+        while i < len(segments) or inflight:
+            while i < len(segments) and len(inflight) < max_inflight:
+                seg = segments[i]
+                if seg.zero:
+                    inflight.append((i, seg, None, None))
+                else:
+                    buf = pool.take()
+                    if buf is None:
+                        break
+                    inflight.append((i, seg, executor.submit(decoder.decode, seg, buf), buf))
+                i += 1
+            idx, seg, fut, buf = inflight.popleft()
+            if cancelled():
+                checkpoint(idx)
+                return WriteResult(idx, written, zero_calls, methods)
+            if fut is None:
+                try:
+                    check_zero_segment(seg)
+                except CorruptImageError:
+                    checkpoint(idx)
+                    raise
+                if zend == seg.disk_offset and zend - zstart < ZERO_FLUSH_BYTES:
+                    zend = seg.end
+                else:
+                    flush_zero()
+                    zstart, zend = seg.disk_offset, seg.end
+            else:
+                try:
+                    view = fut.result()
+                except (ImageError, OSError):
+                    checkpoint(idx)  # what came before is good and durable
+                    raise
+                flush_zero()
+                try:
+                    handle.pwrite(view, seg.disk_offset)
+                except OSError as exc:
+                    raise device_error(exc, handle.path, seg.disk_offset, "writing") from exc
+                assert buf is not None
+                pool.give(buf)
+            written += seg.length
+            since_sync += seg.length
+            done_index = idx + 1
+            on_progress(seg, idx)
+            if since_sync >= checkpoint_bytes:
+                checkpoint(done_index)
+        checkpoint(done_index)
+        return WriteResult(done_index, written, zero_calls, methods)
+    finally:
+        for _, _, fut, _ in inflight:
+            if fut is not None:
+                fut.cancel()
+        executor.shutdown(wait=True)
+        # buffers of cancelled/abandoned futures go back to the pool
+        for _, _, _, buf in inflight:
+            if buf is not None:
+                pool.give(buf)
+
+
+def _write_zero_plain(handle: TargetHandle, pool: BufferPool, offset: int, length: int) -> None:
+    buf = pool.take()
+    if buf is None:
+        raise RuntimeError("no free buffer for zero writes")
+    try:
+        buf[:] = bytes(len(buf))
+        pos = offset
+        while pos < offset + length:
+            n = min(len(buf), offset + length - pos)
+            handle.pwrite(buf[:n], pos)
+            pos += n
+    finally:
+        pool.give(buf)
+
+
+# ------------------------------------------------------------------ read-back verify
+
+
+@dataclass
+class VerifyMismatch:
+    index: int
+    segment: Segment
+    actual: str
+
+
+class TargetReader:
+    """Reads the target back bypassing the page cache (O_DIRECT where possible)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            self.fd, self.direct = blockdev.open_direct_read(path)
+        except OSError as exc:
+            raise device_error(exc, path, 0, "opening for the read-back verify") from exc
+        self._buffered: int | None = None
+
+    def read_into(self, view: memoryview, offset: int) -> int:
+        n = len(view)
+        got = 0
+        fd = self.fd
+        if self.direct and (n % 512 or offset % 512):
+            fd = self._buf_fd()
+        while got < n:
+            try:
+                k = os.preadv(fd, [view[got:]], offset + got)
+            except OSError as exc:
+                if exc.errno == errno.EINVAL and fd == self.fd and self.direct:
+                    fd = self._buf_fd()
+                    continue
+                raise
+            if k == 0:
+                break
+            got += k
+        return got
+
+    def _buf_fd(self) -> int:
+        if self._buffered is None:
+            self._buffered = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        return self._buffered
+
+    def close(self) -> None:
+        for fd in (self.fd, self._buffered):
+            if fd is not None and fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+
+def verify_segments(
+    path: str,
+    segments: list[Segment],
+    start: int,
+    stop: int,
+    *,
+    pool: BufferPool,
+    workers: int,
+    on_progress: Callable[[Segment, int, str], None],
+    cancelled: Callable[[], bool],
+    first_mismatch_only: bool = False,
+) -> VerifyMismatch | None:
+    """Read back ``segments[start:stop]`` and compare each one's BLAKE3 with the image.
+
+    Raises VerifyError on the first mismatch, unless ``first_mismatch_only`` (used by
+    resume), which returns it instead. Returns None when everything matched (or when
+    cancelled; check ``cancelled``).
+    """
+    reader = TargetReader(path)
+
+    def read_hash(seg: Segment, buf: memoryview) -> str:
+        view = buf[: seg.length]
+        got = reader.read_into(view, seg.disk_offset)
+        if got != seg.length:
+            raise RestoreError(
+                f"{path} ended early: could read only {got} of {seg.length} bytes at offset "
+                f"{seg.disk_offset} during the read-back verify.",
+                hint="The target is smaller than it claimed or was replaced; check it.",
+            )
+        return blake3.blake3(view).hexdigest()
+
+    inflight: deque[tuple[int, Segment, Future[str], memoryview]] = deque()
+    i = start
+    executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="restore-verify")
+    try:
+        while i < stop or inflight:
+            while i < stop:
+                buf = pool.take()
+                if buf is None:
+                    break
+                seg = segments[i]
+                inflight.append((i, seg, executor.submit(read_hash, seg, buf), buf))
+                i += 1
+            idx, seg, fut, buf = inflight.popleft()
+            if cancelled():
+                return None
+            try:
+                actual = fut.result()
+            except OSError as exc:
+                raise device_error(exc, path, seg.disk_offset, "reading back") from exc
+            finally:
+                pool.give(buf)
+            if actual != seg.blake3:
+                if first_mismatch_only:
+                    return VerifyMismatch(idx, seg, actual)
+                raise VerifyError(
+                    f"Read-back verify failed: {path} at {seg.where()} holds data with BLAKE3 "
+                    f"{actual}, the image says {seg.blake3}.",
+                    hint="The target did not store what was written: the disk may be failing "
+                    "(see `dmesg`). Do not use it; restore to another disk.",
+                )
+            on_progress(seg, idx, actual)
+        return None
+    finally:
+        for _, _, fut, _buf in inflight:
+            fut.cancel()
+        executor.shutdown(wait=True)
+        for _, _, _, buf in inflight:
+            pool.give(buf)
+        reader.close()
+
+
+def target_path_of(handle: TargetHandle) -> Path:
+    return Path(handle.path)

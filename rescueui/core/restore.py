@@ -1,0 +1,714 @@
+"""Restore an image onto a confirmed target: plan (no write), then restore.
+
+::
+
+    confirmed = confirm_target("/dev/sdb", typed_code)          # identity.py
+    plan = plan_restore(image_dir, confirmed)                     # fit + safety + pre-flight
+    report = restore(plan, progress=callback, cancel=event)       # writes, verifies, reports
+    if not report.ok: ...                                         # report.error / report.hint
+
+:func:`plan_restore` writes nothing; it raises on anything that refuses the job (image
+damaged, target unsafe or too small, pre-flight stop or unacknowledged warnings).
+
+:func:`restore` takes the machine-wide writer lock, re-checks the target's identity and
+opens it with ``O_EXCL``, writes (whole disk: the partition tables first — they are in the
+``head`` and GPT ``tail`` streams, bit for bit —, then every stream at its place and the
+uncovered ranges of the image extent as zeros; partition mode: one stream into the
+partition), ``fdatasync`` s, reads everything back with ``O_DIRECT`` and compares the
+hashes, then tells the kernel about the new partitions. It always returns a
+:class:`~rescueui.core.report.JobReport` (also written next to the image, in
+``IMAGE_DIR/reports``); ``report.outcome`` is ``"success"`` only if every step passed.
+The exception that ended a failed job is kept as ``report.exception``.
+
+An interrupted restore leaves a journal (see :mod:`rescueui.core.journal`); with
+``resume=True`` the restore re-verifies what the journal says is on the disk and
+continues after it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rescueui.core import parttable
+from rescueui.core.errors import (
+    CancelledError,
+    ImageError,
+    PreflightError,
+    RescueError,
+    TargetTooSmallError,
+    UnsafeTargetError,
+)
+from rescueui.core.identity import ConfirmedTarget, DiskIdentity, recheck
+from rescueui.core.image import Image, StreamEntry
+from rescueui.core.journal import Journal, find_journal
+from rescueui.core.lock import WriterLock
+from rescueui.core.pipeline import (
+    BufferPool,
+    Decoder,
+    Segment,
+    partition_segments,
+    verify_segments,
+    whole_disk_segments,
+    write_segments,
+)
+from rescueui.core.progress import ChunkEvent, ProgressCallback, ProgressMeter
+from rescueui.core.report import JobReport
+from rescueui.core.target import check_target_safety, open_target, target_info
+from rescueui.core.units import MiB, human_size
+
+DEFAULT_WORKERS = 2
+DEFAULT_CHECKPOINT_BYTES = 64 * MiB
+POOL_EXTRA = 2  # buffers beyond one per worker, so the writer never waits for a free one
+
+
+@dataclass
+class RestorePlan:
+    """Everything decided before the first write. Built by :func:`plan_restore`."""
+
+    image: Image
+    target: ConfirmedTarget
+    partition: int | None = None
+    verify: bool = True
+    resume: bool = False
+    grow: bool = True
+    accept_warnings: bool = False
+    findings: list[Any] = field(default_factory=list)
+    acknowledgements: list[Any] = field(default_factory=list)
+    target_info: Any = None  # preflight.TargetInfo (or target.TargetInfo)
+    disk: Any = None  # disks.Disk of the target's disk (None for files / unknown)
+    needed_bytes: int = 0
+    stream: StreamEntry | None = None  # partition mode: the image partition restored
+    workers: int = DEFAULT_WORKERS
+    checkpoint_bytes: int = DEFAULT_CHECKPOINT_BYTES
+    lock_path: str | None = None  # None: rescueui.core.lock.default_lock_path()
+    zero_ranges: bool = True  # False: write zero chunks as plain writes (benchmarks)
+
+    @property
+    def identity(self) -> DiskIdentity:
+        return self.target.identity
+
+    @property
+    def mode(self) -> str:
+        return "partition" if self.partition is not None else "disk"
+
+    def destroys(self) -> list[str]:
+        """What is on the target now and will be overwritten (for the confirmation screen)."""
+        return describe_destroyed(self.identity, self.disk)
+
+
+# ------------------------------------------------------------------ planning
+
+
+def describe_destroyed(ident: DiskIdentity, disk: Any) -> list[str]:
+    """Human lines naming what the target holds now (partitions, labels, filesystems, sizes)."""
+    lines: list[str] = []
+    if disk is None:
+        lines.append(f"{ident.path}: {human_size(ident.size_bytes)} (contents unknown)")
+        return lines
+    parts = list(getattr(disk, "partitions", []) or [])
+    if ident.partition:
+        parts = [p for p in parts if tuple(p.devnum) == ident.devnum]
+    else:
+        table = getattr(disk, "table_type", None)
+        lines.append(
+            f"{disk.path}: {human_size(disk.size_bytes)}, "
+            + (f"{table.upper()} partition table" if table else "no partition table")
+            + (f", {disk.fs_type} filesystem" if getattr(disk, "fs_type", None) else "")
+        )
+    for p in parts:
+        bits = [p.path, human_size(p.size_bytes)]
+        if p.fs_type:
+            bits.append(p.fs_type)
+        if p.label:
+            bits.append(f"label '{p.label}'")
+        if p.part_label:
+            bits.append(f"name '{p.part_label}'")
+        lines.append("  " + ", ".join(bits))
+    return lines
+
+
+def _partition_stream(image: Image, number: int) -> StreamEntry:
+    s = image.manifest.partition_stream(number)
+    if s is None:
+        have = [
+            str(x.partition_number)
+            for x in image.streams
+            if x.kind == "partition" and x.partition_number is not None
+        ]
+        raise ImageError(
+            f"The image {image.dir} has no partition {number}.",
+            hint=f"It holds partition(s) {', '.join(have) or 'none'}; choose one of those.",
+        )
+    return s
+
+
+def check_fit(ident: DiskIdentity, needed: int, what: str) -> None:
+    """TargetTooSmallError if ``ident`` cannot hold ``needed`` bytes."""
+    if ident.size_bytes < needed:
+        short = needed - ident.size_bytes
+        raise TargetTooSmallError(
+            f"{ident.path} ({human_size(ident.size_bytes)}, {ident.size_bytes} bytes) is "
+            f"{short} bytes ({human_size(short)}) too small for {what}: it needs at least "
+            f"{needed} bytes ({human_size(needed)}).",
+            hint=f"Nothing was written. Choose a target of at least {human_size(needed)}.",
+        )
+
+
+def run_preflight_hook(
+    image: Image,
+    ident: DiskIdentity,
+    disk: Any,
+    *,
+    partition: int | None,
+    grow: bool,
+    accept_warnings: bool,
+) -> tuple[list[Any], list[Any], Any]:
+    """Call the pre-flight module if it exists; returns (findings, acknowledgements, target info).
+
+    A "stop" finding raises PreflightError; "warn" findings raise it too unless
+    ``accept_warnings``. Kept in one place so the front ends can wire it their way.
+    """
+    info: Any = target_info(ident, disk)
+    try:
+        from rescueui.core import preflight
+    except ImportError:
+        return [], [], info
+    run = getattr(preflight, "run_preflight", None)
+    if run is None:
+        return [], [], info
+    pinfo_cls = getattr(preflight, "TargetInfo", None)
+    if pinfo_cls is not None and hasattr(pinfo_cls, "from_path"):
+        with contextlib.suppress(RescueError):
+            info = pinfo_cls.from_path(ident.path, image_paths=[image.dir])
+    try:
+        findings = list(run(image, info, partition=partition, grow=grow))
+    except TypeError:
+        findings = list(run(image, info, partition=partition))
+    gate = getattr(preflight, "gate", None)
+    if gate is not None:
+        acks = list(gate(findings, accept_all_warnings=accept_warnings))
+        return findings, acks, info
+    stops = [f for f in findings if getattr(f, "level", "") == "stop"]
+    warns = [f for f in findings if getattr(f, "level", "") == "warn"]
+    if stops:
+        raise PreflightError(
+            "Pre-flight check stopped the restore: " + "; ".join(f.message for f in stops) + ".",
+            hint="Nothing was written.",
+        )
+    if warns and not accept_warnings:
+        raise PreflightError(
+            "Pre-flight warnings need acknowledgement: "
+            + "; ".join(f.message for f in warns)
+            + ".",
+            hint="Nothing was written. Run again with --accept-warnings to go ahead anyway.",
+        )
+    return findings, [], info
+
+
+def plan_restore(
+    image_dir: str | Path,
+    target: ConfirmedTarget,
+    *,
+    partition: int | None = None,
+    verify: bool = True,
+    resume: bool = False,
+    grow: bool = True,
+    accept_warnings: bool = False,
+    preflight: bool = True,
+) -> RestorePlan:
+    """Check everything that can be checked without writing; raise if the job is refused.
+
+    Order: the image (opened and validated), the target's identity (still the confirmed
+    one), its safety (boot medium, image medium, mounted, read-only, in use), the kind of
+    target (whole disk vs partition), the fit, then pre-flight.
+    """
+    image = Image.open(image_dir)
+    try:
+        ident = recheck(target)
+        disk = check_target_safety(ident, image_dir=image.dir)
+        stream: StreamEntry | None = None
+        if partition is None:
+            if ident.partition:
+                raise UnsafeTargetError(
+                    f"{ident.path} is a partition, but a whole-disk restore writes a partition "
+                    "table and needs a whole disk.",
+                    hint="Give the disk (e.g. /dev/sdb), or restore one image partition with "
+                    "--partition N onto this partition.",
+                )
+            if not image.manifest.whole_disk:
+                have = ", ".join(str(s.partition_number) for s in image.streams)
+                raise ImageError(
+                    f"The image {image.dir} holds only selected partitions ({have}), not a "
+                    "whole disk.",
+                    hint="Restore them one by one with --partition N onto existing partitions.",
+                )
+            needed = image.extent_bytes
+            check_fit(ident, needed, f"the image {image.dir.name}")
+        else:
+            stream = _partition_stream(image, partition)
+            if ident.kind == "block" and not ident.partition:
+                raise UnsafeTargetError(
+                    f"{ident.path} is a whole disk; --partition {partition} writes one partition "
+                    "and needs a partition as target (e.g. /dev/sdb2).",
+                    hint="Give the target partition, or leave out --partition to restore the "
+                    "whole disk.",
+                )
+            needed = stream.size_bytes
+            check_fit(ident, needed, f"partition {partition} of the image")
+        findings: list[Any] = []
+        acks: list[Any] = []
+        info: Any = target_info(ident, disk)
+        if preflight:
+            findings, acks, info = run_preflight_hook(
+                image,
+                ident,
+                disk,
+                partition=partition,
+                grow=grow,
+                accept_warnings=accept_warnings,
+            )
+    except BaseException:
+        image.close()
+        raise
+    return RestorePlan(
+        image=image,
+        target=target,
+        partition=partition,
+        verify=verify,
+        resume=resume,
+        grow=grow,
+        accept_warnings=accept_warnings,
+        findings=findings,
+        acknowledgements=acks,
+        target_info=info,
+        disk=disk,
+        needed_bytes=needed,
+        stream=stream,
+    )
+
+
+# ------------------------------------------------------------------ restoring
+
+
+class _Phases:
+    """Seconds and bytes per phase, for the report."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, dict[str, float]] = {}
+        self._name: str | None = None
+        self._t = 0.0
+        self._bytes = 0
+
+    def start(self, name: str) -> None:
+        self.stop()
+        self._name, self._t, self._bytes = name, time.monotonic(), 0
+
+    def add(self, n: int) -> None:
+        self._bytes += n
+
+    def stop(self) -> None:
+        if self._name is None:
+            return
+        secs = time.monotonic() - self._t
+        entry = self.data.setdefault(self._name, {"seconds": 0.0, "bytes": 0.0, "rate": 0.0})
+        entry["seconds"] = round(entry["seconds"] + secs, 3)
+        entry["bytes"] += self._bytes
+        entry["rate"] = entry["bytes"] / entry["seconds"] if entry["seconds"] > 0 else 0.0
+        self._name = None
+
+
+def _segments(plan: RestorePlan) -> list[Segment]:
+    if plan.partition is None:
+        return whole_disk_segments(plan.image)
+    assert plan.stream is not None
+    return partition_segments(plan.image, plan.stream)
+
+
+def _max_chunk(plan: RestorePlan) -> int:
+    streams = [plan.stream] if plan.stream is not None else plan.image.streams
+    return max(s.chunk_size for s in streams if s is not None)
+
+
+def _report_dir(image: Image) -> Path:
+    return image.dir / "reports"
+
+
+def restore(
+    plan: RestorePlan,
+    *,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> JobReport:
+    """Run the planned restore; always returns the (written) report. See the module doc."""
+    ident = plan.identity
+    image = plan.image
+    segments = _segments(plan)
+    write_total = sum(s.length for s in segments)
+    report = JobReport(
+        job="restore",
+        source=str(image.dir),
+        image_dir=str(image.dir),
+        target=ident.path,
+        bytes_total=write_total,
+    )
+    report.findings = list(plan.findings)
+    report.details.update(
+        mode=plan.mode,
+        partition=plan.partition,
+        target_identity=ident.to_dict(),
+        image_manifest_blake3=image.manifest.manifest_blake3,
+        image_extent_bytes=image.extent_bytes,
+        verify=plan.verify,
+        resume=plan.resume,
+        grow=plan.grow,
+        acknowledgements=list(plan.acknowledgements),
+    )
+    streams = [plan.stream] if plan.stream is not None else image.streams
+    report.streams = [
+        {
+            "name": s.name,
+            "kind": s.kind,
+            "start_bytes": s.start_bytes if plan.partition is None else 0,
+            "size_bytes": s.size_bytes,
+            "root_blake3": s.root_blake3,
+            "status": "pending",
+        }
+        for s in streams
+        if s is not None
+    ]
+    if not plan.verify:
+        report.warnings.append(
+            "Read-back verification was skipped (--no-verify): each chunk was checked against "
+            "the image before it was written, but the disk was not read back."
+        )
+    job = _RestoreJob(plan, segments, report, progress, cancel)
+    try:
+        job.run()
+        report.finish("success")
+        for s in report.streams:
+            s["status"] = "written and verified" if plan.verify else "written (not read back)"
+    except CancelledError as exc:
+        report.finish("cancelled", exc)
+        report.exception = exc  # type: ignore[attr-defined]
+    except RescueError as exc:
+        report.finish("failed", exc)
+        report.exception = exc  # type: ignore[attr-defined]
+    except Exception as exc:  # a bug: still a report and a clear outcome, never "success"
+        err = RescueError(
+            f"Internal error during the restore: {type(exc).__name__}: {exc}.",
+            hint="The target may be partly written. Report this bug with the report file; "
+            "run the restore again.",
+        )
+        report.finish("failed", err)
+        report.exception = err  # type: ignore[attr-defined]
+    finally:
+        job.phases.stop()
+        report.phases = job.phases.data
+        report.bytes_done = job.meter.last.bytes_done
+        report.bytes_total = job.meter.bytes_total
+        with contextlib.suppress(Exception):
+            image.close()
+    report.write(_report_dir(image))
+    return report
+
+
+class _RestoreJob:
+    def __init__(
+        self,
+        plan: RestorePlan,
+        segments: list[Segment],
+        report: JobReport,
+        progress: ProgressCallback | None,
+        cancel: threading.Event | None,
+    ) -> None:
+        self.plan = plan
+        self.segments = segments
+        self.report = report
+        self.cancel = cancel
+        self.phases = _Phases()
+        self.write_total = sum(s.length for s in segments)
+        total = self.write_total * (2 if plan.verify else 1)
+        self.meter = ProgressMeter("restore", total, progress or (lambda _p: None))
+        self.chunks_done = 0
+        self.journal: Journal | None = None
+        self.journal_warned = False
+
+    # -- helpers ------------------------------------------------------------------
+    def cancelled(self) -> bool:
+        return self.cancel is not None and self.cancel.is_set()
+
+    def _set_total(self, total: int) -> None:
+        self.meter.bytes_total = total
+        self.meter.update(bytes_total=total)
+
+    def set_phase(self, phase: str, phase_total: int, message: str = "") -> None:
+        self.phases.start(phase)
+        self.meter.update(
+            phase=phase,
+            phase_bytes_done=0,
+            phase_bytes_total=phase_total,
+            chunks_done=0,
+            chunks_total=len(self.segments),
+            message=message,
+        )
+
+    def _event(self, seg: Segment, ok: bool, actual: str | None = None) -> ChunkEvent:
+        return ChunkEvent(
+            stream=seg.stream,
+            index=seg.index,
+            offset=seg.disk_offset,
+            length=seg.length,
+            blake3=actual or seg.blake3,
+            ok=ok,
+            zero=seg.zero,
+        )
+
+    # -- the job -------------------------------------------------------------------
+    def run(self) -> None:
+        plan = self.plan
+        ident = plan.identity
+        with WriterLock(ident.path, job="restore", path=plan.lock_path):
+            handle = open_target(plan.target)  # re-check identity, O_EXCL, O_DIRECT
+            self.report.details["direct_io"] = handle.direct
+            pool = BufferPool(plan.workers + POOL_EXTRA, _max_chunk(plan))
+            try:
+                start = self._start_position(pool)
+                self._write(handle, pool, start)
+            finally:
+                handle.close()
+            if plan.verify:
+                self._verify(pool)
+            pool.close()
+            self._after(ident)
+            if self.journal is not None:
+                self.journal.remove()
+            self.phases.stop()
+            self.meter.update(phase="done", message="restore complete")
+
+    def _start_position(self, pool: BufferPool) -> int:
+        plan = self.plan
+        image = plan.image
+        mhash = image.manifest.manifest_blake3
+        start = 0
+        journal = (
+            find_journal(image.dir, mhash, plan.identity, plan.partition) if plan.resume else None
+        )
+        if plan.resume and journal is None:
+            self.report.warnings.append(
+                "No journal of an earlier restore of this image onto this target was found; "
+                "restoring from the beginning."
+            )
+        if journal is not None and journal.segments_total == len(self.segments):
+            durable = min(journal.durable_segments, len(self.segments))
+            check_bytes = sum(s.length for s in self.segments[:durable])
+            self._set_total(self.meter.bytes_total + check_bytes)
+            self.set_phase(
+                "resume-verify", check_bytes, "re-reading what the interrupted restore wrote"
+            )
+
+            def on_ok(seg: Segment, idx: int, actual: str) -> None:
+                self.phases.add(seg.length)
+                self.meter.advance(
+                    seg.length, stream=seg.stream, last_chunk=self._event(seg, True, actual)
+                )
+
+            mismatch = verify_segments(
+                plan.identity.path,
+                self.segments,
+                0,
+                durable,
+                pool=pool,
+                workers=plan.workers,
+                on_progress=on_ok,
+                cancelled=self.cancelled,
+                first_mismatch_only=True,
+            )
+            if self.cancelled():
+                raise CancelledError(
+                    "Restore cancelled while re-checking the interrupted restore.",
+                    hint="Nothing new was written. Run it again with --resume.",
+                )
+            start = mismatch.index if mismatch is not None else durable
+            # The bytes from ``start`` are written again: count them in the job total once.
+            self._set_total(self.meter.bytes_total - sum(s.length for s in self.segments[:start]))
+            first = self.segments[start] if start < len(self.segments) else None
+            where = first.where() if first is not None else "the end (all data was on the disk)"
+            self.report.notes.append(
+                f"Resumed an interrupted restore: {human_size(sum(s.length for s in self.segments[:start]))} "
+                f"already on the target re-verified by reading back; continued at {where}."
+            )
+            if mismatch is not None:
+                self.report.notes.append(
+                    f"Re-verify found {mismatch.segment.where()} different from the image "
+                    "(not yet durable when the restore stopped); it was written again."
+                )
+            journal.durable_segments = start
+            self.journal = journal
+        elif journal is not None:
+            self.report.warnings.append(
+                "The journal found does not match this restore's layout; restoring from the beginning."
+            )
+        self.report.details["resumed_at_segment"] = start
+        if self.journal is None:
+            try:
+                self.journal = Journal.create(
+                    image.dir, mhash, plan.identity, plan.partition, len(self.segments)
+                )
+            except OSError as exc:
+                self.report.warnings.append(
+                    f"No restore journal could be written ({exc.strerror}): an interrupted "
+                    "restore will have to start again from the beginning."
+                )
+        if self.journal is not None:
+            self.report.details["journal"] = str(self.journal.path)
+        return start
+
+    def _write(self, handle: Any, pool: BufferPool, start: int) -> None:
+        plan = self.plan
+        segs = self.segments
+        remaining = segs[start:]
+        table_bytes = sum(s.length for s in remaining if s.phase == "partition-table")
+        first_phase = remaining[0].phase if remaining else "write"
+        self.set_phase(
+            first_phase,
+            table_bytes if first_phase == "partition-table" else sum(s.length for s in remaining),
+        )
+        state = {"phase": first_phase, "bytes_before": sum(s.length for s in segs[:start])}
+        decoder = Decoder(max((s.comp_length for s in segs), default=1) or 1)
+
+        def on_progress(seg: Segment, idx: int) -> None:
+            if seg.phase != state["phase"]:
+                state["phase"] = seg.phase
+                rest = sum(s.length for s in segs[idx:])
+                self.set_phase(seg.phase, rest)
+            self.phases.add(seg.length)
+            self.chunks_done += 1
+            self.meter.advance(
+                seg.length,
+                stream=seg.stream,
+                chunks_done=idx + 1,
+                last_chunk=self._event(seg, True),
+            )
+
+        def on_checkpoint(next_index: int, written: int) -> None:
+            if self.journal is None:
+                return
+            nxt = segs[next_index] if next_index < len(segs) else None
+            try:
+                self.journal.record(
+                    next_index,
+                    int(state["bytes_before"]) + written,
+                    nxt.stream if nxt else None,
+                    nxt.index if nxt else None,
+                )
+            except OSError as exc:
+                if not self.journal_warned:
+                    self.journal_warned = True
+                    self.report.warnings.append(
+                        f"The restore journal {self.journal.path} could not be updated "
+                        f"({exc.strerror}); an interrupted restore could not resume."
+                    )
+
+        try:
+            result = write_segments(
+                handle,
+                segs,
+                start,
+                pool=pool,
+                decoder=decoder,
+                workers=plan.workers,
+                on_progress=on_progress,
+                on_checkpoint=on_checkpoint,
+                cancelled=self.cancelled,
+                checkpoint_bytes=plan.checkpoint_bytes,
+                zero_ranges=plan.zero_ranges,
+            )
+        finally:
+            decoder.close()
+        self.report.details["zero_range_calls"] = result.zero_calls
+        self.report.details["zero_methods"] = sorted(result.zero_methods)
+        if result.next_index < len(segs):
+            nxt = segs[result.next_index]
+            raise CancelledError(
+                f"Restore cancelled by the operator before {nxt.where()}; "
+                f"{human_size(int(state['bytes_before']) + result.bytes_written)} of "
+                f"{human_size(self.write_total)} are on {handle.path}.",
+                hint="The target holds a partial image and will not boot as it is. Run the "
+                "same restore with --resume to continue where it stopped.",
+            )
+
+    def _verify(self, pool: BufferPool) -> None:
+        plan = self.plan
+        self.set_phase("verify", self.write_total, "reading the target back")
+
+        def on_ok(seg: Segment, idx: int, actual: str) -> None:
+            self.phases.add(seg.length)
+            self.meter.advance(
+                seg.length,
+                stream=seg.stream,
+                chunks_done=idx + 1,
+                last_chunk=self._event(seg, True, actual),
+            )
+
+        verify_segments(
+            plan.identity.path,
+            self.segments,
+            0,
+            len(self.segments),
+            pool=pool,
+            workers=plan.workers,
+            on_progress=on_ok,
+            cancelled=self.cancelled,
+        )
+        if self.cancelled():
+            raise CancelledError(
+                "Read-back verify cancelled by the operator: all data was written but not checked.",
+                hint="Run the same restore with --resume to verify it (nothing is rewritten "
+                "if it matches).",
+            )
+
+    def _after(self, ident: DiskIdentity) -> None:
+        """Partition table housekeeping after a verified whole-disk restore."""
+        plan = self.plan
+        if plan.partition is not None:
+            return
+        table = plan.image.manifest.partition_table
+        source_size = int(plan.image.manifest.source_disk.get("size_bytes") or 0)
+        if table and source_size and ident.size_bytes != source_size:
+            self.phases.start("grow")
+            self.meter.update(
+                phase="grow",
+                message="fitting the partition table to the larger target"
+                + (" and growing the last partition" if plan.grow else ""),
+            )
+            try:
+                from rescueui.core.grow import finish_larger_disk
+
+                self.report.notes += finish_larger_disk(ident.path, plan.image, plan.grow)
+            except ImportError:
+                self.report.warnings.append(
+                    "The partition table was kept exactly as in the image although the target is "
+                    "larger; a GPT backup header is then not at the end of the disk. Fix with "
+                    f"`sfdisk --relocate gpt-bak-std {ident.path}`."
+                )
+            except RescueError as exc:
+                self.report.warnings.append(
+                    f"The restored data is verified, but fitting the partition table to the "
+                    f"larger target failed: {exc}"
+                )
+        if ident.kind == "block" and table is not None:
+            try:
+                parttable.tell_kernel(ident.path)
+                self.report.notes.append(
+                    f"The kernel was told about the new partitions of {ident.path}."
+                )
+            except RescueError as exc:
+                self.report.warnings.append(
+                    f"The kernel could not re-read the new partition table: {exc}. Run "
+                    f"`partx -u {ident.path}` or reboot before using the partitions."
+                )
