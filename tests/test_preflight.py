@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from rescueui.core import parttable
 from rescueui.core.errors import PreflightError
 from rescueui.core.host import HostProfile, read_host_profile
+from rescueui.core.image import Image, save_manifest
 from rescueui.core.preflight import (
     Finding,
     ImageFacts,
@@ -19,9 +28,11 @@ from rescueui.core.preflight import (
     gpt_backup_bytes,
     preflight_report,
     required_bytes,
+    run_preflight,
     unacknowledged,
 )
 from rescueui.core.units import GiB, MiB, TiB
+from tests.loopdisk import LoopFactory, loop_factory, mkfs_ext4
 
 ESP = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 LINUX = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
@@ -348,3 +359,212 @@ def test_manifest_dict_not_modified() -> None:
     before = copy.deepcopy(m)
     run(m, target(512))
     assert m == before
+
+
+# --------------------------------------------------------------------------- real images
+
+SRC_TABLE = """label: gpt
+start=2048, size=32MiB, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name="boot"
+type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name="root"
+"""
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def captured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """A real 256 MiB GPT loop disk (ext4 p1/p2 with files), captured; the source detached."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: creates loop devices")
+    from rescueui.core.capture import capture
+
+    base = tmp_path_factory.mktemp("pf-real")
+    with loop_factory(base / "loops") as lf:
+        (base / "loops").mkdir(exist_ok=True)
+        src = lf.create(256, table=SRC_TABLE)
+        mkfs_ext4(src.part(1), "boot")
+        mkfs_ext4(src.part(2), "root")
+        mnt = src.mount(2, base / "mnt")
+        shutil.copytree(Path(json.__file__).parent, Path(mnt) / "json")
+        src.umount_all()
+        table = parttable.read_table(src.path)
+        report = capture(src.path, base / "img")
+        assert report.outcome == "success", report.error
+        lf.remove(src)
+        yield {"dir": base / "img", "table": table, "base": base}
+
+
+def variant(captured: dict[str, Any], name: str, change: Any) -> Path:
+    """A copy of the captured image whose manifest ``change(manifest)`` rewrote (hash valid)."""
+    dst = captured["base"] / name
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(captured["dir"], dst)
+    with Image.open(dst) as im:
+        manifest = im.manifest
+    change(manifest)
+    save_manifest(dst, manifest)
+    return dst
+
+
+def findings_for(image_dir: Path, target: str, **kw: Any) -> dict[str, Finding]:
+    with Image.open(image_dir) as im:
+        return by_code(run_preflight(im, target, **kw))
+
+
+@pytest.mark.root
+@pytest.mark.udev
+def test_real_image_same_size_target_is_clean(captured: dict, loops: LoopFactory) -> None:
+    tgt = loops.create(256)
+    f = findings_for(captured["dir"], tgt.path)
+    bad = [x for x in f.values() if x.level in ("warn", "stop")]
+    assert not bad, bad
+    assert f["fit"].level == "ok" and f["bus"].level == "ok" and f["cpus"].level == "ok"
+    with Image.open(captured["dir"]) as im:
+        assert im.manifest.host == HostProfile.from_dict(im.manifest.host).to_dict()
+        assert im.manifest.host["cpus"] == HERE.cpus
+
+
+@pytest.mark.root
+@pytest.mark.udev
+def test_real_variants_each_give_their_finding(captured: dict, loops: LoopFactory) -> None:
+    tgt = loops.create(256).path
+    other_fw = "bios" if HERE.firmware == "uefi" else "uefi"
+    cases: list[tuple[str, Any, str, str, list[str]]] = [
+        ("cpus64", lambda m: m.host.update(cpus=64), "cpus", "warn", ["64", str(HERE.cpus)]),
+        ("mem1t", lambda m: m.host.update(memory_bytes=TiB), "memory", "warn", ["1.0 TiB"]),
+        (
+            "uefi",
+            lambda m: m.host.update(firmware=other_fw),
+            "firmware",
+            "warn",
+            [other_fw.upper()],
+        ),
+        ("nvme", lambda m: m.source_disk.update(bus="nvme"), "bus", "warn", ["NVMe", "loop"]),
+        (
+            "vendor",
+            lambda m: m.host.update(dmi_vendor="Dell Inc.", dmi_product="PowerEdge R640"),
+            "model",
+            "info",
+            ["Dell Inc. PowerEdge R640"],
+        ),
+        (
+            "sector4k",
+            lambda m: m.source_disk.update(logical_sector_size=4096, physical_sector_size=4096),
+            "sector_size",
+            "stop",
+            ["4096", "512"],
+        ),
+        (
+            "baremetal" if HERE.virtual else "vm",
+            lambda m: m.host.update(virtual=None if HERE.virtual else "kvm"),
+            "virtual",
+            "warn",
+            [],
+        ),
+    ]
+    for name, change, code, level, words in cases:
+        d = variant(captured, name, change)
+        f = findings_for(d, tgt)
+        assert f[code].level == level, (name, f[code])
+        for w in words:
+            assert w in f[code].message, (name, w, f[code].message)
+        others = [x for x in f.values() if x.level in ("warn", "stop") and x.code != code]
+        assert not others, (name, others)
+
+
+@pytest.mark.root
+@pytest.mark.udev
+def test_real_fit_too_small_names_shortfall(captured: dict, loops: LoopFactory) -> None:
+    tgt = loops.create(200)
+    table = captured["table"]
+    p2 = table["partitions"][1]
+    need = (p2["start"] + p2["size"]) * 512 + 33 * 512
+    f = findings_for(captured["dir"], tgt.path)["fit"]
+    assert f.level == "stop"
+    assert f"{need - 200 * MiB:,} bytes" in f.message
+    # the CLI says STOP as a word and exits 3
+    proc = subprocess.run(
+        [sys.executable, "-m", "rescueui", "preflight", str(captured["dir"]), tgt.path],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert "[STOP]" in proc.stdout and f"{need - 200 * MiB:,}" in proc.stdout
+    assert "\x1b[" not in proc.stdout  # not a terminal: no colour, the word carries it
+    js = subprocess.run(
+        [sys.executable, "-m", "rescueui", "preflight", "--json", str(captured["dir"]), tgt.path],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert js.returncode == 3
+    data = json.loads(js.stdout)
+    assert data["stops"] == 1
+    assert {"level": "stop", "code": "fit"}.items() <= next(
+        x for x in data["findings"] if x["code"] == "fit"
+    ).items()
+
+
+@pytest.mark.root
+@pytest.mark.udev
+def test_real_larger_target_and_existing_data(captured: dict, loops: LoopFactory) -> None:
+    tgt = loops.create(512, table=SRC_TABLE.replace("32MiB", "100MiB"))
+    mkfs_ext4(tgt.part(2), "olddata")
+    loops_path = tgt.path
+    subprocess.run(["udevadm", "settle"], check=False)
+    f = findings_for(captured["dir"], loops_path)
+    assert f["fit"].level == "ok" and f["fit.larger"].level == "info"
+    assert "partition 2 (ext4) will be grown" in f["fit.larger"].message
+    assert f["target.data"].level == "info"
+    assert tgt.part(1) in f["target.data"].message and "'olddata'" in f["target.data"].message
+    f = findings_for(captured["dir"], loops_path, grow=False)
+    assert "unused" in f["fit.larger"].message
+    proc = subprocess.run(
+        [sys.executable, "-m", "rescueui", "preflight", str(captured["dir"]), loops_path],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0 and "[INFO]" in proc.stdout and "[OK]" in proc.stdout
+
+
+@pytest.mark.root
+@pytest.mark.udev
+def test_real_partition_mode_fit(captured: dict, loops: LoopFactory) -> None:
+    tgt = loops.create(128, table="label: gpt\nstart=2048, size=16MiB\nsize=40MiB\n")
+    f = findings_for(captured["dir"], tgt.part(1), partition=1)
+    assert f["fit"].level == "stop" and f"{16 * MiB:,} bytes" in f["fit"].message
+    f = findings_for(captured["dir"], tgt.part(2), partition=1)
+    assert f["fit"].level == "ok" and f["fit.larger"].level == "info"
+    assert tgt.part(2) in f["target.data"].message and tgt.part(1) not in f["target.data"].message
+
+
+@pytest.mark.root
+@pytest.mark.udev
+def test_real_boot_code_read_from_head_stream(
+    captured: dict, loops: LoopFactory, tmp_path: Path
+) -> None:
+    """MBR boot code written on the source is seen through the image's head stream."""
+    from rescueui.core.capture import capture
+
+    src = loops.create(64, table="label: dos\nstart=2048, type=83\n")
+    with open(src.path, "r+b") as f:
+        f.write(b"\xfa\xeb\x63\x90" + os.urandom(200))  # boot code area only (< 440 bytes)
+    img = tmp_path / "bios-img"
+    assert capture(src.path, img).outcome == "success"
+    tgt = loops.create(64).path
+    uefi_here = HostProfile.from_dict(HERE.to_dict() | {"firmware": "uefi"})
+    bios_here = HostProfile.from_dict(HERE.to_dict() | {"firmware": "bios"})
+    f = findings_for(img, tgt, host=uefi_here)["firmware"]
+    assert f.level == "warn" and "BIOS only" in f.message and "CSM" in f.detail
+    assert findings_for(img, tgt, host=bios_here)["firmware"].level == "ok"
+    # the GPT image (no boot code) with p1 forged to an EFI system partition: UEFI only
+    esp = variant(
+        captured,
+        "esp",
+        lambda m: m.partition_table["partitions"][0].update(type=ESP),
+    )
+    f = findings_for(esp, tgt, host=bios_here)["firmware"]
+    assert f.level == "warn" and "UEFI only" in f.message
+    assert findings_for(esp, tgt, host=uefi_here)["firmware"].level == "ok"
