@@ -155,6 +155,19 @@ def test_required_is_last_partition_end_plus_gpt_backup() -> None:
     assert run(m, t)["fit"].level == "stop"
 
 
+def test_required_includes_a_trailing_tail_stream() -> None:
+    m = manifest_dict(disk_mib=256)
+    m["streams"].append(
+        {"name": "tail", "kind": "tail", "partition_number": None,
+         "start_bytes": 256 * MiB - 33 * 512, "size_bytes": 33 * 512}
+    )  # fmt: skip
+    need, how = required_bytes(ImageFacts.from_manifest(m))
+    assert need == 256 * MiB and "backup GPT" in how
+    assert run(m, target(256))["fit"].level == "ok"
+    f = run(m, target(0, size_bytes=256 * MiB - 512))["fit"]
+    assert f.level == "stop" and "(512 bytes)" in f.message
+
+
 def test_larger_target_says_what_grows() -> None:
     f = run(manifest_dict(disk_mib=256), target(512))
     assert f["fit"].level == "ok"
@@ -476,9 +489,11 @@ def test_real_variants_each_give_their_finding(captured: dict, loops: LoopFactor
 @pytest.mark.udev
 def test_real_fit_too_small_names_shortfall(captured: dict, loops: LoopFactory) -> None:
     tgt = loops.create(200)
-    table = captured["table"]
-    p2 = table["partitions"][1]
-    need = (p2["start"] + p2["size"]) * 512 + 33 * 512
+    # the image ends with the source's backup GPT (the tail stream): the whole 256 MiB
+    with Image.open(captured["dir"]) as im:
+        need = im.extent_bytes
+        assert im.manifest.streams[-1].kind == "tail"
+    assert need == 256 * MiB
     f = findings_for(captured["dir"], tgt.path)["fit"]
     assert f.level == "stop"
     assert f"{need - 200 * MiB:,} bytes" in f.message

@@ -530,31 +530,25 @@ def partitions_end_bytes(table: dict[str, Any] | None) -> int:
 def required_bytes(facts: ImageFacts) -> tuple[int, str]:
     """Smallest whole-disk target that holds the image, and how that was worked out.
 
-    With a partition table: the end of the last partition (plus a GPT's backup table),
-    or the end of a non-trailing stream if that is later. Data the image holds *after*
-    the last partition (typically the source's old backup GPT) is not required: it is
-    rewritten for the target by the table adaptation. Without a table: the image extent.
+    The restore writes every stream at its source position, a GPT's ``tail`` (the
+    source's backup table at the end of the source disk) included, so the image's
+    extent is needed; with a partition table, at least the end of the last partition
+    plus, for GPT, room for the backup table.
     """
     table = facts.partition_table
+    extent = facts.extent_bytes
     if not table or not table.get("partitions"):
-        return facts.extent_bytes, "the end of the image's data"
-    pend = partitions_end_bytes(table)
-    need = pend + gpt_backup_bytes(table)
-    lead = max((s.end_bytes for s in facts.streams if s.start_bytes < pend), default=0)
-    if lead > need:
-        return lead, "the end of the image's data"
+        return extent, "the end of the image's data"
+    need = partitions_end_bytes(table) + gpt_backup_bytes(table)
+    if extent >= need:
+        tail = [s for s in facts.streams if s.kind == "tail"]
+        if tail and tail[0].end_bytes == extent:
+            return extent, "the source disk's size: the image ends with its backup GPT"
+        return extent, "the end of the image's data"
     how = "the end of the last partition"
     if table.get("label") == "gpt":
         how += " plus the GPT backup table"
     return need, how
-
-
-def trailing_data(facts: ImageFacts) -> list[StreamFacts]:
-    """Streams that lie after the last partition (e.g. the source's backup GPT)."""
-    pend = partitions_end_bytes(facts.partition_table)
-    if not pend:
-        return []
-    return [s for s in facts.streams if s.start_bytes >= pend]
 
 
 # --------------------------------------------------------------------------- the checks
@@ -704,18 +698,6 @@ def _check_fit_disk(facts: ImageFacts, target: Any, *, grow: bool) -> list[Findi
             f"Needed: {need:,} bytes ({how}); target: {have:,} bytes.",
         )
     )
-    trailing = trailing_data(facts)
-    if trailing and have < facts.extent_bytes:
-        names = ", ".join(f"{s.name} at {s.start_bytes:,}" for s in trailing)
-        out.append(
-            Finding(
-                "info",
-                "fit.trailing",
-                "Data after the last partition (the source's backup GPT area) is not copied: "
-                "the target is smaller than the source disk.",
-                f"Streams {names}; the partition table is rewritten for the target's size.",
-            )
-        )
     if src_size and have > src_size:
         extra = have - src_size
         table = facts.partition_table or {}
