@@ -106,13 +106,19 @@ def fill_segments(start: int, end: int, first_index: int) -> list[Segment]:
 
 
 def table_streams(image: Image) -> list[StreamEntry]:
-    """The streams that hold the partition table(s): the head and, for GPT, the tail."""
-    return [s for s in image.streams if s.kind in ("head", "tail")]
+    """The stream that holds the partition table: the head (MBR / primary GPT).
+
+    The GPT backup (the ``tail`` stream) is written in disk order like everything else,
+    so that the whole restore runs strictly front to back: when a chunk fails its check,
+    nothing at or after its offset has been written.
+    """
+    return [s for s in image.streams if s.kind == "head"]
 
 
 def whole_disk_segments(image: Image) -> list[Segment]:
-    """Every segment of a whole-disk restore: the tables first, then the rest in disk order,
-    with zero fills for the ranges below the image extent that no stream covers."""
+    """Every segment of a whole-disk restore in disk order (the head, with the partition
+    table, comes first), with zero fills for the ranges below the image extent that no
+    stream covers."""
     tables = table_streams(image)
     rest = sorted((s for s in image.streams if s not in tables), key=lambda s: s.start_bytes)
     segs: list[Segment] = []
