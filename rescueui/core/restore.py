@@ -98,6 +98,18 @@ class RestorePlan:
 
     def destroys(self) -> list[str]:
         """What is on the target now and will be overwritten (for the confirmation screen)."""
+        if self.disk is None and self.target_info is not None:
+            parts = getattr(self.target_info, "partitions", None) or []
+            if parts:
+                lines = [f"{self.identity.path}: {human_size(self.identity.size_bytes)}"]
+                for p in parts:
+                    bits = [
+                        str(p.get("path") or p.get("number")),
+                        human_size(p.get("size_bytes") or 0),
+                    ]
+                    bits += [str(p[k]) for k in ("fs_type", "label", "part_label") if p.get(k)]
+                    lines.append("  " + ", ".join(bits))
+                return lines
         return describe_destroyed(self.identity, self.disk)
 
 
