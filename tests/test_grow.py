@@ -5,15 +5,18 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from rescueui.core import parttable
 from rescueui.core.errors import TargetTooSmallError
-from rescueui.core.grow import adapt_table, grow_filesystem, grown_partition
+from rescueui.core.grow import _kernel_sees, adapt_table, grow_filesystem, grown_partition
 from rescueui.core.units import MiB
-from tests.loopdisk import LoopFactory, mkfs_ext4, run
+from tests.loopdisk import LoopFactory, loop_factory, mkfs_ext4, run
+from tests.test_preflight import make_captured
 
 GPT = """label: gpt
 start=2048, size=64MiB, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name="EFI"
@@ -151,6 +154,9 @@ def _grow_partition_of(disk: str, backing: Path, new_mib: int) -> None:
     new, _ = adapt_table(table, new_mib * MiB, grow=True)
     parttable.write_table(disk, new)
     parttable.tell_kernel(disk)
+    # udev may still hold the partition open after the umount; partx -u retries
+    part = parttable.node_name(disk, 1)
+    assert _kernel_sees(part, new["partitions"][0]["size"] * 512, disk, 1)
 
 
 @pytest.mark.root
@@ -170,7 +176,8 @@ def test_grow_filesystem_for_real(loops: LoopFactory, tmp_path: Path, fs: str) -
     payload = os.urandom(3 * MiB)
     (mnt / "file.bin").write_bytes(payload)
     before = os.statvfs(mnt).f_blocks * os.statvfs(mnt).f_frsize
-    disk.umount_all()
+    run(["umount", str(mnt)])  # not lazy: the partition must be free before partx updates it
+    disk.mounts.clear()
 
     _grow_partition_of(disk.path, disk.backing, 640)
     note = grow_filesystem(part, fs)
@@ -191,3 +198,115 @@ def test_grow_filesystem_for_real(loops: LoopFactory, tmp_path: Path, fs: str) -
         r = subprocess.run(["btrfs", "check", part], capture_output=True, text=True)
         assert r.returncode == 0, r.stdout + r.stderr
     assert json.loads(json.dumps(note)) == note
+
+
+# --------------------------------------------------------------------------- through the restore
+
+
+@pytest.fixture(scope="module")
+def captured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: creates loop devices")
+    base = tmp_path_factory.mktemp("grow-real")
+    (base / "loops").mkdir()
+    with loop_factory(base / "loops") as lf:
+        yield make_captured(base, lf)
+
+
+def _restore(image_dir: Path, target: str, *, grow: bool) -> Any:
+    from rescueui.core.identity import confirm_target, confirmation_code, identity_of
+    from rescueui.core.restore import plan_restore, restore
+
+    confirmed = confirm_target(target, confirmation_code(identity_of(target)))
+    plan = plan_restore(image_dir, confirmed, grow=grow)
+    report = restore(plan)
+    assert report.outcome == "success", (report.error, report.warnings)
+    return report
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+
+
+def _fs_size(mnt: Path) -> int:
+    st = os.statvfs(mnt)
+    return st.f_blocks * st.f_frsize
+
+
+@pytest.mark.root
+@pytest.mark.udev
+@pytest.mark.slow
+def test_restore_onto_larger_disk_grows_last_partition(
+    captured: dict, loops: LoopFactory, tmp_path: Path
+) -> None:
+    src_table = captured["table"]
+    src_p2 = src_table["partitions"][1]
+    # the source filesystem's size, from a same-size restore
+    same = loops.create(256, fill="random")
+    _restore(captured["dir"], same.path, grow=True)
+    same.mount(2, tmp_path / "same", options="ro")
+    src_fs = _fs_size(tmp_path / "same")
+    same.umount_all()
+
+    big = loops.create(512, fill="random")
+    report = _restore(captured["dir"], big.path, grow=True)
+    assert any("Partition 2 grown" in n for n in report.notes), report.notes
+    assert any("ext4 filesystem" in n and "grown from" in n for n in report.notes), report.notes
+    table = parttable.read_table(big.path)
+    assert table is not None
+    p2 = table["partitions"][1]
+    assert (p2["start"] + p2["size"]) * 512 == 511 * MiB
+    assert table["lastlba"] == 512 * MiB // 512 - 34
+    assert table["partitions"][0] == {**src_table["partitions"][0], "node": big.part(1)}
+    assert p2["uuid"] == src_p2["uuid"] and table["id"] == src_table["id"]
+    v = subprocess.run(["sfdisk", "--verify", big.path], capture_output=True, text=True)
+    assert "No errors detected" in v.stdout, v.stdout + v.stderr
+    with open(big.backing, "rb") as f:
+        f.seek(512 * MiB - 512)
+        assert f.read(8) == b"EFI PART"  # backup GPT header at the real end
+    for n in (1, 2):
+        r = subprocess.run(["e2fsck", "-fn", big.part(n)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout + r.stderr
+    mnt = big.mount(2, tmp_path / "big", options="ro")
+    assert _fs_size(Path(mnt)) > src_fs + 200 * MiB
+    assert _tree(Path(mnt) / "json") == _tree(captured["files"])
+
+
+@pytest.mark.root
+@pytest.mark.udev
+@pytest.mark.slow
+def test_restore_no_grow_keeps_sizes(captured: dict, loops: LoopFactory, tmp_path: Path) -> None:
+    src_table = captured["table"]
+    big = loops.create(512, fill="random")
+    report = _restore(captured["dir"], big.path, grow=False)
+    assert not any("grown" in n for n in report.notes), report.notes
+    table = parttable.read_table(big.path)
+    assert table is not None
+    assert [p["size"] for p in table["partitions"]] == [p["size"] for p in src_table["partitions"]]
+    assert table["lastlba"] == 512 * MiB // 512 - 34  # the GPT still fits the real disk
+    v = subprocess.run(["sfdisk", "--verify", big.path], capture_output=True, text=True)
+    assert "No errors detected" in v.stdout, v.stdout + v.stderr
+    r = subprocess.run(["e2fsck", "-fn", big.part(2)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    mnt = big.mount(2, tmp_path / "nogrow", options="ro")
+    assert _fs_size(Path(mnt)) <= src_table["partitions"][1]["size"] * 512  # not grown
+    assert _tree(Path(mnt) / "json") == _tree(captured["files"])
+
+
+@pytest.mark.root
+@pytest.mark.udev
+def test_restore_onto_too_small_disk_refused_unwritten(captured: dict, loops: LoopFactory) -> None:
+    from rescueui.core.errors import RescueError
+    from rescueui.core.identity import confirm_target, confirmation_code, identity_of
+    from rescueui.core.restore import plan_restore
+
+    small = loops.create(200, fill="random")
+    before = small.backing.read_bytes()
+    confirmed = confirm_target(small.path, confirmation_code(identity_of(small.path)))
+    with pytest.raises(RescueError, match="too small"):
+        plan_restore(captured["dir"], confirmed, accept_warnings=True)
+    assert small.backing.read_bytes() == before

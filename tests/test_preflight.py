@@ -383,27 +383,36 @@ type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name="root"
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def captured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """A real 256 MiB GPT loop disk (ext4 p1/p2 with files), captured; the source detached."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root: creates loop devices")
+def make_captured(base: Path, lf: LoopFactory) -> dict[str, Any]:
+    """Capture a real 256 MiB GPT loop disk (ext4 p1/p2, files on p2); the source is removed.
+
+    Returns {"dir": image folder, "table": the source's sfdisk table, "base": base,
+    "files": folder holding a copy of the files put on p2}.
+    """
     from rescueui.core.capture import capture
 
+    src = lf.create(256, table=SRC_TABLE)
+    mkfs_ext4(src.part(1), "boot")
+    mkfs_ext4(src.part(2), "root")
+    mnt = src.mount(2, base / "mnt")
+    files = Path(json.__file__).parent
+    shutil.copytree(files, Path(mnt) / "json")
+    src.umount_all()
+    table = parttable.read_table(src.path)
+    report = capture(src.path, base / "img")
+    assert report.outcome == "success", report.error
+    lf.remove(src)
+    return {"dir": base / "img", "table": table, "base": base, "files": files}
+
+
+@pytest.fixture(scope="module")
+def captured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: creates loop devices")
     base = tmp_path_factory.mktemp("pf-real")
+    (base / "loops").mkdir()
     with loop_factory(base / "loops") as lf:
-        (base / "loops").mkdir(exist_ok=True)
-        src = lf.create(256, table=SRC_TABLE)
-        mkfs_ext4(src.part(1), "boot")
-        mkfs_ext4(src.part(2), "root")
-        mnt = src.mount(2, base / "mnt")
-        shutil.copytree(Path(json.__file__).parent, Path(mnt) / "json")
-        src.umount_all()
-        table = parttable.read_table(src.path)
-        report = capture(src.path, base / "img")
-        assert report.outcome == "success", report.error
-        lf.remove(src)
-        yield {"dir": base / "img", "table": table, "base": base}
+        yield make_captured(base, lf)
 
 
 def variant(captured: dict[str, Any], name: str, change: Any) -> Path:
@@ -583,3 +592,59 @@ def test_real_boot_code_read_from_head_stream(
     f = findings_for(esp, tgt, host=bios_here)["firmware"]
     assert f.level == "warn" and "UEFI only" in f.message
     assert findings_for(esp, tgt, host=uefi_here)["firmware"].level == "ok"
+
+
+# --------------------------------------------------------------------------- with the restore
+
+
+def _digest(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(4 * MiB):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _confirm(path: str) -> Any:
+    from rescueui.core.identity import confirm_target, confirmation_code, identity_of
+
+    return confirm_target(path, confirmation_code(identity_of(path)))
+
+
+@pytest.mark.root
+@pytest.mark.udev
+def test_restore_refuses_on_stop_before_writing(captured: dict, loops: LoopFactory) -> None:
+    from rescueui.core.restore import plan_restore
+
+    d = variant(
+        captured,
+        "sector4k-r",
+        lambda m: m.source_disk.update(logical_sector_size=4096, physical_sector_size=4096),
+    )
+    tgt = loops.create(256, fill="random")
+    before = _digest(tgt.backing)
+    with pytest.raises(PreflightError, match="Sector size differs"):
+        plan_restore(d, _confirm(tgt.path), accept_warnings=True)
+    assert _digest(tgt.backing) == before
+
+
+@pytest.mark.root
+@pytest.mark.udev
+def test_restore_needs_warnings_accepted(captured: dict, loops: LoopFactory) -> None:
+    from rescueui.core.restore import plan_restore
+
+    d = variant(captured, "cpus64-r", lambda m: m.host.update(cpus=64))
+    tgt = loops.create(256, fill="random")
+    before = _digest(tgt.backing)
+    with pytest.raises(PreflightError, match="acknowledgement"):
+        plan_restore(d, _confirm(tgt.path))
+    assert _digest(tgt.backing) == before
+    plan = plan_restore(d, _confirm(tgt.path), accept_warnings=True)
+    try:
+        assert [a.code for a in plan.acknowledgements] == ["cpus"]
+        assert any(f.code == "cpus" and f.level == "warn" for f in plan.findings)
+    finally:
+        plan.image.close()
+    assert _digest(tgt.backing) == before  # planning writes nothing

@@ -286,6 +286,31 @@ def _partition_device(target_path: str, number: int, table: dict[str, Any]) -> I
         subprocess.run([losetup, "-d", dev], capture_output=True, check=False)
 
 
+def _part_bytes(table: dict[str, Any], number: int) -> int:
+    ss = int(table.get("sectorsize", 512))
+    part = next(p for p in table.get("partitions", []) if _number(p) == number)
+    return int(part["size"]) * ss
+
+
+def _kernel_sees(dev: str, size: int, disk: str, number: int) -> bool:
+    """True once the kernel's size of ``dev`` is ``size``; retries ``partx -u`` for a disk."""
+    from rescueui.core import blockdev
+
+    for attempt in range(3):
+        try:
+            if blockdev.device_size(dev) == size:
+                return True
+        except Exception:
+            pass
+        if not stat.S_ISBLK(os.stat(disk).st_mode) or attempt == 2:
+            break
+        subprocess.run(
+            [_tool("partx"), "-u", "--nr", str(number), disk], capture_output=True, check=False
+        )
+        subprocess.run(["udevadm", "settle", "--timeout=10"], capture_output=True, check=False)
+    return False
+
+
 def finish_larger_disk(target_path: str | Path, image: Image, grow: bool) -> list[str]:
     """After a verified whole-disk restore: fit the table to the target, grow the last fs.
 
@@ -317,6 +342,12 @@ def finish_larger_disk(target_path: str | Path, image: Image, grow: bool) -> lis
     fs_type = stream.fs_type if stream else None
     try:
         with _partition_device(path, number, new) as dev:
+            want = _part_bytes(new, number)
+            if not _kernel_sees(dev, want, path, number):
+                raise RestoreError(
+                    f"The kernel still sees the old size of {dev} (the partition may be in use).",
+                    hint=f"Run `partx -u {path}` or reboot, then grow the filesystem by hand.",
+                )
             notes.append(grow_filesystem(dev, fs_type))
     except (RestoreError, ToolMissingError) as exc:
         notes.append(f"Not grown: {exc}")
