@@ -648,3 +648,45 @@ def test_restore_needs_warnings_accepted(captured: dict, loops: LoopFactory) -> 
     finally:
         plan.image.close()
     assert _digest(tgt.backing) == before  # planning writes nothing
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rescueui", *args], capture_output=True, text=True, cwd=REPO
+    )
+
+
+@pytest.mark.root
+@pytest.mark.udev
+@pytest.mark.slow
+def test_cli_restore_stop_and_warnings(captured: dict, loops: LoopFactory) -> None:
+    tgt = loops.create(256, fill="random")
+    before = _digest(tgt.backing)
+    # a STOP: refused even with --accept-warnings, nothing written
+    stop = variant(
+        captured,
+        "sector4k-cli",
+        lambda m: m.source_disk.update(logical_sector_size=4096, physical_sector_size=4096),
+    )
+    r = _cli("restore", str(stop), tgt.path, "--yes", "--quiet", "--accept-warnings")
+    assert r.returncode != 0
+    assert "Sector size differs" in r.stderr + r.stdout
+    assert _digest(tgt.backing) == before
+    # a WARN: refused without --accept-warnings, nothing written
+    warn = variant(captured, "cpus64-cli", lambda m: m.host.update(cpus=64))
+    r = _cli("restore", str(warn), tgt.path, "--yes", "--quiet")
+    assert r.returncode != 0
+    assert "--accept-warnings" in r.stderr + r.stdout and "64" in r.stderr + r.stdout
+    assert _digest(tgt.backing) == before
+    # preflight says the same: WARN, exit 0
+    r = _cli("preflight", str(warn), tgt.path)
+    assert r.returncode == 0 and "[WARN]" in r.stdout and "64 logical CPUs" in r.stdout
+    # accepted: restored, findings and the acknowledgement in the report
+    r = _cli("restore", str(warn), tgt.path, "--yes", "--quiet", "--accept-warnings", "--json")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["outcome"] == "success"
+    assert any(f["code"] == "cpus" and f["level"] == "warn" for f in rep["findings"])
+    acks = rep["details"]["acknowledgements"]
+    assert [a["code"] for a in acks] == ["cpus"] and acks[0]["by"] == "--accept-warnings"
+    assert _digest(tgt.backing) != before
