@@ -310,3 +310,36 @@ def test_restore_onto_too_small_disk_refused_unwritten(captured: dict, loops: Lo
     with pytest.raises(RescueError, match="too small"):
         plan_restore(captured["dir"], confirmed, accept_warnings=True)
     assert small.backing.read_bytes() == before
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_restore_onto_larger_image_file_grows_through_a_temporary_loop(
+    captured: dict, tmp_path: Path
+) -> None:
+    target = tmp_path / "vm-disk.img"
+    target.touch()
+    os.truncate(target, 512 * MiB)
+    report = _restore(captured["dir"], str(target), grow=True)
+    assert any(f"partition 2 of {target}" in n and "grown from" in n for n in report.notes), (
+        report.notes
+    )
+    table = parttable.read_table(target)
+    assert table is not None
+    p2 = table["partitions"][1]
+    assert (p2["start"] + p2["size"]) * 512 == 511 * MiB
+    dev = run(
+        ["losetup", "-f", "--show", "-r", "--offset", str(p2["start"] * 512), "--sizelimit",
+         str(p2["size"] * 512), str(target)]
+    ).stdout.strip()  # fmt: skip
+    try:
+        r = subprocess.run(["e2fsck", "-fn", dev], capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout + r.stderr
+        info = run(["dumpe2fs", "-h", dev]).stdout
+        blocks = int(next(x for x in info.splitlines() if x.startswith("Block count:")).split()[-1])
+        bsize = int(next(x for x in info.splitlines() if x.startswith("Block size:")).split()[-1])
+        assert blocks * bsize > 400 * MiB
+    finally:
+        subprocess.run(["losetup", "-d", dev], check=False)
+    # the temporary loop device of the grow step is gone
+    assert str(target) not in run(["losetup", "-a"]).stdout

@@ -348,7 +348,10 @@ def finish_larger_disk(target_path: str | Path, image: Image, grow: bool) -> lis
                     f"The kernel still sees the old size of {dev} (the partition may be in use).",
                     hint=f"Run `partx -u {path}` or reboot, then grow the filesystem by hand.",
                 )
-            notes.append(grow_filesystem(dev, fs_type))
+            note = grow_filesystem(dev, fs_type)
+            if dev != parttable.node_name(path, number):  # a loop over a disk-image file
+                note = note.replace(dev, f"partition {number} of {path} (via {dev})")
+            notes.append(note)
     except (RestoreError, ToolMissingError) as exc:
         notes.append(f"Not grown: {exc}")
     return notes

@@ -1061,13 +1061,13 @@ def _check_virtual(source: HostProfile | None, host: HostProfile) -> list[Findin
 
 
 def _check_model(source: HostProfile | None, host: HostProfile) -> list[Finding]:
+    here = host.machine if (host.dmi_vendor or host.dmi_product) else "no DMI data"
     if source is None or not (source.dmi_vendor or source.dmi_product):
         return [
             Finding(
                 "info",
                 "model",
-                "Machine model not compared: the source's is unknown "
-                f"(this machine: {host.machine}).",
+                f"Machine model not compared: the source's is unknown (this machine: {here}).",
             )
         ]
     if (source.dmi_vendor, source.dmi_product) == (host.dmi_vendor, host.dmi_product):
