@@ -1,0 +1,2 @@
+PS1='rescueui:\w\$ '
+alias ll='ls -l'

@@ -1,0 +1,779 @@
+"""Unattended restore, driven by the kernel command line of the live image.
+
+For fleets and for the boot test: the technician (or a PXE/IPMI script) boots the live
+image with options that name the image and pin the target, and the restore runs with
+no questions. Options (all on the kernel command line, ``/proc/cmdline``):
+
+``rescueui.unattended=1``
+    Required. Without it nothing here runs.
+``rescueui.image=LABEL:/path/to/image``
+    The image folder, by the label of the filesystem holding it and the path inside that
+    filesystem (``UUID=<fs uuid>:/path`` also works). The filesystem is mounted read-only
+    unless it is already mounted.
+``rescueui.target=KEY:VALUE[,KEY:VALUE...]``
+    The target disk, pinned by identity; every key given must match. Keys: ``serial``,
+    ``wwn``, ``path`` (e.g. ``/dev/vdc`` or ``/dev/disk/by-id/...``), ``size`` (bytes).
+    ``path`` alone identifies nothing stable, so it needs ``size`` too. Examples:
+    ``serial:S3Z9NB0K123456``, ``wwn:0x5002538e40a1b2c3,size:500107862016``,
+    ``path:/dev/vdc,size:1073741824``.
+``rescueui.verify=0``
+    Skip the read-back verification of the target (default: verify).
+``rescueui.grow=0``
+    Keep the partition sizes of the image (default: grow the last partition to the disk).
+``rescueui.strict=1``
+    Also abort on pre-flight warnings (default: only on stops; warnings are printed and
+    written to the report).
+``rescueui.poweroff=1``
+    Power off after a successful restore; ``rescueui.poweroff=always`` also after a failure.
+``rescueui.wait=SECONDS``
+    How long to wait for the image's filesystem and the target to appear (default 90;
+    USB disks show up late). Waiting never leads to a write: a missing or differing target
+    always aborts.
+
+Safety: the target must be found by its pinned identity, be a whole disk that
+:mod:`rescueui.core.disks` offers as a target (not the boot medium, not the image medium,
+not mounted or in use), and the identity the restore confirms must still match the pin.
+Any mismatch aborts before anything is written, with the reason on the consoles and in
+the report. There is no default target and no countdown that ends in a write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rescueui.core.errors import RescueError
+from rescueui.core.progress import Progress
+from rescueui.core.units import human_duration, human_rate, human_size
+
+PREFIX = "rescueui."
+MEDIA_ROOT = Path("/run/rescueui/media")
+FALLBACK_REPORT_DIR = Path("/run/rescueui/reports")
+DEFAULT_WAIT_SECONDS = 90
+
+Say = Callable[[str], None]
+
+
+class UnattendedError(RescueError):
+    """The unattended restore cannot start: bad option, image or target not found or differing."""
+
+
+# ------------------------------------------------------------------------ options
+
+
+@dataclass(frozen=True)
+class TargetPin:
+    """The identity a target must have. Every field that is set must match."""
+
+    serial: str | None = None
+    wwn: str | None = None
+    path: str | None = None
+    size_bytes: int | None = None
+
+    def describe(self) -> str:
+        bits = []
+        if self.serial:
+            bits.append(f"serial {self.serial}")
+        if self.wwn:
+            bits.append(f"WWN {self.wwn}")
+        if self.path:
+            bits.append(f"path {self.path}")
+        if self.size_bytes is not None:
+            bits.append(f"size {self.size_bytes} bytes ({human_size(self.size_bytes)})")
+        return ", ".join(bits)
+
+
+@dataclass(frozen=True)
+class UnattendedOptions:
+    unattended: bool = False
+    image_fs: str | None = None  # filesystem label, or "UUID=<uuid>"
+    image_path: str | None = None  # absolute path inside that filesystem
+    target: TargetPin | None = None
+    verify: bool = True
+    grow: bool = True
+    strict: bool = False
+    poweroff: str = "no"  # "no" | "success" | "always"
+    wait_seconds: int = DEFAULT_WAIT_SECONDS
+    unknown: tuple[str, ...] = ()  # rescueui.* options this version does not know
+
+    def describe(self) -> list[str]:
+        return [
+            f"image:  {self.image_fs}:{self.image_path}",
+            f"target: {self.target.describe() if self.target else '(none)'}",
+            f"verify: {'yes' if self.verify else 'no'}, grow last partition: "
+            f"{'yes' if self.grow else 'no'}, abort on warnings: {'yes' if self.strict else 'no'}, "
+            f"power off: {self.poweroff}",
+        ]
+
+
+def split_cmdline(text: str) -> list[str]:
+    """Split a kernel command line like the kernel does: blanks separate, double quotes group
+    (``"rescueui.image=MY DISK:/a b"``); the quotes themselves are dropped."""
+    words: list[str] = []
+    cur: list[str] = []
+    in_quote = False
+    started = False
+    for ch in text:
+        if ch == '"':
+            in_quote = not in_quote
+            started = True
+        elif ch.isspace() and not in_quote:
+            if started:
+                words.append("".join(cur))
+            cur, started = [], False
+        else:
+            cur.append(ch)
+            started = True
+    if started:
+        words.append("".join(cur))
+    return words
+
+
+_TRUE = {"1", "yes", "y", "true", "on"}
+_FALSE = {"0", "no", "n", "false", "off"}
+
+
+def _flag(name: str, value: str) -> bool:
+    v = value.strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise UnattendedError(
+        f"Kernel option {PREFIX}{name}={value}: expected 1 or 0.",
+        hint=f"Write {PREFIX}{name}=1 or {PREFIX}{name}=0.",
+    )
+
+
+def parse_size(text: str) -> int:
+    """Bytes, as a plain integer (``1073741824``); binary suffixes K/M/G/T(iB) are accepted."""
+    t = text.strip().replace("_", "")
+    units = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+    low = t.lower().removesuffix("ib").removesuffix("b")
+    num, unit = (low[:-1], low[-1]) if low and low[-1] in "kmgt" else (low, "")
+    if not num.isdigit():
+        raise UnattendedError(
+            f"Target size '{text}' is not a number of bytes.",
+            hint="Give the exact size in bytes, as `rescueui disks --json` shows it (size_bytes).",
+        )
+    return int(num) * units[unit]
+
+
+def parse_target(value: str) -> TargetPin:
+    """``serial:XYZ`` / ``wwn:0x..`` / ``path:/dev/vdc,size:1073741824`` -> TargetPin."""
+    fields: dict[str, str] = {}
+    for part in value.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        key, sep, val = part.partition(":")
+        key = key.strip().lower()
+        if not sep or not val.strip():
+            raise UnattendedError(
+                f"Kernel option {PREFIX}target={value}: '{part}' is not KEY:VALUE.",
+                hint="Example: rescueui.target=serial:S3Z9NB0K123456 or "
+                "rescueui.target=path:/dev/vdc,size:1073741824",
+            )
+        if key not in ("serial", "wwn", "path", "size"):
+            raise UnattendedError(
+                f"Kernel option {PREFIX}target={value}: unknown key '{key}'.",
+                hint="Keys: serial, wwn, path, size.",
+            )
+        if key in fields:
+            raise UnattendedError(f"Kernel option {PREFIX}target={value}: '{key}' given twice.")
+        fields[key] = val.strip()
+    if not fields:
+        raise UnattendedError(f"Kernel option {PREFIX}target is empty.")
+    size = parse_size(fields["size"]) if "size" in fields else None
+    path = fields.get("path")
+    if path is not None and not path.startswith("/dev/"):
+        raise UnattendedError(
+            f"Kernel option {PREFIX}target: path '{path}' is not under /dev/.",
+            hint="Example: path:/dev/vdc,size:1073741824",
+        )
+    if not ({"serial", "wwn"} & fields.keys()) and size is None:
+        raise UnattendedError(
+            f"Kernel option {PREFIX}target={value} pins the target by path only; a device name "
+            "can point at another disk after a reboot.",
+            hint="Add the size in bytes (path:/dev/vdc,size:1073741824), or pin by serial or wwn.",
+        )
+    return TargetPin(serial=fields.get("serial"), wwn=fields.get("wwn"), path=path, size_bytes=size)
+
+
+def parse_image(value: str) -> tuple[str, str]:
+    """``LABEL:/path/in/fs`` -> (label, path). The label is everything before the first ':/'."""
+    idx = value.find(":/")
+    if idx <= 0:
+        raise UnattendedError(
+            f"Kernel option {PREFIX}image={value}: expected LABEL:/path/to/image.",
+            hint="Example: rescueui.image=RESCUEIMG:/images/web01",
+        )
+    label, path = value[:idx], value[idx + 1 :]
+    parts = [p for p in path.split("/") if p]
+    if ".." in parts:
+        raise UnattendedError(
+            f"Kernel option {PREFIX}image={value}: '..' is not allowed in the path."
+        )
+    return label, "/" + "/".join(parts)
+
+
+def parse_cmdline(text: str) -> UnattendedOptions:
+    """Parse the rescueui.* options of a kernel command line. The last occurrence wins.
+
+    Raises UnattendedError for malformed values and when unattended=1 lacks image/target.
+    """
+    raw: dict[str, str] = {}
+    for word in split_cmdline(text):
+        if word.startswith(PREFIX) and "=" in word:
+            key, _, value = word[len(PREFIX) :].partition("=")
+            raw[key.strip().lower()] = value
+    known = {"unattended", "image", "target", "verify", "grow", "strict", "poweroff", "wait"}
+    # options the live image's console launcher reads
+    launcher = {"serial_size", "serial_ascii"}
+    unknown = tuple(sorted(f"{PREFIX}{k}" for k in raw if k not in known | launcher))
+    unattended = _flag("unattended", raw["unattended"]) if "unattended" in raw else False
+    image_fs = image_path = None
+    if "image" in raw:
+        image_fs, image_path = parse_image(raw["image"])
+    target = parse_target(raw["target"]) if "target" in raw else None
+    poweroff = raw.get("poweroff", "0").strip().lower()
+    if poweroff == "always":
+        power = "always"
+    else:
+        power = "success" if _flag("poweroff", poweroff) else "no"
+    wait = raw.get("wait", str(DEFAULT_WAIT_SECONDS)).strip()
+    if not wait.isdigit():
+        raise UnattendedError(f"Kernel option {PREFIX}wait={wait}: expected seconds (e.g. 90).")
+    opts = UnattendedOptions(
+        unattended=unattended,
+        image_fs=image_fs,
+        image_path=image_path,
+        target=target,
+        verify=_flag("verify", raw["verify"]) if "verify" in raw else True,
+        grow=_flag("grow", raw["grow"]) if "grow" in raw else True,
+        strict=_flag("strict", raw["strict"]) if "strict" in raw else False,
+        poweroff=power,
+        wait_seconds=int(wait),
+        unknown=unknown,
+    )
+    if unattended:
+        missing = [n for n, v in (("image", image_fs), ("target", target)) if v is None]
+        if missing:
+            raise UnattendedError(
+                f"{PREFIX}unattended=1 needs {' and '.join(PREFIX + m for m in missing)} on the "
+                "kernel command line; nothing was written.",
+                hint="Example: rescueui.image=RESCUEIMG:/images/web01 "
+                "rescueui.target=serial:S3Z9NB0K123456 rescueui.unattended=1",
+            )
+    return opts
+
+
+def read_cmdline(path: str | Path = "/proc/cmdline") -> str:
+    return Path(path).read_text(encoding="utf-8", errors="replace")
+
+
+# ------------------------------------------------------------------------ target pinning
+
+
+def _norm_wwn(value: str | None) -> str | None:
+    if not value:
+        return None
+    v = value.strip().lower()
+    for prefix in ("0x", "naa.", "eui.", "wwn-"):
+        v = v.removeprefix(prefix)
+    return v
+
+
+def _norm_serial(value: str | None) -> str | None:
+    return value.strip() if value else None
+
+
+def pin_differences(
+    pin: TargetPin,
+    *,
+    path: str,
+    size_bytes: int,
+    serial: str | None,
+    wwn: str | None,
+    devnum: tuple[int, int] | None,
+) -> list[str]:
+    """What differs between the pin and a disk (empty: it is the pinned disk)."""
+    diffs: list[str] = []
+    if pin.serial is not None and _norm_serial(serial) != _norm_serial(pin.serial):
+        diffs.append(f"serial is {serial or 'none'}, pinned {pin.serial}")
+    if pin.wwn is not None and _norm_wwn(wwn) != _norm_wwn(pin.wwn):
+        diffs.append(f"WWN is {wwn or 'none'}, pinned {pin.wwn}")
+    if pin.size_bytes is not None and size_bytes != pin.size_bytes:
+        diffs.append(
+            f"size is {size_bytes} bytes ({human_size(size_bytes)}), pinned {pin.size_bytes} bytes"
+        )
+    if pin.path is not None:
+        want = _devnum_of(pin.path)
+        if want is None or devnum != want:
+            diffs.append(f"it is {path}, pinned {pin.path}")
+    return diffs
+
+
+def _devnum_of(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    import stat as stat_mod
+
+    if not stat_mod.S_ISBLK(st.st_mode):
+        return None
+    return (os.major(st.st_rdev), os.minor(st.st_rdev))
+
+
+def _disk_line(d: Any) -> str:
+    bits = [d.path, f"{d.size_bytes} bytes ({human_size(d.size_bytes)})", d.bus]
+    if d.model:
+        bits.append(d.model)
+    bits.append(f"serial {d.serial}" if d.serial else "no serial")
+    if d.wwn:
+        bits.append(f"WWN {d.wwn}")
+    return ", ".join(bits)
+
+
+def select_target(pin: TargetPin, disks: list[Any]) -> Any:
+    """The one disk of ``disks`` (rescueui.core.disks.Disk) that matches the pin.
+
+    Raises UnattendedError when none or several match, or when the match may not be written
+    (boot medium, image medium, mounted, in use, read-only: its ``reasons``).
+    """
+    seen = "; ".join(_disk_line(d) for d in disks) or "no disks at all"
+    # The primary key finds the candidate, the other keys must then match.
+    if pin.serial is not None:
+        cands = [d for d in disks if _norm_serial(d.serial) == _norm_serial(pin.serial)]
+        key = f"serial {pin.serial}"
+    elif pin.wwn is not None:
+        cands = [d for d in disks if _norm_wwn(d.wwn) == _norm_wwn(pin.wwn)]
+        key = f"WWN {pin.wwn}"
+    else:
+        assert pin.path is not None
+        want = _devnum_of(pin.path)
+        cands = [d for d in disks if want is not None and d.devnum == want]
+        if (
+            want is not None
+            and not cands
+            and any(p.devnum == want for d in disks for p in d.partitions)
+        ):
+            raise UnattendedError(
+                f"Target {pin.path} is a partition; the unattended restore writes whole disks.",
+                hint="Pin the whole disk (e.g. /dev/vdc, not /dev/vdc1). Nothing was written.",
+            )
+        key = f"path {pin.path}"
+    if not cands:
+        raise UnattendedError(
+            f"Target not found: no disk with {key}. Disks seen: {seen}.",
+            hint="Check rescueui.target on the kernel command line against `rescueui disks`. "
+            "Nothing was written.",
+        )
+    if len(cands) > 1:
+        raise UnattendedError(
+            f"Target ambiguous: {len(cands)} disks have {key}: "
+            + "; ".join(_disk_line(d) for d in cands)
+            + ".",
+            hint="Pin the target by more keys (wwn, size). Nothing was written.",
+        )
+    disk = cands[0]
+    diffs = pin_differences(
+        pin,
+        path=disk.path,
+        size_bytes=disk.size_bytes,
+        serial=disk.serial,
+        wwn=disk.wwn,
+        devnum=disk.devnum,
+    )
+    if diffs:
+        raise UnattendedError(
+            f"Target identity differs: the disk with {key} ({disk.path}): "
+            + "; ".join(diffs)
+            + ".",
+            hint="The pinned identity must match exactly. Nothing was written.",
+        )
+    if not disk.targetable:
+        raise UnattendedError(
+            f"Target {disk.path} ({key}) may not be written: " + "; ".join(disk.reasons) + ".",
+            hint="Nothing was written.",
+        )
+    return disk
+
+
+# ------------------------------------------------------------------------ the image medium
+
+
+def _settle() -> None:
+    subprocess.run(["udevadm", "settle", "--timeout=10"], check=False, capture_output=True)
+
+
+def find_filesystem(fs: str, disks: list[Any]) -> tuple[str, list[str]]:
+    """(device path, mount points) of the one filesystem with this label (or ``UUID=...``)."""
+    by_uuid = fs.upper().startswith("UUID=")
+    want = fs[5:].lower() if by_uuid else fs
+    found: list[tuple[str, list[str]]] = []
+    for d in disks:
+        for obj in [d, *d.partitions]:
+            value = getattr(obj, "uuid" if by_uuid else "label", None)
+            if value is None:
+                continue
+            if (value.lower() == want) if by_uuid else (value == want):
+                found.append((obj.path, list(obj.mountpoints)))
+    if len(found) > 1:
+        raise UnattendedError(
+            f"Image filesystem ambiguous: {len(found)} filesystems are labelled {fs}: "
+            + ", ".join(p for p, _ in found)
+            + ".",
+            hint="Relabel one of them (e2label, fatlabel) or use UUID=<uuid>:/path. "
+            "Nothing was written.",
+        )
+    if not found:
+        raise UnattendedError(
+            f"Image filesystem not found: no filesystem labelled {fs}.",
+            hint="Attach the disk with the images, or check rescueui.image. Nothing was written.",
+        )
+    return found[0]
+
+
+def wait_for(what: str, probe: Callable[[], Any], seconds: float, say: Say) -> Any:
+    """Call ``probe`` until it returns without UnattendedError, for at most ``seconds``."""
+    deadline = time.monotonic() + seconds
+    announced = False
+    while True:
+        _settle()
+        try:
+            return probe()
+        except UnattendedError:
+            if time.monotonic() >= deadline:
+                raise
+            if not announced:
+                say(f"waiting up to {int(seconds)} s for {what} to appear ...")
+                announced = True
+            time.sleep(2)
+
+
+@dataclass
+class ImageMedium:
+    device: str
+    mountpoint: Path
+    mounted_here: bool
+    read_only: bool = True
+    notes: list[str] = field(default_factory=list)
+
+    def make_writable(self) -> bool:
+        """Remount read-write (only a mount made here) for the report; False if it cannot be."""
+        if not self.mounted_here:
+            return os.access(self.mountpoint, os.W_OK)
+        if not self.read_only:
+            return True
+        r = subprocess.run(
+            ["mount", "-o", "remount,rw", str(self.mountpoint)], capture_output=True, text=True
+        )
+        if r.returncode == 0:
+            self.read_only = False
+            return True
+        self.notes.append(f"cannot remount {self.device} read-write: {r.stderr.strip()}")
+        return False
+
+    def release(self) -> None:
+        if self.mounted_here:
+            os.sync()
+            subprocess.run(["umount", str(self.mountpoint)], capture_output=True)
+
+
+def mount_image_medium(device: str, mountpoints: list[str], name: str) -> ImageMedium:
+    """Use the filesystem where it is mounted, or mount it read-only under /run/rescueui/media."""
+    if mountpoints:
+        return ImageMedium(
+            device=device,
+            mountpoint=Path(mountpoints[0]),
+            mounted_here=False,
+            read_only=not os.access(mountpoints[0], os.W_OK),
+        )
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "image"
+    where = MEDIA_ROOT / safe
+    where.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run(["mount", "-o", "ro", device, str(where)], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise UnattendedError(
+            f"Cannot mount the image filesystem {device} read-only: {r.stderr.strip()}.",
+            hint="Check the filesystem (fsck) on another machine. Nothing was written.",
+        )
+    return ImageMedium(device=device, mountpoint=where, mounted_here=True)
+
+
+def image_dir_in(medium: ImageMedium, path: str) -> Path:
+    image_dir = (medium.mountpoint / path.lstrip("/")).resolve()
+    if medium.mountpoint.resolve() not in (image_dir, *image_dir.parents):
+        raise UnattendedError(f"Image path {path} leads outside {medium.device}.")
+    if not image_dir.is_dir():
+        raise UnattendedError(
+            f"Image folder {path} not found on {medium.device}.",
+            hint=f"The filesystem holds: {', '.join(sorted(os.listdir(medium.mountpoint))[:20])}."
+            " Nothing was written.",
+        )
+    return image_dir
+
+
+# ------------------------------------------------------------------------ the run
+
+
+@dataclass
+class UnattendedResult:
+    outcome: str  # "success" | "failed" | "aborted" (nothing written)
+    message: str
+    report_paths: list[Path] = field(default_factory=list)
+    written: bool = False
+
+
+class ProgressPrinter:
+    """Progress lines for a console or a log: one every ``interval`` seconds or phase change."""
+
+    def __init__(
+        self, say: Say, interval: float = 5.0, clock: Callable[[], float] = time.monotonic
+    ):
+        self.say = say
+        self.interval = interval
+        self.clock = clock
+        self._last_time = -1e9
+        self._last_phase: str | None = None
+        self._lock = threading.Lock()
+
+    def line(self, p: Progress) -> str:
+        pct = 100.0 * p.fraction
+        bits = [
+            f"{p.phase:<8}",
+            f"{pct:5.1f}%",
+            f"{human_size(p.bytes_done)} of {human_size(p.bytes_total)}",
+            f"now {human_rate(p.rate_now)}",
+            f"avg {human_rate(p.rate_avg)}",
+            f"ETA {human_duration(p.eta)}",
+        ]
+        if p.stream:
+            bits.append(f"stream {p.stream} chunk {p.stream_chunks_done}/{p.stream_chunks_total}")
+        if p.last_chunk is not None and not p.last_chunk.ok:
+            bits.append(f"CHUNK {p.last_chunk.index} HASH MISMATCH")
+        return "  ".join(bits)
+
+    def __call__(self, p: Progress) -> None:
+        now = self.clock()
+        with self._lock:
+            if p.phase == self._last_phase and now - self._last_time < self.interval:
+                return
+            self._last_phase = p.phase
+            self._last_time = now
+        self.say(self.line(p))
+
+
+def _report_dir(image_dir: Path, medium: ImageMedium | None, say: Say) -> Path:
+    """Where the report goes: ``<image>/reports`` (the engine's place) if the image medium can
+    be made writable, else /run/rescueui/reports (lost at power-off: the console says so)."""
+    if medium is not None and medium.make_writable():
+        return image_dir / "reports"
+    for note in medium.notes if medium is not None else []:
+        say(note)
+    return FALLBACK_REPORT_DIR
+
+
+def _write_abort_report(
+    report_dir: Path, opts: UnattendedOptions, image_dir: Path, exc: RescueError
+) -> list[Path]:
+    """The report of an aborted run (nothing written), in the engine's report format."""
+    from rescueui.core.report import JobReport
+
+    report = JobReport(job="restore", source=str(image_dir), image_dir=str(image_dir))
+    report.details.update(
+        mode="unattended",
+        written=False,
+        options={
+            "image": f"{opts.image_fs}:{opts.image_path}",
+            "target": opts.target.describe() if opts.target else None,
+            "verify": opts.verify,
+            "grow": opts.grow,
+            "strict": opts.strict,
+        },
+    )
+    report.notes.append("Unattended restore aborted before any write: nothing was written.")
+    report.finish("failed", exc)
+    paths = report.write(report_dir)
+    os.sync()
+    return [Path(p) for p in paths if Path(p).exists()]
+
+
+@contextlib.contextmanager
+def _medium_for(opts: UnattendedOptions, say: Say) -> Iterator[tuple[ImageMedium, Path]]:
+    from rescueui.core.disks import scan_disks
+
+    assert opts.image_fs is not None and opts.image_path is not None
+    device, mps = wait_for(
+        f"the filesystem {opts.image_fs}",
+        lambda: find_filesystem(opts.image_fs or "", scan_disks()),
+        opts.wait_seconds,
+        say,
+    )
+    medium = mount_image_medium(device, mps, opts.image_fs)
+    say(
+        f"image filesystem {opts.image_fs}: {device} at {medium.mountpoint}"
+        + (" (mounted read-only)" if medium.mounted_here else "")
+    )
+    try:
+        yield medium, image_dir_in(medium, opts.image_path)
+    finally:
+        medium.release()
+
+
+def run_unattended(
+    opts: UnattendedOptions,
+    say: Say,
+    *,
+    cancel: threading.Event | None = None,
+    progress_interval: float = 5.0,
+) -> UnattendedResult:
+    """Run the restore the options describe; every step and every reason goes through ``say``.
+
+    Returns the outcome; never raises for an expected failure (it is in the result and the
+    report). Nothing is written unless the target matches the pin at every check.
+    """
+    from rescueui.core import identity as ident_mod
+    from rescueui.core.disks import scan_disks
+
+    if not opts.unattended:
+        return UnattendedResult("aborted", f"{PREFIX}unattended=1 is not set; nothing to do.")
+    for line in opts.describe():
+        say(line)
+    for name in opts.unknown:
+        say(f"warning: unknown kernel option {name} (ignored)")
+    assert opts.target is not None
+    pin = opts.target
+    medium: ImageMedium | None = None
+    image_dir = Path(opts.image_path or "/")
+    try:
+        with _medium_for(opts, say) as (medium, image_dir):
+            say(f"image folder: {image_dir}")
+            try:
+                disk = wait_for(
+                    f"the target ({pin.describe()})",
+                    lambda: select_target(pin, scan_disks(image_paths=[image_dir])),
+                    opts.wait_seconds,
+                    say,
+                )
+                say(f"target found: {_disk_line(disk)}")
+                # The identity the engine confirms and re-checks before opening must still be
+                # the pinned one (a replug between the scan and here would change it).
+                identity = ident_mod.identity_of(disk.path)
+                diffs = pin_differences(
+                    pin,
+                    path=identity.path,
+                    size_bytes=identity.size_bytes,
+                    serial=identity.serial if pin.serial is not None else disk.serial,
+                    wwn=identity.wwn if pin.wwn is not None else disk.wwn,
+                    devnum=identity.devnum,
+                )
+                if diffs:
+                    raise UnattendedError(
+                        f"Target identity differs at confirmation: {identity.describe()}: "
+                        + "; ".join(diffs)
+                        + ".",
+                        hint="Nothing was written.",
+                    )
+                code = ident_mod.confirmation_code(identity)
+                confirmed = ident_mod.confirm_target(disk.path, code)
+                say(f"target confirmed by its identity: {identity.describe()} (code {code})")
+                result = _plan_and_restore(
+                    opts, image_dir, confirmed, medium, say, cancel, progress_interval
+                )
+            except RescueError as exc:
+                reason = _error_text(exc)
+                say(f"ABORTED, nothing written: {reason}")
+                paths = _write_abort_report(
+                    _report_dir(image_dir, medium, say), opts, image_dir, exc
+                )
+                for p in paths:
+                    say(f"report: {p}")
+                return UnattendedResult("aborted", reason, paths)
+            return result
+    except RescueError as exc:  # image medium problems: no report next to the image possible
+        reason = _error_text(exc)
+        say(f"ABORTED, nothing written: {reason}")
+        paths = _write_abort_report(FALLBACK_REPORT_DIR, opts, image_dir, exc)
+        for p in paths:
+            say(f"report: {p}")
+        return UnattendedResult("aborted", reason, paths)
+
+
+def _error_text(exc: RescueError) -> str:
+    hint = getattr(exc, "hint", None)
+    msg = getattr(exc, "message", None) or str(exc)
+    return f"{msg} {hint}" if hint and hint not in msg else msg
+
+
+def _plan_and_restore(
+    opts: UnattendedOptions,
+    image_dir: Path,
+    confirmed: Any,
+    medium: ImageMedium,
+    say: Say,
+    cancel: threading.Event | None,
+    progress_interval: float,
+) -> UnattendedResult:
+    from rescueui.core import restore as restore_mod
+
+    say("pre-flight ...")
+    plan = restore_mod.plan_restore(
+        image_dir, confirmed, verify=opts.verify, grow=opts.grow, accept_warnings=not opts.strict
+    )
+    findings = list(getattr(plan, "findings", []) or [])
+    for f in findings:
+        detail = f" ({f.detail})" if getattr(f, "detail", "") else ""
+        say(f"pre-flight {f.level.upper():4} {f.code}: {f.message}{detail}")
+    stops = [f for f in findings if f.level == "stop"]
+    warns = [f for f in findings if f.level == "warn"]
+    if stops:
+        raise UnattendedError(
+            f"Pre-flight stop: {'; '.join(f.message for f in stops)}.", hint="Nothing was written."
+        )
+    if warns and opts.strict:
+        raise UnattendedError(
+            f"Pre-flight warnings and {PREFIX}strict=1: {'; '.join(f.message for f in warns)}.",
+            hint="Nothing was written.",
+        )
+    say(
+        f"restoring {image_dir} to {confirmed.identity.describe()} "
+        f"(verify {'on' if opts.verify else 'off'})"
+    )
+    printer = ProgressPrinter(say, progress_interval)
+    started = time.monotonic()
+    report = restore_mod.restore(plan, progress=printer, cancel=cancel)
+    elapsed = time.monotonic() - started
+    outcome = getattr(report, "outcome", "failed")
+    error = getattr(report, "error", None)
+    for w in getattr(report, "warnings", []) or []:
+        say(f"warning: {w}")
+    # The engine writes its report to <image>/reports; the image medium is mounted read-only
+    # during the restore, so that went to a fallback folder: write it next to the image now.
+    written = [Path(p) for p in getattr(report, "report_files", []) or []]
+    if not any(image_dir in p.parents for p in written):
+        report_dir = _report_dir(image_dir, medium, say)
+        report.notes = [n for n in report.notes if not n.startswith("Report could not be written")]
+        written = [Path(p) for p in report.write(report_dir)]
+        os.sync()
+    existing = [p for p in written if p.exists()][-2:]
+    for p in existing:
+        say(f"report: {p}")
+    if outcome == "success":
+        msg = f"restore finished and {'verified' if opts.verify else 'NOT verified'} in {human_duration(elapsed)}"
+        say(msg)
+        return UnattendedResult("success", msg, existing, written=True)
+    msg = f"restore {outcome}: {error or 'see the report'}"
+    say(msg)
+    return UnattendedResult(
+        outcome if outcome in ("failed", "cancelled") else "failed", msg, existing, written=True
+    )

@@ -1,0 +1,359 @@
+"""Unattended restore (live image, kernel command line): option parsing, target pinning on
+real loop disks, aborts that write nothing, and a full unattended restore loop -> loop."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from rescueui.core import unattended as un
+from rescueui.core.disks import Disk, scan_disks
+from rescueui.core.progress import Progress
+from rescueui.core.unattended import (
+    TargetPin,
+    UnattendedError,
+    find_filesystem,
+    parse_cmdline,
+    parse_image,
+    parse_size,
+    parse_target,
+    select_target,
+    split_cmdline,
+)
+from tests.loopdisk import MiB, mkfs_ext4, mkfs_vfat
+
+# ------------------------------------------------------------------ parsing (pure)
+
+LIVE = "BOOT_IMAGE=/live/vmlinuz boot=live quiet console=ttyS0,115200n8 console=tty0"
+
+
+def test_split_cmdline_like_the_kernel() -> None:
+    text = 'a=1  "rescueui.image=MY DISK:/img/web 01" b  c="x y"z\n'
+    assert split_cmdline(text) == ["a=1", "rescueui.image=MY DISK:/img/web 01", "b", "c=x yz"]
+    assert split_cmdline("") == []
+
+
+def test_full_command_line() -> None:
+    opts = parse_cmdline(
+        f"{LIVE} rescueui.image=RESCUEIMG:/images/web01 "
+        "rescueui.target=serial:S3Z9NB0K123456,size:500107862016 rescueui.unattended=1 "
+        "rescueui.verify=0 rescueui.poweroff=1 rescueui.wait=30"
+    )
+    assert opts.unattended
+    assert (opts.image_fs, opts.image_path) == ("RESCUEIMG", "/images/web01")
+    assert opts.target == TargetPin(serial="S3Z9NB0K123456", size_bytes=500107862016)
+    assert not opts.verify and opts.grow and not opts.strict
+    assert opts.poweroff == "success"
+    assert opts.wait_seconds == 30
+    assert opts.unknown == ()
+
+
+def test_defaults_and_not_requested() -> None:
+    opts = parse_cmdline(LIVE)
+    assert not opts.unattended and opts.target is None and opts.image_fs is None
+    assert opts.verify and opts.grow and opts.poweroff == "no"
+    assert opts.wait_seconds == un.DEFAULT_WAIT_SECONDS
+
+
+def test_last_occurrence_wins_and_unknown_options_are_reported() -> None:
+    opts = parse_cmdline(
+        "rescueui.verify=0 rescueui.verify=1 rescueui.colour=red rescueui.serial_size=100x40"
+    )
+    assert opts.verify
+    assert opts.unknown == ("rescueui.colour",)
+
+
+def test_poweroff_always() -> None:
+    assert parse_cmdline("rescueui.poweroff=always").poweroff == "always"
+    assert parse_cmdline("rescueui.poweroff=0").poweroff == "no"
+
+
+@pytest.mark.parametrize(
+    ("line", "words"),
+    [
+        ("rescueui.unattended=1 rescueui.target=serial:X", "rescueui.image"),
+        ("rescueui.unattended=1 rescueui.image=L:/x", "rescueui.target"),
+        ("rescueui.unattended=1", "rescueui.image and rescueui.target"),
+        ("rescueui.unattended=maybe", "expected 1 or 0"),
+        ("rescueui.verify=perhaps", "expected 1 or 0"),
+        ("rescueui.wait=soon", "expected seconds"),
+    ],
+)
+def test_unusable_command_lines_are_refused(line: str, words: str) -> None:
+    with pytest.raises(UnattendedError, match=words):
+        parse_cmdline(line)
+
+
+def test_parse_image() -> None:
+    assert parse_image("RESCUEIMG:/images/web01") == ("RESCUEIMG", "/images/web01")
+    assert parse_image("A:B:/x//y/") == ("A:B", "/x/y")  # a label may hold ':'
+    assert parse_image("UUID=1234-ABCD:/i") == ("UUID=1234-ABCD", "/i")
+    for bad in ("RESCUEIMG", ":/x", "LABEL:images", "L:/a/../../etc"):
+        with pytest.raises(UnattendedError):
+            parse_image(bad)
+
+
+def test_parse_target() -> None:
+    assert parse_target("serial:ABC123") == TargetPin(serial="ABC123")
+    assert parse_target("wwn:0x5000c500a1b2c3d4") == TargetPin(wwn="0x5000c500a1b2c3d4")
+    assert parse_target("path:/dev/vdc,size:1073741824") == TargetPin(
+        path="/dev/vdc", size_bytes=1073741824
+    )
+    assert parse_target(" serial:A , size:1GiB ").size_bytes == 1024**3
+    assert parse_size("512M") == 512 * MiB
+    assert parse_size("4096") == 4096
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        ("path:/dev/vdc", "path only"),  # a device name alone can point at another disk
+        ("path:vdc,size:1", "not under /dev/"),
+        ("colour:red", "unknown key"),
+        ("serial", "not KEY:VALUE"),
+        ("serial:A,serial:B", "given twice"),
+        ("serial:A,size:lots", "not a number of bytes"),
+        ("", "empty"),
+    ],
+)
+def test_bad_targets_are_refused(value: str, words: str) -> None:
+    with pytest.raises(UnattendedError, match=words):
+        parse_target(value)
+
+
+# ------------------------------------------------------------------ pinning (Disk objects)
+
+
+def _disk(name: str, *, serial: str | None = None, wwn: str | None = None,
+          size: int = 8 * 1024**3, reasons: list[str] | None = None) -> Disk:  # fmt: skip
+    return Disk(
+        path=f"/dev/{name}", name=name, devnum=(253, hash(name) % 1000), size_bytes=size,
+        model="QEMU HARDDISK", vendor=None, serial=serial, wwn=wwn, bus="virtio",
+        removable=False, read_only=False, rotational=False, logical_sector_size=512,
+        physical_sector_size=512, table_type=None, reasons=list(reasons or []),
+    )  # fmt: skip
+
+
+def test_pin_by_serial_and_wwn() -> None:
+    disks = [
+        _disk("vda", serial="BOOT0001", reasons=["boot medium (the running system lives here)"]),
+        _disk("vdb", serial="S3Z9NB0K123456", wwn="0x5002538e40a1b2c3"),
+        _disk("vdc", serial="OTHER1"),
+    ]
+    assert select_target(TargetPin(serial="S3Z9NB0K123456"), disks).name == "vdb"
+    # WWN spelled with or without 0x / naa. prefix
+    assert select_target(TargetPin(wwn="5002538E40A1B2C3"), disks).name == "vdb"
+    assert select_target(TargetPin(wwn="naa.5002538e40a1b2c3"), disks).name == "vdb"
+    got = select_target(TargetPin(serial="S3Z9NB0K123456", size_bytes=8 * 1024**3), disks)
+    assert got.name == "vdb"
+
+
+def test_pin_mismatches_abort_with_the_reason() -> None:
+    disks = [
+        _disk("vda", serial="BOOT0001", reasons=["boot medium (the running system lives here)"]),
+        _disk("vdb", serial="S3Z9NB0K123456", wwn="0x5002538e40a1b2c3"),
+        _disk("vdc", serial="TWIN"),
+        _disk("vdd", serial="TWIN"),
+    ]
+    with pytest.raises(UnattendedError, match=r"Target not found: no disk with serial NOPE.*vdb"):
+        select_target(TargetPin(serial="NOPE"), disks)
+    with pytest.raises(UnattendedError, match=r"identity differs.*size is 8589934592 bytes"):
+        select_target(TargetPin(serial="S3Z9NB0K123456", size_bytes=4 * 1024**3), disks)
+    with pytest.raises(UnattendedError, match=r"identity differs.*WWN is 0x5002538e40a1b2c3"):
+        select_target(TargetPin(serial="S3Z9NB0K123456", wwn="0x5000000000000001"), disks)
+    with pytest.raises(UnattendedError, match=r"ambiguous: 2 disks have serial TWIN"):
+        select_target(TargetPin(serial="TWIN"), disks)
+    with pytest.raises(UnattendedError, match=r"may not be written: boot medium"):
+        select_target(TargetPin(serial="BOOT0001"), disks)
+
+
+# ------------------------------------------------------------------ real loop disks
+
+
+def _sha(path: Path | str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(MiB):
+            h.update(block)
+    return h.hexdigest()
+
+
+@pytest.mark.root
+@pytest.mark.udev
+def test_pin_by_path_and_size_on_loop_disks(loops) -> None:  # type: ignore[no-untyped-def]
+    a = loops.create(24)
+    b = loops.create(32, table="label: gpt\ntype=L\n")
+    disks = scan_disks(live_mounts=())
+    got = select_target(TargetPin(path=a.path, size_bytes=24 * MiB), disks)
+    assert got.path == a.path
+    # a stable alias of the device works as well as its name
+    alias = next(iter(Path("/dev/disk/by-diskseq").glob("*")), None)
+    if alias is not None and Path(os.path.realpath(alias)) == Path(b.path):
+        assert select_target(TargetPin(path=str(alias), size_bytes=32 * MiB), disks).path == b.path
+    with pytest.raises(UnattendedError, match=rf"identity differs.*{a.path}.*size is {24 * MiB}"):
+        select_target(TargetPin(path=a.path, size_bytes=32 * MiB), disks)
+    with pytest.raises(UnattendedError, match="is a partition"):
+        select_target(TargetPin(path=b.part(1), size_bytes=32 * MiB), disks)
+    with pytest.raises(UnattendedError, match="Target not found"):
+        select_target(TargetPin(path="/dev/null", size_bytes=32 * MiB), disks)
+
+
+@pytest.mark.root
+@pytest.mark.udev
+def test_mounted_target_is_refused(loops, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    d = loops.create(32, table="label: gpt\ntype=L\n")
+    mkfs_ext4(d.part(1), "RUIMOUNTED")
+    d.mount(1, tmp_path / "m")
+    disks = scan_disks(live_mounts=())
+    with pytest.raises(UnattendedError, match=r"may not be written: .*mounted"):
+        select_target(TargetPin(path=d.path, size_bytes=32 * MiB), disks)
+
+
+@pytest.mark.root
+@pytest.mark.udev
+def test_find_filesystem_by_label(loops) -> None:  # type: ignore[no-untyped-def]
+    label = "RUI" + secrets.token_hex(4).upper()
+    d = loops.create(32, table="label: gpt\nsize=8MiB, type=L\ntype=L\n")
+    mkfs_vfat(d.part(1), "RUIEFI")
+    mkfs_ext4(d.part(2), label)
+    d.rescan()
+    path, mountpoints = find_filesystem(label, scan_disks(live_mounts=()))
+    assert path == d.part(2) and mountpoints == []
+    with pytest.raises(UnattendedError, match="no filesystem labelled"):
+        find_filesystem(label + "X", scan_disks(live_mounts=()))
+    twin = loops.create(16)
+    mkfs_ext4(twin.path, label)
+    subprocess.run(["udevadm", "settle"], check=False)
+    with pytest.raises(UnattendedError, match="ambiguous: 2 filesystems"):
+        find_filesystem(label, scan_disks(live_mounts=()))
+
+
+def _image_medium(loops, tmp_path: Path, label: str, *, with_image_of=None):  # type: ignore[no-untyped-def]
+    """A loop disk with an ext4 filesystem `label` holding /images/demo (captured from
+    `with_image_of` if given, else an empty folder); unmounted again afterwards."""
+    medium = loops.create(96)
+    mkfs_ext4(medium.path, label)
+    mnt = tmp_path / "fill"
+    medium.mount(None, mnt)
+    (mnt / "images").mkdir()
+    if with_image_of is not None:
+        from rescueui.core.capture import capture
+
+        report = capture(with_image_of, mnt / "images" / "demo")
+        assert report.outcome == "success", report.error
+    else:
+        (mnt / "images" / "demo").mkdir()
+    medium.umount_all()
+    subprocess.run(["udevadm", "settle"], check=False)
+    return medium
+
+
+def _list_reports(medium, tmp_path: Path) -> list[str]:  # type: ignore[no-untyped-def]
+    mnt = tmp_path / "check"
+    medium.mount(None, mnt, options="ro")
+    try:
+        folder = mnt / "images" / "demo" / "reports"
+        return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+    finally:
+        medium.umount_all()
+
+
+@pytest.fixture
+def run_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr(un, "MEDIA_ROOT", tmp_path / "media")
+    monkeypatch.setattr(un, "FALLBACK_REPORT_DIR", tmp_path / "fallback-reports")
+    return tmp_path
+
+
+@pytest.mark.root
+@pytest.mark.udev
+def test_differing_target_aborts_without_writing_and_reports(loops, run_dirs: Path) -> None:  # type: ignore[no-untyped-def]
+    label = "RUI" + secrets.token_hex(4).upper()
+    medium = _image_medium(loops, run_dirs, label)
+    target = loops.create(32, fill="random")
+    before = _sha(target.backing)
+    lines: list[str] = []
+    opts = parse_cmdline(
+        f"rescueui.unattended=1 rescueui.image={label}:/images/demo "
+        f"rescueui.target=path:{target.path},size:{33 * MiB} rescueui.wait=2"
+    )
+    result = un.run_unattended(opts, lines.append)
+    assert result.outcome == "aborted" and not result.written
+    assert "identity differs" in result.message
+    assert any(line.startswith("ABORTED, nothing written") for line in lines)
+    assert _sha(target.backing) == before
+    # the report lies next to the image, and the medium was unmounted again
+    reports = _list_reports(medium, run_dirs)
+    assert any(n.endswith(".json") for n in reports) and any(n.endswith(".txt") for n in reports)
+    assert not any(os.path.ismount(p) for p in (run_dirs / "media").glob("*"))
+
+
+@pytest.mark.root
+@pytest.mark.udev
+def test_missing_image_filesystem_aborts(run_dirs: Path) -> None:
+    label = "RUI" + secrets.token_hex(4).upper()
+    lines: list[str] = []
+    opts = parse_cmdline(
+        f"rescueui.unattended=1 rescueui.image={label}:/images/demo "
+        "rescueui.target=serial:NOPE rescueui.wait=2"
+    )
+    result = un.run_unattended(opts, lines.append)
+    assert result.outcome == "aborted"
+    assert f"no filesystem labelled {label}" in result.message
+    assert any("waiting up to 2 s" in line for line in lines)
+    assert list((run_dirs / "fallback-reports").glob("restore-*.json"))
+
+
+@pytest.mark.root
+@pytest.mark.udev
+def test_unattended_restore_loop_to_loop(loops, run_dirs: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    pytest.importorskip("rescueui.core.restore")
+    source = loops.create(48, table="label: gpt\nsize=16MiB, type=L\ntype=L\n")
+    mkfs_ext4(source.part(1), "RUISRC1")
+    mkfs_ext4(source.part(2), "RUISRC2")
+    src_mnt = source.mount(2, tmp_path / "src")
+    (Path(src_mnt) / "hello.txt").write_text("hello from the source\n")
+    (Path(src_mnt) / "blob.bin").write_bytes(os.urandom(2 * MiB))
+    source.umount_all()
+    label = "RUI" + secrets.token_hex(4).upper()
+    medium = _image_medium(loops, tmp_path, label, with_image_of=source.path)
+    target = loops.create(64, fill="random")
+    lines: list[str] = []
+    opts = parse_cmdline(
+        f"rescueui.unattended=1 rescueui.image={label}:/images/demo "
+        f"rescueui.target=path:{target.path},size:{64 * MiB} rescueui.wait=5"
+    )
+    result = un.run_unattended(opts, lines.append, progress_interval=0.0)
+    assert result.outcome == "success", "\n".join(lines)
+    assert any(line.startswith("restore ") or line.startswith("write") for line in lines)
+    target.rescan()
+    got = target.mount(2, tmp_path / "dst", options="ro")
+    assert (Path(got) / "hello.txt").read_text() == "hello from the source\n"
+    src_again = source.mount(2, tmp_path / "src2", options="ro")
+    assert _sha(Path(got) / "blob.bin") == _sha(Path(src_again) / "blob.bin")
+    target.umount_all()
+    source.umount_all()
+    assert any(n.endswith(".json") for n in _list_reports(medium, tmp_path))
+
+
+def test_progress_printer_throttles() -> None:
+    now = [0.0]
+    lines: list[str] = []
+    printer = un.ProgressPrinter(lines.append, interval=5.0, clock=lambda: now[0])
+    snap = Progress(job="restore", phase="write", bytes_done=MiB, bytes_total=4 * MiB,
+                    rate_now=MiB, rate_avg=MiB, eta=3.0, stream="p1")  # fmt: skip
+    printer(snap)
+    now[0] = 1.0
+    printer(snap)  # same phase, too soon
+    now[0] = 2.0
+    printer(Progress(job="restore", phase="verify", bytes_done=2 * MiB, bytes_total=4 * MiB))
+    now[0] = 8.0
+    printer(snap)
+    assert len(lines) == 3
+    assert "25.0%" in lines[0] and "stream p1" in lines[0]
+    assert lines[1].startswith("verify")
