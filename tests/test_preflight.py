@@ -573,10 +573,16 @@ def test_real_boot_code_read_from_head_stream(
     from rescueui.core.capture import capture
 
     src = loops.create(64, table="label: dos\nstart=2048, type=83\n")
-    with open(src.path, "r+b") as f:
-        f.write(b"\xfa\xeb\x63\x90" + os.urandom(200))  # boot code area only (< 440 bytes)
+    fd = os.open(src.path, os.O_WRONLY)
+    try:  # boot code area only (< 440 bytes)
+        os.pwrite(fd, b"\xfa\xeb\x63\x90" + os.urandom(200), 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    subprocess.run(["udevadm", "settle"], check=False)  # the close triggers a udev probe
     img = tmp_path / "bios-img"
-    assert capture(src.path, img).outcome == "success"
+    rep = capture(src.path, img)
+    assert rep.outcome == "success", rep.error
     tgt = loops.create(64).path
     uefi_here = HostProfile.from_dict(HERE.to_dict() | {"firmware": "uefi"})
     bios_here = HostProfile.from_dict(HERE.to_dict() | {"firmware": "bios"})
