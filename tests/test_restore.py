@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import filecmp
 import hashlib
+import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -290,7 +292,9 @@ def test_partition_restore_onto_existing_partition(
     p1_before = sha(target.part(1))
     p2_size = int(run(["blockdev", "--getsize64", target.part(2)]).stdout)
     tail_before = sha(target.part(2), 44 * MiB, p2_size - 44 * MiB)
-    plan = plan_restore(stream, confirmed(target.part(2)), partition=2, accept_warnings=True)
+    plan = plan_restore(
+        stream, confirmed(target.part(2)), partition=2, grow=False, accept_warnings=True
+    )
     n = plan.stream.size_bytes  # type: ignore[union-attr]
     report = run_restore(plan)
     assert report.outcome == "success", report.error
@@ -301,6 +305,19 @@ def test_partition_restore_onto_existing_partition(
         assert sha(target.part(2), 44 * MiB, p2_size - 44 * MiB) == tail_before
     fsck_clean(target.part(2), None)
     check_trees(target, 2, None, tmp_path, None)
+    assert any("--no-grow" in n for n in report.notes)
+
+    # Default: the filesystem is grown to fill the larger partition.
+    plan = plan_restore(stream, confirmed(target.part(2)), partition=2, accept_warnings=True)
+    report = run_restore(plan)
+    assert report.outcome == "success", report.error
+    assert any("grown" in n for n in report.notes), report.notes
+    fsck_clean(target.part(2), None)
+    check_trees(target, 2, None, tmp_path, None)
+    blocks = run(["dumpe2fs", "-h", target.part(2)]).stdout
+    count = int(next(x for x in blocks.splitlines() if x.startswith("Block count:")).split()[-1])
+    size = int(next(x for x in blocks.splitlines() if x.startswith("Block size:")).split()[-1])
+    assert count * size > n
 
 
 @pytest.mark.root
@@ -450,3 +467,110 @@ def test_regular_file_target_without_root(tmp_path: Path, monkeypatch: pytest.Mo
     with pytest.raises(TargetTooSmallError, match=f"{MiB} bytes"):
         plan_restore(image, confirm_target(small, "small.img"), accept_warnings=True)
     assert small.read_bytes() == b"\x55" * (7 * MiB)
+
+
+# ------------------------------------------------------------------ the command line
+
+
+def rescueui(*args: str, tmp: Path, stdin: Any = subprocess.DEVNULL) -> subprocess.Popen[str]:
+    env = dict(os.environ, RESCUEUI_LOCK=str(tmp / "cli.lock"), PYTHONPATH=os.getcwd())
+    return subprocess.Popen(
+        [sys.executable, "-m", "rescueui", "restore", *args],
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+@pytest.fixture(scope="module")
+def file_source(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    work = tmp_path_factory.mktemp("cli")
+    source = work / "source.img"
+    make_file_disk(source, 8 * MiB)
+    return {"source": source, "image": capture_to(source, work / "image")}
+
+
+def typed_on_a_terminal(args: list[str], typed: str, tmp: Path) -> tuple[int, str, str]:
+    """Run the CLI with a pseudo-terminal as stdin and type ``typed`` at the prompt."""
+    master, slave = os.openpty()
+    try:
+        proc = rescueui(*args, tmp=tmp, stdin=slave)
+        os.write(master, (typed + "\n").encode())
+        out, err = proc.communicate(timeout=120)
+    finally:
+        os.close(slave)
+        os.close(master)
+    return proc.returncode, out, err
+
+
+def test_cli_asks_for_the_confirmation_code_on_a_terminal(
+    file_source: dict[str, Path], tmp_path: Path
+) -> None:
+    target = tmp_path / "server-disk.img"
+    target.write_bytes(b"\x33" * (8 * MiB))
+    args = [str(file_source["image"]), str(target), "--accept-warnings"]
+    rc, out, err = typed_on_a_terminal(args, "loop0", tmp_path)
+    assert rc == 1
+    assert "This DESTROYS everything on the target" in err
+    assert "you typed 'loop0'" in err and "type 'server-disk.img'" in err
+    assert target.read_bytes() == b"\x33" * (8 * MiB)
+
+    rc, out, err = typed_on_a_terminal(args, "SERVER-DISK.IMG", tmp_path)
+    assert rc == 0, err
+    assert "rescueui restore: SUCCESS" in out
+    assert target.read_bytes() == file_source["source"].read_bytes()
+
+
+def test_cli_without_terminal_needs_yes(file_source: dict[str, Path], tmp_path: Path) -> None:
+    target = tmp_path / "t.img"
+    target.write_bytes(b"\x44" * (8 * MiB))
+    proc = rescueui(str(file_source["image"]), str(target), "--accept-warnings", tmp=tmp_path)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    assert "no terminal" in err and "--yes" in err
+    assert target.read_bytes() == b"\x44" * (8 * MiB)
+
+
+def test_cli_create_file_target(file_source: dict[str, Path], tmp_path: Path) -> None:
+    target = tmp_path / "new-vm.img"
+    proc = rescueui(
+        str(file_source["image"]),
+        str(target),
+        "--create",
+        "image",
+        "--yes",
+        "--accept-warnings",
+        "--json",
+        tmp=tmp_path,
+    )
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert json.loads(out)["outcome"] == "success"
+    assert target.read_bytes() == file_source["source"].read_bytes()
+    again = rescueui(
+        str(file_source["image"]), str(target), "--create", "8M", "--yes", tmp=tmp_path
+    )
+    _, err = again.communicate(timeout=120)
+    assert again.returncode == 1 and "already exists" in err
+
+
+def test_cli_failure_is_one_paragraph_with_cause_and_next_step(
+    file_source: dict[str, Path], tmp_path: Path
+) -> None:
+    image = tmp_path / "image"
+    shutil.copytree(file_source["image"], image, ignore=shutil.ignore_patterns("reports"))
+    data = image / "p1.zst"
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    target = tmp_path / "t.img"
+    target.write_bytes(b"\x55" * (8 * MiB))
+    proc = rescueui(str(image), str(target), "--yes", "--accept-warnings", "--quiet", tmp=tmp_path)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert len(lines) == 1, err
+    assert "FAILED" in lines[0] and "stream 'p1', chunk 0" in lines[0]
+    assert "another copy" in lines[0] and "Report:" in lines[0]

@@ -450,6 +450,32 @@ class _RestoreJob:
         self.journal: Journal | None = None
         self.journal_warned = False
 
+    def _grow_partition(self, ident: DiskIdentity) -> None:
+        """Partition mode on a larger partition: grow the filesystem to fill it."""
+        stream = self.plan.stream
+        if stream is None or ident.size_bytes <= stream.size_bytes:
+            return
+        if not self.plan.grow:
+            self.report.notes.append(
+                f"{ident.path} is {human_size(ident.size_bytes - stream.size_bytes)} larger than "
+                "the image partition; --no-grow left the filesystem at its image size."
+            )
+            return
+        if ident.kind != "block":
+            return
+        self.phases.start("grow")
+        self.meter.update(phase="grow", message=f"growing the filesystem on {ident.path}")
+        try:
+            from rescueui.core.grow import grow_filesystem
+
+            self.report.notes.append(grow_filesystem(ident.path, stream.fs_type))
+        except ImportError:
+            return
+        except RescueError as exc:
+            self.report.warnings.append(
+                f"The restored data is verified, but growing the filesystem failed: {exc}"
+            )
+
     # -- helpers ------------------------------------------------------------------
     def cancelled(self) -> bool:
         return self.cancel is not None and self.cancel.is_set()
@@ -593,6 +619,10 @@ class _RestoreJob:
         state = {"phase": first_phase, "bytes_before": sum(s.length for s in segs[:start])}
         decoder = Decoder(max((s.comp_length for s in segs), default=1) or 1)
 
+        per_stream: dict[str, int] = {}
+        for sg in segs:
+            per_stream[sg.stream] = per_stream.get(sg.stream, 0) + 1
+
         def on_progress(seg: Segment, idx: int) -> None:
             if seg.phase != state["phase"]:
                 state["phase"] = seg.phase
@@ -604,6 +634,8 @@ class _RestoreJob:
                 seg.length,
                 stream=seg.stream,
                 chunks_done=idx + 1,
+                stream_chunks_done=seg.index + 1,
+                stream_chunks_total=per_stream[seg.stream],
                 last_chunk=self._event(seg, True),
             )
 
@@ -688,6 +720,7 @@ class _RestoreJob:
         """Partition table housekeeping after a verified whole-disk restore."""
         plan = self.plan
         if plan.partition is not None:
+            self._grow_partition(ident)
             return
         table = plan.image.manifest.partition_table
         source_size = int(plan.image.manifest.source_disk.get("size_bytes") or 0)
