@@ -55,3 +55,10 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build dist *.egg-info
+
+live-image:
+	COMPRESS="$(COMPRESS)" live-image/build.sh
+
+live-test:
+	$(MAKE) venv
+	$(PYTHON) live-image/boot_test.py
