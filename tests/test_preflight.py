@@ -696,3 +696,45 @@ def test_cli_restore_stop_and_warnings(captured: dict, loops: LoopFactory) -> No
     acks = rep["details"]["acknowledgements"]
     assert [a["code"] for a in acks] == ["cpus"] and acks[0]["by"] == "--accept-warnings"
     assert _digest(tgt.backing) != before
+
+
+@pytest.mark.root
+@pytest.mark.udev
+def test_real_mounted_target_stops(captured: dict, loops: LoopFactory, tmp_path: Path) -> None:
+    tgt = loops.create(300, table="label: gpt\nstart=2048, size=100MiB\nsize=100MiB\n")
+    mkfs_ext4(tgt.part(1), "busy")
+    tgt.mount(1, tmp_path / "busy")
+    whole = findings_for(captured["dir"], tgt.path)
+    assert whole["target.refused"].level == "stop"
+    assert str(tmp_path / "busy") in whole["target.refused"].message
+    f = findings_for(captured["dir"], tgt.part(1), partition=2)
+    assert f["target.refused"].level == "stop"
+    f = findings_for(captured["dir"], tgt.part(2), partition=1)
+    assert "target.refused" not in f  # another partition of the disk being mounted is fine
+    assert f["fit"].level == "ok"
+
+
+def test_cli_format_has_word_and_colour() -> None:
+    from rich.console import Console
+
+    from rescueui.cli.preflight import format_finding, summary
+
+    console = Console(force_terminal=True, color_system="standard", width=200, record=True)
+    findings = [
+        Finding("stop", "fit", "Target too small by 1 B", "detail line"),
+        Finding("warn", "cpus", "Fewer CPUs"),
+        Finding("info", "model", "Other model [x]"),
+        Finding("ok", "bus", "Same bus"),
+    ]
+    for f in findings:
+        console.print(format_finding(f))
+    out = console.export_text(styles=True, clear=False)
+    plain = console.export_text()
+    for word in ("[STOP]", "[WARN]", "[INFO]", "[OK]"):
+        assert word in plain
+    assert "Other model [x]" in plain and "       detail line" in plain
+    assert "\x1b[31m" in out or "\x1b[1;31m" in out  # red for STOP
+    assert "\x1b[33m" in out and "\x1b[32m" in out and "\x1b[36m" in out
+    assert summary(findings).startswith("STOP")
+    assert summary(findings[1:]).startswith("WARN")
+    assert summary(findings[2:]).startswith("OK")
