@@ -28,8 +28,11 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from rescueui.core.errors import RescueError, ToolMissingError
 from rescueui.core.units import MiB
@@ -257,6 +260,21 @@ def build_demo(cache_dir: Path | None = None, *, force: bool = False) -> DemoBui
     return paths
 
 
+def _probe_fs(path: Path, offset: int, size: int) -> dict[str, str]:
+    """Filesystem type/label/UUID of a byte range of a file (``blkid -p``; no root needed)."""
+    try:
+        out = subprocess.run(
+            [_tool("blkid"), "-p", "-o", "export", "-O", str(offset), "-S", str(size), str(path)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=10,
+        ).stdout
+    except (OSError, subprocess.SubprocessError, RescueError):
+        return {}
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
 def _file_partitions(path: Path) -> tuple[str | None, list]:
     """The partition table found in a target file (what a restore would destroy)."""
     from rescueui.core.disks import Partition
@@ -279,17 +297,19 @@ def _file_partitions(path: Path) -> tuple[str | None, list]:
     for i, p in enumerate(table.get("partitions", []), start=1):
         node = p.get("node", f"{path}{i}")
         number = int("".join(ch for ch in node[len(str(path)) :] if ch.isdigit()) or i)
+        start, size = int(p["start"]) * sector, int(p["size"]) * sector
+        fs = _probe_fs(path, start, size)
         parts.append(
             Partition(
                 path=node,
                 name=f"part{number}",
                 number=number,
                 devnum=(0, 0),
-                start_bytes=int(p["start"]) * sector,
-                size_bytes=int(p["size"]) * sector,
-                fs_type=None,
-                label=None,
-                uuid=p.get("uuid"),
+                start_bytes=start,
+                size_bytes=size,
+                fs_type=fs.get("TYPE"),
+                label=fs.get("LABEL"),
+                uuid=fs.get("UUID"),
                 part_label=p.get("name"),
                 part_type=p.get("type"),
                 part_uuid=p.get("uuid"),
@@ -341,11 +361,40 @@ def file_disk(
     )
 
 
+DEFAULT_PACE = 16e6
+"""Simulated speed of the virtual disks in bytes/s, so the live panels have time to be seen
+(the real engine on a small file finishes in a blink). ``RESCUEUI_DEMO_PACE=0`` turns it off."""
+
+
+def demo_pace() -> float:
+    try:
+        return float(os.environ.get("RESCUEUI_DEMO_PACE", DEFAULT_PACE))
+    except ValueError:
+        return DEFAULT_PACE
+
+
+def paced(callback: Callable[[Any], None] | None, pace: float) -> Callable[[Any], None] | None:
+    """Wrap a progress callback so the job runs no faster than ``pace`` bytes/s (demo only)."""
+    if pace <= 0:
+        return callback
+    start = time.monotonic()
+
+    def hook(p: Any) -> None:
+        ahead = p.bytes_done / pace - (time.monotonic() - start)
+        if ahead > 0:
+            time.sleep(min(ahead, 1.0))
+        if callback is not None:
+            callback(p)
+
+    return hook
+
+
 @dataclass
 class DemoEnvironment:
     """What ``rescueui --demo`` shows as disks and images: all files in the demo cache."""
 
     build: DemoBuild
+    pace: float = field(default_factory=demo_pace)
     plugged: list[DemoTarget] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rescueui.core.demo import DemoEnvironment
+from rescueui.core.demo import DemoEnvironment, paced
 from rescueui.core.errors import ImageError, RescueError
 from rescueui.core.progress import ProgressCallback
 from rescueui.core.units import human_size
@@ -320,7 +320,14 @@ class Session:
         from rescueui.core.restore import plan_restore, restore
 
         plan = plan_restore(image_dir, confirmed, resume=resume, accept_warnings=True)
-        return restore(plan, progress=progress, cancel=cancel)
+        if self.demo is not None:
+            # demo restores write only files in the demo cache: their own writer lock, so a
+            # demo never blocks (or is blocked by) a real restore on this machine
+            plan.lock_path = str(self.demo.build.root / "writer.lock")
+        return restore(plan, progress=self._pace(progress), cancel=cancel)
+
+    def _pace(self, progress: ProgressCallback | None) -> ProgressCallback | None:
+        return paced(progress, self.demo.pace) if self.demo is not None else progress
 
     def capture(
         self,
@@ -332,7 +339,7 @@ class Session:
     ) -> Any:
         from rescueui.core.capture import capture
 
-        return capture(source, image_dir, progress=progress, cancel=cancel)
+        return capture(source, image_dir, progress=self._pace(progress), cancel=cancel)
 
     def verify(
         self,
@@ -343,7 +350,7 @@ class Session:
     ) -> Any:
         from rescueui.core.verify import verify_image
 
-        return verify_image(image_dir, progress=progress, cancel=cancel)
+        return verify_image(image_dir, progress=self._pace(progress), cancel=cancel)
 
     def default_capture_dir(self, disk: Any) -> Path:
         from datetime import datetime

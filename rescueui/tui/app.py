@@ -55,6 +55,7 @@ class RescueApp(App[int]):
         job_throttle: float = 0.0,
         repaint_interval: float = 0.25,
         watch_disks: bool = True,
+        sample_every: float = 0.25,
     ) -> None:
         super().__init__()
         self.session = session
@@ -65,6 +66,7 @@ class RescueApp(App[int]):
         self.job_throttle = job_throttle  # tests: seconds to sleep per progress callback
         self.repaint_interval = repaint_interval
         self.watch_disks = watch_disks
+        self.sample_every = sample_every  # seconds between throughput graph samples
         ScrollBar.renderer = BlockScrollBarRender
         if self.on_console or ascii_only:
             self.theme = "ansi-dark"

@@ -91,12 +91,10 @@ class ImageScreen(StepScreen):
         for img in images:
             table.add_row(
                 Text(img.name, style="bold"),
-                (img.source if img.ok else Text("UNUSABLE", style="bold"))[:26]
-                if isinstance(img.source, str)
-                else img.source,
+                img.source[:20] if img.ok else Text("UNUSABLE", style="bold"),
                 Text(human_size(img.extent_bytes) if img.ok else "-", justify="right"),
-                img.created[:16].replace("T", " ") if img.ok else "",
-                img.machine[:24] if img.ok else (img.error or "")[:40],
+                img.created[:10] if img.ok else "",
+                img.machine[:16] if img.ok else (img.error or "")[:40],
                 key=str(img.path),
             )
         self.query_one("#status", Static).update(f"{len(images)} image(s) found.")

@@ -30,7 +30,6 @@ from rescueui.tui.widgets.checksums import checksum_text
 from rescueui.tui.widgets.graph import ThroughputGraph
 from rescueui.tui.widgets.steps import StepsBar
 
-SAMPLE_EVERY = 0.25  # seconds between graph samples
 MAX_SAMPLES = 600
 
 JobFn = Callable[..., Any]  # (progress=, cancel=) -> JobReport
@@ -147,7 +146,7 @@ class JobScreen(StepScreen):
         if p.last_chunk is not None and not p.last_chunk.ok and self.mismatch is None:
             self.mismatch = p.last_chunk
         now = time.monotonic()
-        if now - self._last_sample >= SAMPLE_EVERY:
+        if now - self._last_sample >= self.rescue.sample_every:
             self._last_sample = now
             self.samples.append(p.rate_now)
         if self.rescue.job_throttle:
@@ -172,6 +171,8 @@ class JobScreen(StepScreen):
     def job_done(self, report: Any, error: BaseException | None) -> None:
         self.finished = True
         self.report = report
+        if error is None and getattr(report, "outcome", "success") != "success":
+            error = getattr(report, "exception", None)
         self.error = error
         outcome = getattr(report, "outcome", None) or ("failed" if error else "success")
         if isinstance(error, CancelledError):
@@ -249,6 +250,9 @@ class JobScreen(StepScreen):
             "Do not use this target. Use another copy of the image.",
             style="bold reverse",
         )
+
+    def on_unmount(self) -> None:
+        self.cancel_event.set()  # leaving the app mid-job stops the engine cleanly
 
     def action_cancel(self) -> None:
         from rescueui.tui.screens.dialogs import CancelJobDialog

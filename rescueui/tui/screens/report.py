@@ -23,14 +23,15 @@ BANNERS = {
 def report_body(report: Any, error: BaseException | None) -> Text:
     text = Text()
     if report is not None and hasattr(report, "to_text"):
-        text.append(report.to_text())
         files = getattr(report, "report_files", None) or []
         if files:
-            text.append("\nReport written to:\n", style="bold")
+            text.append("Report written to:\n", style="bold")
             for f in files:
                 text.append(f"  {f}\n")
         else:
-            text.append("\nNo report file could be written (see above).\n", style="bold")
+            text.append("No report file could be written.\n", style="bold")
+        text.append("\n")
+        text.append(report.to_text())
     elif error is not None:
         text.append(f"Error: {error}\n")
     return text

@@ -43,7 +43,7 @@ class TargetScreen(StepScreen):
         problem = self.session.fit_problem(self.flow.image, disk)
         if problem is None:
             return Text("fits", style="bold")
-        return Text(f"NO: {problem}")
+        return Text("REFUSED", style="bold reverse")
 
     def on_mount(self) -> None:
         self.query_one("#details-box").border_title = "Target disk"
@@ -64,7 +64,17 @@ class TargetScreen(StepScreen):
 
     def _details(self) -> None:
         disk = self.query_one(DiskTable).selected_disk()
-        self.query_one("#details", Static).update(disk_details(disk) if disk else "No disks found.")
+        if disk is None:
+            self.query_one("#details", Static).update("No disks found.")
+            return
+        problem = self.session.fit_problem(self.flow.image, disk)
+        text = Text()
+        if problem is None:
+            text.append("Fit: the image fits on this disk.\n", style="bold")
+        else:
+            text.append(f"REFUSED: {problem}\n", style="bold reverse")
+        text.append_text(disk_details(disk))
+        self.query_one("#details", Static).update(text)
 
     def refresh_disks(self, event: Any) -> None:
         self.rescan()

@@ -61,7 +61,7 @@ class ThroughputGraph(Widget):
     ThroughputGraph { height: 6; width: 1fr; }
     """
 
-    LABEL_WIDTH = 9
+    LABEL_WIDTH = 10
 
     def __init__(self, glyphs: Glyphs = CONSOLE, *, id: str | None = None) -> None:
         super().__init__(id=id)

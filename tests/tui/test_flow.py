@@ -1,0 +1,226 @@
+"""The demo flow driven by keys only (Pilot): the real engine restores into virtual disks."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+
+from textual.pilot import Pilot
+
+from rescueui.core.hotplug import DiskEvent
+from rescueui.core.session import Session
+from rescueui.tui.app import RescueApp
+from rescueui.tui.messages import DiskHotplug
+from rescueui.tui.screens.dialogs import CancelJobDialog, ConfirmTargetDialog
+from rescueui.tui.screens.disks import DisksScreen
+from rescueui.tui.screens.images import ImageScreen
+from rescueui.tui.screens.job import JobScreen
+from rescueui.tui.screens.preflight import PreflightScreen
+from rescueui.tui.screens.report import ReportScreen
+from rescueui.tui.screens.target import TargetScreen
+from rescueui.tui.widgets.disktable import DiskTable
+from tests.tui.conftest import read_range
+
+
+def make_app(env, **kw) -> RescueApp:
+    return RescueApp(Session(env), console=True, **kw)
+
+
+async def wait_for(pilot: Pilot, cond, timeout: float = 30.0, what: str = "") -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not cond():
+        if loop.time() > end:
+            raise AssertionError(f"timed out waiting for {what or cond}")
+        await pilot.pause(0.05)
+
+
+def screen_text(app: RescueApp) -> str:
+    strips = app.screen._compositor.render_strips()
+    return "\n".join("".join(seg.text for seg in s) for s in strips)
+
+
+async def choose_row(pilot: Pilot, table: DiskTable, name: str) -> None:
+    await wait_for(pilot, lambda: table.row_count > 0, what="disk rows")
+    while table.cursor_row > 0:
+        await pilot.press("up")
+    for _ in range(table.row_count + 1):
+        disk = table.selected_disk()
+        if disk is not None and disk.name == name and table.selected_path() == disk.path:
+            return
+        await pilot.press("down")
+    raise AssertionError(f"{name} not in the table")
+
+
+async def go_to_target(pilot: Pilot, image_index: int = 0) -> None:
+    app = pilot.app
+    await wait_for(
+        pilot, lambda: isinstance(app.screen, DisksScreen) and app.screen.table.row_count > 0
+    )
+    await pilot.press("enter")
+    await wait_for(
+        pilot, lambda: isinstance(app.screen, ImageScreen) and app.screen.images, what="images"
+    )
+    for _ in range(image_index):
+        await pilot.press("down")
+    await pilot.press("enter")
+    await wait_for(pilot, lambda: isinstance(app.screen, TargetScreen), what="target screen")
+
+
+async def restore_to(pilot: Pilot, target: str, *, image_index: int = 0) -> JobScreen:
+    """Keys from the Disks screen to a started restore onto the named virtual disk."""
+    app = pilot.app
+    await go_to_target(pilot, image_index)
+    await choose_row(pilot, app.screen.query_one(DiskTable), target)
+    await pilot.press("enter")
+    await wait_for(
+        pilot,
+        lambda: isinstance(app.screen, PreflightScreen) and app.screen.findings is not None,
+        what="pre-flight",
+    )
+    await pilot.press("enter")
+    await wait_for(
+        pilot, lambda: isinstance(app.screen, ConfirmTargetDialog), what="confirm dialog"
+    )
+    dialog = app.screen
+    # a wrong code is refused and the dialog stays
+    await pilot.press(*"nope", "enter")
+    await pilot.pause()
+    assert app.screen is dialog
+    assert "REFUSED" in str(dialog.query_one("#error").render())
+    await pilot.press(*dialog.code, "enter")
+    await wait_for(pilot, lambda: isinstance(app.screen, JobScreen), what="job screen")
+    return app.screen
+
+
+async def test_demo_restore_by_keys_only(demo_env) -> None:
+    app = make_app(demo_env)
+    async with app.run_test(size=(100, 34)) as pilot:
+        job = await restore_to(pilot, "demo-disk-A")
+        await wait_for(pilot, lambda: job.finished, timeout=120, what="restore to finish")
+        assert job.outcome == "success", job.error
+        assert job.mismatch is None
+        await pilot.pause(0.3)
+        text = screen_text(app)
+        assert "FINISHED: SUCCESS" in text
+        assert "100.0%" in text
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, ReportScreen))
+        text = screen_text(app)
+        assert "SUCCESS" in text
+        assert "Report written to" in text
+        report = job.report
+        assert report.outcome == "success" and report.report_files
+        # start over goes back to the disks
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, DisksScreen))
+    # the virtual disk now holds the sample disk's partitions, byte for byte
+    target = demo_env.target_path(next(t for t in demo_env_targets() if t.name == "demo-disk-A"))
+    table = json.loads(
+        subprocess.run(
+            ["sfdisk", "--json", str(demo_env.build.sample_disk)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    )["partitiontable"]
+    for part in table["partitions"]:
+        off, size = part["start"] * 512, part["size"] * 512
+        assert read_range(target, off, size) == read_range(demo_env.build.sample_disk, off, size)
+
+
+def demo_env_targets():
+    from rescueui.core.demo import DEMO_TARGETS
+
+    return DEMO_TARGETS
+
+
+async def test_too_small_target_is_refused(demo_env) -> None:
+    app = make_app(demo_env)
+    async with app.run_test(size=(100, 34)) as pilot:
+        await go_to_target(pilot)
+        await choose_row(pilot, app.screen.query_one(DiskTable), "demo-small")
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, TargetScreen)
+        assert "too small" in screen_text(app)
+        # the boot medium is refused too
+        await choose_row(pilot, app.screen.query_one(DiskTable), "rescue-stick")
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, TargetScreen)
+        assert "boot medium" in screen_text(app)
+
+
+async def test_cancel_mid_restore_leaves_a_resumable_state(demo_env) -> None:
+    demo_env.pace = 8e6  # slow virtual disk: the restore is mid-run when we cancel
+    app = make_app(demo_env)
+    async with app.run_test(size=(100, 34)) as pilot:
+        job = await restore_to(pilot, "demo-disk-B")
+        await wait_for(
+            pilot, lambda: job.latest is not None and job.latest.bytes_done > 0, what="progress"
+        )
+        await pilot.press("x")
+        await wait_for(pilot, lambda: isinstance(app.screen, CancelJobDialog))
+        await pilot.press("n")  # no: it goes on
+        await pilot.pause(0.2)
+        assert not job.cancel_event.is_set()
+        await pilot.press("x")
+        await wait_for(pilot, lambda: isinstance(app.screen, CancelJobDialog))
+        await pilot.press("y")
+        await wait_for(pilot, lambda: job.finished, timeout=60, what="cancel")
+        assert job.outcome == "cancelled"
+        assert job.latest.bytes_done < job.latest.bytes_total
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, ReportScreen))
+        assert "CANCELLED" in screen_text(app)
+        assert app.screen.check_action("resume", ()) is True
+        # resume from the journal and finish
+        demo_env.pace = 0.0
+        await pilot.press("u")
+        await wait_for(pilot, lambda: isinstance(app.screen, JobScreen) and app.screen is not job)
+        resumed = app.screen
+        await wait_for(pilot, lambda: resumed.finished, timeout=120, what="resumed restore")
+        assert resumed.outcome == "success", resumed.error
+
+
+async def test_hotplug_adds_a_disk_while_the_list_is_open(demo_env) -> None:
+    app = make_app(demo_env)
+    async with app.run_test(size=(100, 34)) as pilot:
+        await wait_for(
+            pilot, lambda: isinstance(app.screen, DisksScreen) and app.screen.table.row_count > 0
+        )
+        table = app.screen.table
+        await choose_row(pilot, table, "demo-disk-B")
+        assert "demo-usb-C" not in screen_text(app)
+        # what the udev watcher thread does: a new disk, then a message through call_from_thread
+        plugged = demo_env.plug()
+        assert plugged is not None and plugged[0] == "add"
+        event = DiskEvent(action="add", kind="disk", path=str(plugged[1]), devnum=(0, 0))
+        app._disk_event(event) if False else app.post_message(DiskHotplug(event))
+        await wait_for(
+            pilot, lambda: any(d.name == "demo-usb-C" for d in table.disks), what="hotplugged disk"
+        )
+        await pilot.pause(0.1)
+        assert "demo-usb-C" in screen_text(app)
+        assert table.selected_disk().name == "demo-disk-B"  # selection kept
+        assert "appeared" in screen_text(app)
+
+
+async def test_corrupt_image_shows_the_alarm_and_no_success(demo_env) -> None:
+    app = make_app(demo_env)
+    async with app.run_test(size=(100, 34)) as pilot:
+        job = await restore_to(pilot, "demo-disk-A", image_index=1)
+        await wait_for(pilot, lambda: job.finished, timeout=120, what="restore to stop")
+        assert job.outcome == "failed"
+        assert job.mismatch is not None
+        await pilot.pause(0.3)
+        text = screen_text(app)
+        assert "CHECKSUM MISMATCH" in text
+        assert "SUCCESS" not in text
+        assert job.query_one("#alarm").display
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, ReportScreen))
+        text = screen_text(app)
+        assert "CHECKSUM MISMATCH" in text and "SUCCESS" not in text

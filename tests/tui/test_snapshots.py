@@ -1,0 +1,86 @@
+"""Snapshot tests of every screen at 80x24 and 120x40 (canned data, frozen job state).
+
+Update after an intended change: ``pytest tests/tui/test_snapshots.py --snapshot-update``,
+then look at the SVGs in ``__snapshots__`` before committing them.
+"""
+
+from __future__ import annotations
+
+import pytest
+from textual.pilot import Pilot
+
+from rescueui.tui.app import RescueApp
+from rescueui.tui.screens.job import JobScreen
+from tests.tui.fakes import CannedSession
+
+SIZES = [(80, 24), (120, 40)]
+
+
+def make_app(**kwargs: object) -> RescueApp:
+    return RescueApp(
+        CannedSession(**kwargs),
+        console=True,
+        repaint_interval=0.05,
+        watch_disks=False,
+        sample_every=0.0,
+    )  # type: ignore[arg-type]
+
+
+async def _to_target(pilot: Pilot) -> None:
+    await pilot.pause()
+    await pilot.press("enter")  # disks -> image
+    await pilot.pause()
+    await pilot.press("enter")  # image -> target
+    await pilot.pause()
+
+
+async def _to_preflight(pilot: Pilot) -> None:
+    await _to_target(pilot)
+    await pilot.press("enter")  # /dev/sda fits
+    await pilot.pause(0.2)
+
+
+async def _to_confirm(pilot: Pilot) -> None:
+    await _to_preflight(pilot)
+    await pilot.press("enter")
+    await pilot.pause()
+    await pilot.press(*"12")
+
+
+async def _to_job(pilot: Pilot) -> None:
+    await _to_preflight(pilot)
+    await pilot.press("enter")
+    await pilot.pause()
+    await pilot.press(*"2345", "enter")
+    await pilot.pause(0.3)
+    assert isinstance(pilot.app.screen, JobScreen)
+
+
+async def _to_refused_confirm(pilot: Pilot) -> None:
+    await _to_confirm(pilot)
+    await pilot.press("enter")
+    await pilot.pause()
+
+
+@pytest.mark.parametrize("size", SIZES)
+class TestScreens:
+    def test_disks(self, snap_compare, size) -> None:
+        assert snap_compare(make_app(), terminal_size=size, run_before=lambda p: p.pause(0.2))
+
+    def test_image(self, snap_compare, size) -> None:
+        assert snap_compare(make_app(), press=["_", "enter", "_"], terminal_size=size)
+
+    def test_target(self, snap_compare, size) -> None:
+        assert snap_compare(make_app(), terminal_size=size, run_before=_to_target)
+
+    def test_preflight(self, snap_compare, size) -> None:
+        assert snap_compare(make_app(), terminal_size=size, run_before=_to_preflight)
+
+    def test_confirm_refused(self, snap_compare, size) -> None:
+        assert snap_compare(make_app(), terminal_size=size, run_before=_to_refused_confirm)
+
+    def test_restore_running(self, snap_compare, size) -> None:
+        assert snap_compare(make_app(), terminal_size=size, run_before=_to_job)
+
+    def test_restore_mismatch_alarm(self, snap_compare, size) -> None:
+        assert snap_compare(make_app(corrupt=True), terminal_size=size, run_before=_to_job)
