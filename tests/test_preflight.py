@@ -186,7 +186,12 @@ def test_partition_fit() -> None:
     ok = run(m, target(64, is_partition=True), partition=1)
     assert ok["fit"].level == "ok" and "fit.larger" not in ok
     big = run(m, target(100, is_partition=True), partition=1)
-    assert big["fit.larger"].level == "info"
+    assert big["fit.larger"].level == "info" and "vfat" in big["fit.larger"].message
+    assert "keeps its size" in big["fit.larger"].message
+    big = run(m, target(300, is_partition=True), partition=2)
+    assert "ext4 filesystem will be grown" in big["fit.larger"].message
+    big = run(m, target(300, is_partition=True), partition=2, grow=False)
+    assert "--no-grow" in big["fit.larger"].message
     missing = run(m, target(100, is_partition=True), partition=7)["fit"]
     assert missing.level == "stop" and "no partition 7" in missing.message
 

@@ -605,7 +605,7 @@ def check(
     elif partition is None:
         out += _check_fit_disk(facts, target, grow=grow)
     else:
-        out += _check_fit_partition(facts, target, partition)
+        out += _check_fit_partition(facts, target, partition, grow=grow)
     out += _check_sector_size(facts, target, partition)
     out += _check_firmware(facts, source, host, partition)
     out += _check_cpus_memory(source, host)
@@ -729,7 +729,9 @@ def _check_fit_disk(facts: ImageFacts, target: Any, *, grow: bool) -> list[Findi
     return out
 
 
-def _check_fit_partition(facts: ImageFacts, target: Any, number: int) -> list[Finding]:
+def _check_fit_partition(
+    facts: ImageFacts, target: Any, number: int, *, grow: bool = True
+) -> list[Finding]:
     stream = facts.stream_of_partition(number)
     path = _get(target, "path")
     if stream is None:
@@ -766,14 +768,31 @@ def _check_fit_partition(facts: ImageFacts, target: Any, number: int) -> list[Fi
         )
     ]
     if have > need:
+        extra = human_size(have - need)
+        fs = (stream.fs_type or "").lower()
+        growable = fs in ("ext2", "ext3", "ext4", "xfs", "btrfs")
+        if grow and growable:
+            message = (
+                f"The target partition is {extra} larger: the {fs} filesystem will be grown "
+                "to fill it."
+            )
+        elif grow:
+            message = (
+                f"The target partition is {extra} larger: the "
+                f"{stream.fs_type or 'unknown'} filesystem keeps its size (no grower for it)."
+            )
+        else:
+            message = (
+                f"The target partition is {extra} larger: the filesystem keeps its size "
+                "(--no-grow)."
+            )
         out.append(
             Finding(
                 "info",
                 "fit.larger",
-                f"The target partition is {human_size(have - need)} larger: the filesystem "
-                "keeps its size, the rest of the partition stays unused.",
-                "Grow it afterwards with the filesystem's own tool (resize2fs, xfs_growfs, "
-                "btrfs filesystem resize max) if wanted.",
+                message,
+                "ext2/3/4 are grown with resize2fs, xfs and btrfs by their own tools on a "
+                "temporary mount; FAT and others keep their size.",
             )
         )
     return out
