@@ -743,3 +743,25 @@ def test_cli_format_has_word_and_colour() -> None:
     assert summary(findings).startswith("STOP")
     assert summary(findings[1:]).startswith("WARN")
     assert summary(findings[2:]).startswith("OK")
+
+
+@pytest.mark.root
+@pytest.mark.udev
+def test_real_4k_sector_target_stops(captured: dict, tmp_path: Path) -> None:
+    backing = tmp_path / "4kn.img"
+    backing.touch()
+    os.truncate(backing, 300 * MiB)
+    dev = subprocess.run(
+        ["losetup", "-f", "--show", "-b", "4096", str(backing)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    try:
+        subprocess.run(["udevadm", "settle"], check=False)
+        info = TargetInfo.from_path(dev)
+        assert info.logical_sector_size == 4096
+        f = findings_for(captured["dir"], dev)["sector_size"]
+        assert f.level == "stop" and "4096-byte" in f.message and "512-byte" in f.message
+    finally:
+        subprocess.run(["losetup", "-d", dev], check=False)
