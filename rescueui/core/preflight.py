@@ -423,10 +423,14 @@ def read_first_sector(image: Image) -> tuple[bytes | None, str]:
         )
         if stream is None:
             return None, "the image does not contain the start of the disk (no head stream)"
-        chunks = image.chunks(stream)
-        if not chunks:
-            return None, f"stream {stream.name} has no chunks"
-        first = chunks[0]
+        one = getattr(image, "chunk", None)  # one index record, not the whole list
+        if callable(one) and getattr(stream, "chunk_count", 1):
+            first = one(stream, 0)
+        else:
+            chunks = image.chunks(stream)
+            if not chunks:
+                return None, f"stream {stream.name} has no chunks"
+            first = chunks[0]
         if first.zero:
             return bytes(512), ""
         import zstandard
