@@ -293,3 +293,42 @@ def test_full_destination_fails_cleanly(loops: LoopFactory, tmp_path: Path) -> N
     report = exc.value.report  # type: ignore[attr-defined]
     assert report.outcome == "failed" and report.report_files
     assert all(Path(p).exists() for p in report.report_files)
+
+
+DOS = """label: dos
+start=2048, size=24576, type=c, bootable
+start=32768, size=90112, type=5
+start=34816, size=40960, type=83
+start=77824, size=40960, type=83
+"""
+
+
+@pytest.mark.root
+@pytest.mark.udev
+def test_capture_loop_disk_dos_with_logical_partitions(loops: LoopFactory, tmp_path: Path) -> None:
+    disk = loops.create(64, table=DOS, fill="random")
+    mkfs_vfat(disk.part(1), "BOOT")
+    mkfs_ext4(disk.part(5), "data")
+    mkfs_ext4(disk.part(6), "more")
+    run("mcopy", "-s", "-i", disk.part(1), STDLIB / "json", "::/")
+    report = capture(disk.path, tmp_path / "img")
+    with Image.open(tmp_path / "img") as im:
+        names = [s.name for s in im.streams]
+        # random bytes everywhere: every gap (EBRs included) is captured, so is the free tail
+        assert names == [
+            "head",
+            "p1",
+            f"gap-{(2048 + 24576) * 512}",
+            "p5",
+            f"gap-{(34816 + 40960) * 512}",
+            "p6",
+            f"gap-{(77824 + 40960) * 512}",
+        ]
+        assert im.extent_bytes == 64 * MiB
+        assert (im.stream("p5").fs_type, im.stream("p6").label) == ("ext4", "more")
+    for n in (1, 5, 6):
+        assert _zstd_dc(tmp_path / "img" / f"p{n}.zst") == _read_dev(disk.part(n))
+    out = tmp_path / "rebuilt"
+    reassemble(tmp_path / "img", out, 64 * MiB)
+    assert out.read_bytes() == _read_dev(disk.path)
+    assert report.details["gaps_skipped_all_zero"] == []
