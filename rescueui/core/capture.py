@@ -216,6 +216,13 @@ def busy_read_write(devnums: dict[DevNum, str]) -> list[str]:
     for s in mounts.read_swaps():
         if s.kind == "partition" and s.devnum in devnums:
             found.append(f"/dev/{devnums[s.devnum]} is in use as swap")
+    for name in devnums.values():
+        try:
+            holders = sorted(p.name for p in Path(f"/sys/class/block/{name}/holders").iterdir())
+        except OSError:
+            continue
+        if holders:
+            found.append(f"/dev/{name} is in use by {', '.join(holders)} (RAID/LVM/crypt)")
     return found
 
 
