@@ -498,6 +498,13 @@ class _Capture:
                 hint="Free space or choose a larger medium, then capture again (the incomplete "
                 "folder can be reused or deleted).",
             )
+        if exc.errno == errno.EFBIG:
+            return CaptureError(
+                f"{path} has grown larger than the destination filesystem allows (FAT holds at "
+                f"most 4 GiB per file); capture stopped after {human_size(written)}. The folder "
+                "is marked incomplete.",
+                hint="Write the image to a disk formatted with ext4, XFS, exFAT or NTFS.",
+            )
         return CaptureError(
             f"Writing {path} failed: {exc.strerror} (after {human_size(written)} of image data). "
             "The folder is marked incomplete.",
