@@ -1,6 +1,6 @@
 """The restore data path: read → decompress → BLAKE3 check → write, then read-back verify.
 
-Work is a list of :class:`Segment` s in disk order (one per chunk of every stream, plus
+Work is a :class:`SegmentTable` of :class:`Segment` s in disk order (one per chunk of every stream, plus
 "fill" segments for the zero ranges of a whole-disk image that no stream covers). The
 coordinating thread (the writer) hands chunks to a small pool of decoder threads
 (zstandard and blake3 release the GIL) and writes their results strictly in order, so
@@ -15,6 +15,7 @@ target with one ``BLKZEROOUT`` (``blockdev.zero_range``) call.
 
 from __future__ import annotations
 
+import bisect
 import errno
 import os
 import threading
@@ -72,37 +73,148 @@ class Segment:
         return f"stream '{self.stream}', chunk {self.index} (disk offset {self.disk_offset})"
 
 
-def stream_segments(image: Image, stream: StreamEntry, base: int, phase: str) -> list[Segment]:
-    """The chunks of one stream placed at ``base`` (its start on the target)."""
-    out: list[Segment] = []
-    for c in image.iter_chunks(stream):
-        out.append(
-            Segment(
-                stream=stream.name,
-                index=c.index,
-                disk_offset=base + c.index * stream.chunk_size,
-                length=c.raw_length,
-                blake3=c.blake3,
-                zero=c.zero,
-                data_file=str(image.data_path(stream)),
-                file_offset=c.offset,
-                comp_length=c.length,
-                phase=phase,
-            )
+@dataclass(frozen=True)
+class _Run:
+    """A run of consecutive segments: the chunks of one stream, or one zero fill range."""
+
+    first: int  # index of its first segment in the table
+    count: int
+    bytes_before: int  # bytes of all segments before this run
+    size: int  # bytes of this run
+    disk_start: int
+    piece: int  # chunk size (stream) or FILL_SEGMENT (fill)
+    phase: str
+    stream: StreamEntry | None  # None for a fill
+    data_file: str | None
+    fill_number: int = 0  # fills: number of the first piece
+
+
+class SegmentTable:
+    """The segments of a restore, in write order, computed on demand from the image index.
+
+    Nothing per chunk is stored here (the image already holds its index), so memory does
+    not grow with the disk size beyond the index itself. Behaves like a read-only list.
+    """
+
+    def __init__(self, image: Image) -> None:
+        self.image = image
+        self.runs: list[_Run] = []
+        self._firsts: list[int] = []
+        self._count = 0
+        self._bytes = 0
+        self._fills = 0
+
+    def add_stream(self, stream: StreamEntry, base: int, phase: str) -> None:
+        self._add(
+            stream.chunk_count,
+            stream.size_bytes,
+            base,
+            stream.chunk_size,
+            phase,
+            stream,
+            str(self.image.data_path(stream)),
         )
-    return out
 
+    def add_fill(self, start: int, end: int) -> None:
+        count = -(-(end - start) // FILL_SEGMENT)
+        self._add(count, end - start, start, FILL_SEGMENT, "write", None, None, self._fills)
+        self._fills += count
 
-def fill_segments(start: int, end: int, first_index: int) -> list[Segment]:
-    out: list[Segment] = []
-    pos = start
-    n = first_index
-    while pos < end:
-        length = min(FILL_SEGMENT - (pos % FILL_SEGMENT), end - pos)
-        out.append(Segment("fill", n, pos, length, zero_hash(length), True))
-        pos += length
-        n += 1
-    return out
+    def _add(
+        self,
+        count: int,
+        size: int,
+        disk_start: int,
+        piece: int,
+        phase: str,
+        stream: StreamEntry | None,
+        data_file: str | None,
+        fill_number: int = 0,
+    ) -> None:
+        if count <= 0:
+            return
+        run = _Run(
+            self._count,
+            count,
+            self._bytes,
+            size,
+            disk_start,
+            piece,
+            phase,
+            stream,
+            data_file,
+            fill_number,
+        )
+        self.runs.append(run)
+        self._firsts.append(self._count)
+        self._count += count
+        self._bytes += size
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def total_bytes(self) -> int:
+        return self._bytes
+
+    def _run_of(self, i: int) -> _Run:
+        if not 0 <= i < self._count:
+            raise IndexError(i)
+        return self.runs[bisect.bisect_right(self._firsts, i) - 1]
+
+    def __getitem__(self, i: int) -> Segment:
+        run = self._run_of(i)
+        j = i - run.first
+        if run.stream is None:
+            off = j * run.piece
+            length = min(run.piece, run.size - off)
+            return Segment(
+                "fill",
+                run.fill_number + j,
+                run.disk_start + off,
+                length,
+                zero_hash(length),
+                True,
+                phase=run.phase,
+            )
+        c = self.image.chunk(run.stream, j)
+        return Segment(
+            stream=run.stream.name,
+            index=j,
+            disk_offset=run.disk_start + j * run.piece,
+            length=c.raw_length,
+            blake3=c.blake3,
+            zero=c.zero,
+            data_file=run.data_file,
+            file_offset=c.offset,
+            comp_length=c.length,
+            phase=run.phase,
+        )
+
+    def bytes_before(self, i: int) -> int:
+        """Bytes of segments ``0 .. i-1`` (``i`` may be ``len(self)``)."""
+        if i >= self._count:
+            return self._bytes
+        run = self._run_of(i)
+        return run.bytes_before + (i - run.first) * run.piece
+
+    def bytes_between(self, a: int, b: int) -> int:
+        return self.bytes_before(b) - self.bytes_before(a) if b > a else 0
+
+    def phase_bytes(self, phase: str, start: int = 0) -> int:
+        """Bytes from segment ``start`` on that belong to ``phase``."""
+        total = 0
+        for run in self.runs:
+            if run.phase != phase or run.first + run.count <= start:
+                continue
+            total += run.size - (max(start - run.first, 0) * run.piece)
+        return max(total, 0)
+
+    def stream_chunks(self, name: str) -> int:
+        return sum(r.count for r in self.runs if r.stream is not None and r.stream.name == name)
+
+    def max_chunk(self) -> int:
+        return max((r.piece for r in self.runs), default=FILL_SEGMENT)
 
 
 def table_streams(image: Image) -> list[StreamEntry]:
@@ -115,41 +227,25 @@ def table_streams(image: Image) -> list[StreamEntry]:
     return [s for s in image.streams if s.kind == "head"]
 
 
-def whole_disk_segments(image: Image) -> list[Segment]:
+def whole_disk_segments(image: Image) -> SegmentTable:
     """Every segment of a whole-disk restore in disk order (the head, with the partition
     table, comes first), with zero fills for the ranges below the image extent that no
     stream covers."""
-    tables = table_streams(image)
-    rest = sorted((s for s in image.streams if s not in tables), key=lambda s: s.start_bytes)
-    segs: list[Segment] = []
-    for s in sorted(tables, key=lambda s: s.start_bytes):
-        segs += stream_segments(image, s, s.start_bytes, "partition-table")
-    covered = sorted((s.start_bytes, s.end_bytes) for s in image.streams)
-    fills: list[tuple[int, int]] = []
-    if image.manifest.whole_disk:
-        pos = 0
-        for a, b in covered:
-            if a > pos:
-                fills.append((pos, a))
-            pos = max(pos, b)
-    # Merge the non-table streams and the fills in disk order.
-    items: list[tuple[int, StreamEntry | tuple[int, int]]] = [(s.start_bytes, s) for s in rest]
-    items += [(a, (a, b)) for a, b in fills]
-    items.sort(key=lambda t: t[0])
-    nfill = 0
-    for _, item in items:
-        if isinstance(item, StreamEntry):
-            segs += stream_segments(image, item, item.start_bytes, "write")
-        else:
-            new = fill_segments(item[0], item[1], nfill)
-            nfill += len(new)
-            segs += new
-    return segs
+    table = SegmentTable(image)
+    pos = 0
+    for s in sorted(image.streams, key=lambda s: s.start_bytes):
+        if image.manifest.whole_disk and s.start_bytes > pos:
+            table.add_fill(pos, s.start_bytes)
+        table.add_stream(s, s.start_bytes, "partition-table" if s.kind == "head" else "write")
+        pos = max(pos, s.end_bytes)
+    return table
 
 
-def partition_segments(image: Image, stream: StreamEntry) -> list[Segment]:
+def partition_segments(image: Image, stream: StreamEntry) -> SegmentTable:
     """A partition restore: the stream goes at offset 0 of the target partition."""
-    return stream_segments(image, stream, 0, "write")
+    table = SegmentTable(image)
+    table.add_stream(stream, 0, "write")
+    return table
 
 
 # ------------------------------------------------------------------ decoding
@@ -317,7 +413,7 @@ class BufferPool:
 
 def write_segments(
     handle: TargetHandle,
-    segments: list[Segment],
+    segments: SegmentTable,
     start: int,
     *,
     pool: BufferPool,
@@ -501,7 +597,7 @@ class TargetReader:
 
 def verify_segments(
     path: str,
-    segments: list[Segment],
+    segments: SegmentTable,
     start: int,
     stop: int,
     *,

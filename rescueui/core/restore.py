@@ -44,13 +44,15 @@ from rescueui.core.errors import (
     UnsafeTargetError,
 )
 from rescueui.core.identity import ConfirmedTarget, DiskIdentity, recheck
-from rescueui.core.image import Image, StreamEntry
+from rescueui.core.image import MAX_FRAME_OVERHEAD, Image, StreamEntry
 from rescueui.core.journal import Journal, find_journal
 from rescueui.core.lock import WriterLock
 from rescueui.core.pipeline import (
+    FILL_SEGMENT,
     BufferPool,
     Decoder,
     Segment,
+    SegmentTable,
     partition_segments,
     verify_segments,
     whole_disk_segments,
@@ -334,7 +336,7 @@ class _Phases:
         self._name = None
 
 
-def _segments(plan: RestorePlan) -> list[Segment]:
+def _segments(plan: RestorePlan) -> SegmentTable:
     if plan.partition is None:
         return whole_disk_segments(plan.image)
     assert plan.stream is not None
@@ -343,7 +345,7 @@ def _segments(plan: RestorePlan) -> list[Segment]:
 
 def _max_chunk(plan: RestorePlan) -> int:
     streams = [plan.stream] if plan.stream is not None else plan.image.streams
-    return max(s.chunk_size for s in streams if s is not None)
+    return max([s.chunk_size for s in streams if s is not None] + [FILL_SEGMENT])
 
 
 def _report_dir(image: Image) -> Path:
@@ -360,7 +362,7 @@ def restore(
     ident = plan.identity
     image = plan.image
     segments = _segments(plan)
-    write_total = sum(s.length for s in segments)
+    write_total = segments.total_bytes
     report = JobReport(
         job="restore",
         source=str(image.dir),
@@ -433,7 +435,7 @@ class _RestoreJob:
     def __init__(
         self,
         plan: RestorePlan,
-        segments: list[Segment],
+        segments: SegmentTable,
         report: JobReport,
         progress: ProgressCallback | None,
         cancel: threading.Event | None,
@@ -443,7 +445,7 @@ class _RestoreJob:
         self.report = report
         self.cancel = cancel
         self.phases = _Phases()
-        self.write_total = sum(s.length for s in segments)
+        self.write_total = segments.total_bytes
         total = self.write_total * (2 if plan.verify else 1)
         self.meter = ProgressMeter("restore", total, progress or (lambda _p: None))
         self.chunks_done = 0
@@ -543,7 +545,7 @@ class _RestoreJob:
             )
         if journal is not None and journal.segments_total == len(self.segments):
             durable = min(journal.durable_segments, len(self.segments))
-            check_bytes = sum(s.length for s in self.segments[:durable])
+            check_bytes = self.segments.bytes_before(durable)
             self._set_total(self.meter.bytes_total + check_bytes)
             self.set_phase(
                 "resume-verify", check_bytes, "re-reading what the interrupted restore wrote"
@@ -573,11 +575,11 @@ class _RestoreJob:
                 )
             start = mismatch.index if mismatch is not None else durable
             # The bytes from ``start`` are written again: count them in the job total once.
-            self._set_total(self.meter.bytes_total - sum(s.length for s in self.segments[:start]))
+            self._set_total(self.meter.bytes_total - self.segments.bytes_before(start))
             first = self.segments[start] if start < len(self.segments) else None
             where = first.where() if first is not None else "the end (all data was on the disk)"
             self.report.notes.append(
-                f"Resumed an interrupted restore: {human_size(sum(s.length for s in self.segments[:start]))} "
+                f"Resumed an interrupted restore: {human_size(self.segments.bytes_before(start))} "
                 f"already on the target re-verified by reading back; continued at {where}."
             )
             if mismatch is not None:
@@ -609,24 +611,25 @@ class _RestoreJob:
     def _write(self, handle: Any, pool: BufferPool, start: int) -> None:
         plan = self.plan
         segs = self.segments
-        remaining = segs[start:]
-        table_bytes = sum(s.length for s in remaining if s.phase == "partition-table")
-        first_phase = remaining[0].phase if remaining else "write"
+        first_phase = segs[start].phase if start < len(segs) else "write"
         self.set_phase(
             first_phase,
-            table_bytes if first_phase == "partition-table" else sum(s.length for s in remaining),
+            segs.phase_bytes("partition-table", start)
+            if first_phase == "partition-table"
+            else segs.bytes_between(start, len(segs)),
         )
-        state = {"phase": first_phase, "bytes_before": sum(s.length for s in segs[:start])}
-        decoder = Decoder(max((s.comp_length for s in segs), default=1) or 1)
+        state = {"phase": first_phase, "bytes_before": segs.bytes_before(start)}
+        decoder = Decoder(segs.max_chunk() + MAX_FRAME_OVERHEAD)
 
         per_stream: dict[str, int] = {}
-        for sg in segs:
-            per_stream[sg.stream] = per_stream.get(sg.stream, 0) + 1
+        for run in segs.runs:
+            name = run.stream.name if run.stream is not None else "fill"
+            per_stream[name] = per_stream.get(name, 0) + run.count
 
         def on_progress(seg: Segment, idx: int) -> None:
             if seg.phase != state["phase"]:
                 state["phase"] = seg.phase
-                rest = sum(s.length for s in segs[idx:])
+                rest = segs.bytes_between(idx, len(segs))
                 self.set_phase(seg.phase, rest)
             self.phases.add(seg.length)
             self.chunks_done += 1
