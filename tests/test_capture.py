@@ -332,3 +332,23 @@ def test_capture_loop_disk_dos_with_logical_partitions(loops: LoopFactory, tmp_p
     reassemble(tmp_path / "img", out, 64 * MiB)
     assert out.read_bytes() == _read_dev(disk.path)
     assert report.details["gaps_skipped_all_zero"] == []
+
+
+def test_file_too_large_for_destination_is_explained(tmp_path: Path) -> None:
+    """A FAT stick holds 4 GiB per file; simulated with RLIMIT_FSIZE (same EFBIG error)."""
+    src = _random_file(tmp_path / "raw.img", 12)
+    code = (
+        "import resource, signal, sys\n"
+        "from rescueui.core.capture import capture\n"
+        "from rescueui.core.errors import CaptureError\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (6 * 1024 * 1024, resource.RLIM_INFINITY))\n"
+        "try:\n"
+        f"    capture({str(src)!r}, {str(tmp_path / 'img')!r})\n"
+        "except CaptureError as e:\n"
+        "    print(e); sys.exit(3)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 3, r.stderr
+    assert "FAT holds at most 4 GiB per file" in r.stdout and "exFAT" in r.stdout
+    assert (tmp_path / "img" / "INCOMPLETE").exists()
