@@ -8,8 +8,8 @@ and rebuilt when :data:`DEMO_VERSION` changes:
   populated with ``mcopy`` and an ext4 ("rootfs") partition populated without root by
   ``mkfs.ext4 -d`` from a folder of real files (a copy of some Python standard library
   modules and a README);
-- ``image/``: that disk captured with the real engine (:func:`rescueui.core.capture.capture`);
-- ``image-corrupt/``: a copy of the image with one byte flipped inside one compressed chunk;
+- ``demo-server-image/``: that disk captured with the real engine (:func:`rescueui.core.capture.capture`);
+- ``demo-server-image-DAMAGED/``: a copy of the image with one byte flipped inside one compressed chunk;
 - ``targets/*.img``: virtual target disks (sparse files) the restore writes into with the same
   engine: ``demo-disk-A`` (64 MiB), ``demo-disk-B`` (128 MiB) and ``demo-small`` (32 MiB, too
   small for the image, so the pre-flight refuses it).
@@ -37,7 +37,7 @@ from typing import Any
 from rescueui.core.errors import RescueError, ToolMissingError
 from rescueui.core.units import MiB
 
-DEMO_VERSION = 1
+DEMO_VERSION = 2
 """Bump when the demo layout or the image format changes: the cache is rebuilt."""
 
 SAMPLE_DISK_SIZE = 64 * MiB
@@ -225,8 +225,8 @@ def _paths(root: Path) -> DemoBuild:
     return DemoBuild(
         root=root,
         sample_disk=root / "sample-disk.img",
-        image_dir=root / "image",
-        corrupt_image_dir=root / "image-corrupt",
+        image_dir=root / "demo-server-image",
+        corrupt_image_dir=root / "demo-server-image-DAMAGED",
         targets_dir=root / "targets",
     )
 

@@ -67,6 +67,11 @@ class DiskTable(DataTable[Any]):
         self._row_disk: dict[str, Any] = {}
 
     def on_mount(self) -> None:
+        self._ensure_columns()
+
+    def _ensure_columns(self) -> None:
+        if self.columns:
+            return
         self.add_column("Device", key="dev")
         self.add_column("Model", key="model")
         self.add_column("Size", key="size")
@@ -75,6 +80,7 @@ class DiskTable(DataTable[Any]):
 
     def show(self, disks: Sequence[Any]) -> None:
         """Replace the rows, keeping the cursor on the same device if it is still there."""
+        self._ensure_columns()
         keep = self.selected_path()
         self.disks = list(disks)
         self._row_disk = {}
