@@ -211,33 +211,8 @@ def test_sigkill_mid_restore_then_resume(loops: LoopFactory, tmp_path: Path) -> 
     image = capture_to(src.path, tmp_path / "image")
     target = loops.create(size_mib, fill="zero")
     env = dict(os.environ, RESCUEUI_LOCK=str(tmp_path / "lock"), PYTHONPATH=os.getcwd())
-    proc = subprocess.Popen(
-        cli(str(image), target.path, "--yes", "--accept-warnings", "--quiet"),
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    durable = 0
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            for jf in image.glob("restore-journal-*.json"):
-                try:
-                    durable = json.loads(jf.read_text())["durable_bytes"]
-                except (OSError, ValueError, KeyError):
-                    continue
-            if durable >= 0.4 * size_mib * MiB:
-                proc.send_signal(signal.SIGKILL)
-                break
-            time.sleep(0.005)
-    finally:
-        if proc.poll() is None and durable < 0.4 * size_mib * MiB:
-            proc.kill()
-        proc.wait()
-    if proc.returncode != -signal.SIGKILL:
-        pytest.fail(
-            f"the restore was not killed mid-way (rc={proc.returncode}): {proc.stderr.read()!r}"
-        )  # type: ignore[union-attr]
+    proc = interrupt_cli(image, target.path, env, signal.SIGKILL, 0.4 * size_mib * MiB)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read()  # type: ignore[union-attr]
     journals = list(image.glob("restore-journal-*.json"))
     assert len(journals) == 1
     assert sha(target.path) != sha(src.path)  # really interrupted: not complete
@@ -253,3 +228,54 @@ def test_sigkill_mid_restore_then_resume(loops: LoopFactory, tmp_path: Path) -> 
     assert "Resumed an interrupted restore" in r.stdout
     assert sha(target.path) == sha(src.path)
     assert not list(image.glob("restore-journal-*.json"))
+
+    # Ctrl-C (SIGINT) cancels cleanly: exit 130, one paragraph naming --resume, journal kept.
+    proc = interrupt_cli(image, target.path, env, signal.SIGINT, 0.4 * size_mib * MiB)
+    err = proc.stderr.read().decode()  # type: ignore[union-attr]
+    assert proc.returncode == 130, err
+    assert "cancelled" in err and "--resume" in err
+    assert len(list(image.glob("restore-journal-*.json"))) == 1
+    r = subprocess.run(
+        cli(str(image), target.path, "--yes", "--accept-warnings", "--resume", "--quiet"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    assert sha(target.path) == sha(src.path)
+
+
+def interrupt_cli(
+    image: Path, target: str, env: dict[str, str], sig: int, at_bytes: float
+) -> subprocess.Popen[bytes]:
+    """Start a CLI restore; send ``sig`` once the journal says ``at_bytes`` are durable."""
+    proc = subprocess.Popen(
+        cli(str(image), target, "--yes", "--accept-warnings", "--quiet"),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    durable = 0
+    deadline = time.monotonic() + 120
+    sent = False
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            for jf in image.glob("restore-journal-*.json"):
+                try:
+                    durable = json.loads(jf.read_text())["durable_bytes"]
+                except (OSError, ValueError, KeyError):
+                    continue
+            if durable >= at_bytes:
+                proc.send_signal(sig)
+                sent = True
+                break
+            time.sleep(0.005)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if not sent:
+        pytest.fail(f"the restore was not interrupted mid-way (rc={proc.returncode})")
+    return proc
