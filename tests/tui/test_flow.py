@@ -224,3 +224,69 @@ async def test_corrupt_image_shows_the_alarm_and_no_success(demo_env) -> None:
         await wait_for(pilot, lambda: isinstance(app.screen, ReportScreen))
         text = screen_text(app)
         assert "CHECKSUM MISMATCH" in text and "SUCCESS" not in text
+
+
+async def test_capture_a_disk_then_verify_the_new_image(demo_env, tmp_path) -> None:
+    app = make_app(demo_env)
+    async with app.run_test(size=(100, 34)) as pilot:
+        await wait_for(
+            pilot, lambda: isinstance(app.screen, DisksScreen) and app.screen.table.row_count > 0
+        )
+        await choose_row(pilot, app.screen.table, "sample-disk")
+        await pilot.press("c")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "PathDialog")
+        dest = tmp_path / "captured"
+        app.screen.query_one("Input").value = ""
+        await pilot.press(*str(dest), "enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, JobScreen))
+        job = app.screen
+        assert job.kind == "capture"
+        await wait_for(pilot, lambda: job.finished, timeout=120, what="capture")
+        assert job.outcome == "success", job.error
+        assert (dest / "manifest.json").is_file()
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, ReportScreen))
+        assert "SUCCESS" in screen_text(app)
+        await pilot.press("enter")  # start over
+        await wait_for(pilot, lambda: isinstance(app.screen, DisksScreen))
+        # the new image is opened by its path on the Image screen and verified there
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, ImageScreen) and app.screen.images)
+        await pilot.press("o")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "PathDialog")
+        await pilot.press(*str(dest), "enter")
+        await wait_for(
+            pilot,
+            lambda: (
+                isinstance(app.screen, ImageScreen)
+                and any(i.path == dest for i in app.screen.images)
+            ),
+            what="typed image",
+        )
+        image_screen = app.screen
+        while image_screen.selected().path != dest:
+            await pilot.press("down")
+        await pilot.press("v")
+        await wait_for(pilot, lambda: isinstance(app.screen, JobScreen))
+        vjob = app.screen
+        assert vjob.kind == "verify"
+        await wait_for(pilot, lambda: vjob.finished, timeout=120, what="verify")
+        assert vjob.outcome == "success", vjob.error
+        assert vjob.mismatch is None
+
+
+async def test_verify_of_the_damaged_image_sounds_the_alarm(demo_env) -> None:
+    app = make_app(demo_env)
+    async with app.run_test(size=(100, 34)) as pilot:
+        await wait_for(
+            pilot, lambda: isinstance(app.screen, DisksScreen) and app.screen.table.row_count > 0
+        )
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, ImageScreen) and app.screen.images)
+        await pilot.press("down", "v")
+        await wait_for(pilot, lambda: isinstance(app.screen, JobScreen))
+        job = app.screen
+        await wait_for(pilot, lambda: job.finished, timeout=120, what="verify")
+        assert job.outcome == "failed" and job.mismatch is not None
+        await pilot.pause(0.3)
+        assert "CHECKSUM MISMATCH" in screen_text(app)

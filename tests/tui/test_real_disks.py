@@ -1,0 +1,112 @@
+"""The TUI on real disks (root): two loop disks, the source captured beforehand; Pilot drives
+the restore onto the target by keys; afterwards the target's partitions mount and match."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from rescueui.core.capture import capture
+from rescueui.core.session import Session
+from rescueui.tui.app import RescueApp
+from rescueui.tui.screens.dialogs import ConfirmTargetDialog
+from rescueui.tui.screens.disks import DisksScreen
+from rescueui.tui.screens.images import ImageScreen
+from rescueui.tui.screens.job import JobScreen
+from rescueui.tui.screens.preflight import PreflightScreen
+from rescueui.tui.screens.report import ReportScreen
+from rescueui.tui.screens.target import TargetScreen
+from rescueui.tui.widgets.disktable import DiskTable
+from tests.imagefixtures import STDLIB, run
+from tests.loopdisk import LoopFactory, mkfs_ext4, mkfs_vfat
+from tests.tui.test_flow import choose_row, screen_text, wait_for
+
+GPT = """label: gpt
+start=2048, size=24576, type=U, name=EFI
+start=26624, size=81920, type=L, name=root
+"""
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and "lost+found" not in p.parts
+    }
+
+
+@pytest.mark.root
+@pytest.mark.udev
+async def test_tui_restores_a_real_loop_disk(loops: LoopFactory, tmp_path: Path) -> None:
+    source = loops.create(64, table=GPT)
+    mkfs_vfat(source.part(1), "EFI")
+    mkfs_ext4(source.part(2), "root")
+    run("mcopy", "-s", "-i", source.part(1), STDLIB / "json", "::/")
+    mnt = source.mount(2, tmp_path / "src")
+    for sub in ("email", "json"):
+        run("cp", "-a", STDLIB / sub, mnt)
+    subprocess.run(["umount", mnt], check=True)
+    source.mounts.remove(mnt)
+    image_dir = tmp_path / "image"
+    capture(source.path, image_dir)
+    target = loops.create(64, fill="random")
+
+    app = RescueApp(Session(), console=True, watch_disks=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(
+            pilot, lambda: isinstance(app.screen, DisksScreen) and app.screen.table.row_count > 0
+        )
+        assert any(d.path == target.path for d in app.screen.table.disks)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, ImageScreen))
+        await pilot.press("o")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "PathDialog")
+        await pilot.press(*str(image_dir), "enter")
+        await wait_for(
+            pilot,
+            lambda: (
+                isinstance(app.screen, ImageScreen)
+                and any(i.path == image_dir for i in app.screen.images)
+            ),
+        )
+        while app.screen.selected().path != image_dir:
+            await pilot.press("down")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, TargetScreen))
+        await choose_row(pilot, app.screen.query_one(DiskTable), target.name)
+        await pilot.press("enter")
+        await wait_for(
+            pilot,
+            lambda: isinstance(app.screen, PreflightScreen) and app.screen.findings is not None,
+            what="pre-flight",
+        )
+        assert app.screen.check_action("confirm", ()) is True, screen_text(app)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmTargetDialog))
+        dialog = app.screen
+        await pilot.press(*"wrong", "enter")
+        await pilot.pause()
+        assert app.screen is dialog
+        await pilot.press(*dialog.code, "enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, JobScreen))
+        job = app.screen
+        await wait_for(pilot, lambda: job.finished, timeout=300, what="restore")
+        assert job.outcome == "success", job.error
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, ReportScreen))
+
+    target.rescan()
+    assert _read(target.part(1)) == _read(source.part(1))
+    fsck = subprocess.run(["e2fsck", "-fn", target.part(2)], capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout
+    a = source.mount(2, tmp_path / "a", options="ro")
+    b = target.mount(2, tmp_path / "b", options="ro")
+    tree = _tree(Path(a))
+    assert tree and tree == _tree(Path(b))
