@@ -45,7 +45,9 @@ TARGET_SERIAL = "RESCUETGT01"
 IMAGES_SERIAL = "RESCUEIMGDISK"
 SOURCE_MIB = 64
 TARGET_MIB = 80  # larger than the source: the last partition grows
-ANSI = re.compile(rb"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[()][0-9A-Za-z]|[=>78MDEHc])")
+ANSI = re.compile(
+    rb"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[()][0-9A-Za-z]|[=>78MDEHc])"
+)
 
 
 def log(msg: str) -> None:
@@ -106,15 +108,39 @@ def make_source(work: Path) -> tuple[Path, Path, Path]:
         'type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name="root"\n'
     )
     run(["sfdisk", "--quiet", str(source)], input=script)
-    parts = json.loads(run(["sfdisk", "--json", str(source)]).stdout)["partitiontable"]["partitions"]
+    parts = json.loads(run(["sfdisk", "--json", str(source)]).stdout)["partitiontable"][
+        "partitions"
+    ]
     p1, p2 = parts[0], parts[1]
     efi_img = work / "p1.img"
     root_img = work / "p2.img"
     root_img.unlink(missing_ok=True)
     blank(efi_img, p1["size"] * 512)
     run(["mkfs.vfat", "-n", "SRCEFI", str(efi_img)])
-    run(["mcopy", "-s", "-i", str(efi_img), str(tree_efi / "EFI"), str(tree_efi / "README.TXT"), "::/"])
-    run(["mkfs.ext4", "-q", "-F", "-L", "SRCROOT", "-d", str(tree_root), str(root_img), f"{p2['size'] // 2}k"])
+    run(
+        [
+            "mcopy",
+            "-s",
+            "-i",
+            str(efi_img),
+            str(tree_efi / "EFI"),
+            str(tree_efi / "README.TXT"),
+            "::/",
+        ]
+    )
+    run(
+        [
+            "mkfs.ext4",
+            "-q",
+            "-F",
+            "-L",
+            "SRCROOT",
+            "-d",
+            str(tree_root),
+            str(root_img),
+            f"{p2['size'] // 2}k",
+        ]
+    )
     with open(source, "r+b") as dst:
         for part, img in ((p1, efi_img), (p2, root_img)):
             dst.seek(part["start"] * 512)
@@ -153,7 +179,9 @@ def make_image_disk(work: Path, source: Path) -> Path:
     disk = work / "images.raw"
     disk.unlink(missing_ok=True)
     run(["mkfs.ext4", "-q", "-F", "-L", IMAGE_LABEL, "-d", str(staging), str(disk), f"{size_mib}M"])
-    log(f"image disk: {disk.name} ({size_mib} MiB, ext4 {IMAGE_LABEL}, {used // 1024} KiB of image)")
+    log(
+        f"image disk: {disk.name} ({size_mib} MiB, ext4 {IMAGE_LABEL}, {used // 1024} KiB of image)"
+    )
     return disk
 
 
@@ -169,7 +197,10 @@ class Qemu:
         self.lock = threading.Lock()
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
-            args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            args,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -221,6 +252,11 @@ class Qemu:
                 )
             time.sleep(1)
 
+    def send(self, data: bytes) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
@@ -268,7 +304,7 @@ def qemu_base(iso: Path, images: Path, target: Path, *, smp: int, memory: str) -
         # the ISO as a USB stick, as dd put it on one
         "-device", "qemu-xhci,id=xhci",
         "-drive", f"if=none,id=stick,file={iso},format=raw,readonly=on",
-        "-device", "usb-storage,bus=xhci.0,drive=stick,bootindex=0",
+        "-device", "usb-storage,bus=xhci.0,drive=stick",
         "-drive", f"if=none,id=images,file={images},format=raw",
         "-device", f"virtio-blk-pci,drive=images,serial={IMAGES_SERIAL}",
         "-drive", f"if=none,id=target,file={target},format=raw",
@@ -333,7 +369,9 @@ def compare_trees(a: Path, b: Path) -> list[str]:
     return diffs
 
 
-def check_files(target: Path, parts: list[dict], tree_root: Path, tree_efi: Path, work: Path) -> None:
+def check_files(
+    target: Path, parts: list[dict], tree_root: Path, tree_efi: Path, work: Path
+) -> None:
     # p1: vfat, read with mtools (this kernel cannot mount vfat)
     efi_out = work / "check-efi"
     shutil.rmtree(efi_out, ignore_errors=True)
@@ -354,7 +392,9 @@ def check_files(target: Path, parts: list[dict], tree_root: Path, tree_efi: Path
     try:
         fsck = subprocess.run(["e2fsck", "-fn", loop], text=True, capture_output=True)
         if fsck.returncode != 0:
-            raise TestFailure(f"e2fsck of the restored ext4 partition failed:\n{fsck.stdout}{fsck.stderr}")
+            raise TestFailure(
+                f"e2fsck of the restored ext4 partition failed:\n{fsck.stdout}{fsck.stderr}"
+            )
         run(["mount", "-o", "ro", loop, str(mnt)])
         try:
             diffs = compare_trees(tree_root, mnt)
@@ -372,18 +412,27 @@ def check_files(target: Path, parts: list[dict], tree_root: Path, tree_efi: Path
 
 
 def check_report(images: Path) -> str:
-    listing = run(["debugfs", "-R", f"ls -l {IMAGE_PATH}", str(images)]).stdout
-    names = re.findall(r"\s(\S*report\S*|\S*rescueui-\S+\.(?:json|txt))\s*$", listing, re.M)
-    if not names:
-        raise TestFailure(f"no report next to the image on {IMAGE_LABEL}:{IMAGE_PATH}:\n{listing}")
-    return ", ".join(names)
+    """The restore report (JSON + text) lies next to the image, in <image>/reports."""
+    folder = f"{IMAGE_PATH}/reports"
+    listing = run(["debugfs", "-R", f"ls -l {folder}", str(images)]).stdout
+    names = re.findall(r"(restore-\S+\.(?:json|txt))\s*$", listing, re.M)
+    if not any(n.endswith(".json") for n in names) or not any(n.endswith(".txt") for n in names):
+        raise TestFailure(f"no restore report in {IMAGE_LABEL}:{folder}:\n{listing}")
+    report = json.loads(
+        run(["debugfs", "-R", f"cat {folder}/{sorted(names)[0]}", str(images)]).stdout
+    )
+    if report.get("outcome") != "success":
+        raise TestFailure(f"the report says {report.get('outcome')}: {report.get('error')}")
+    return f"{folder}/" + ", ".join(sorted(names))
 
 
 # --------------------------------------------------------------------------- main
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--iso", type=Path, default=HERE / "out" / "rescueui.iso")
     ap.add_argument("--work", type=Path, default=HERE / "build" / "test")
     ap.add_argument("--smp", type=int, default=int(os.environ.get("LIVE_TEST_SMP", "2")))
@@ -391,15 +440,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--boot-timeout", type=float, default=360, help="seconds to the app (boot A)")
     ap.add_argument("--restore-timeout", type=float, default=480, help="seconds for boot B")
     ap.add_argument("--only", choices=("app", "unattended"), help="run one of the two boots")
+    ap.add_argument(
+        "--firmware",
+        choices=("bios", "uefi"),
+        default=os.environ.get("LIVE_TEST_FIRMWARE", "bios"),
+        help="firmware for boot A (uefi: OVMF, package ovmf)",
+    )
     args = ap.parse_args(argv)
 
+    # a plain `kill` (or CI's timeout) still stops QEMU and frees the loop device
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if os.geteuid() != 0:
         print("live-test: run as root (loop devices, mount): sudo make live-test", file=sys.stderr)
         return 2
     if not args.iso.exists():
         print(f"live-test: {args.iso} not found: run `make live-image` first", file=sys.stderr)
         return 2
-    for tool in ("qemu-system-x86_64", "xorriso", "sfdisk", "mkfs.ext4", "mkfs.vfat", "mcopy", "debugfs"):
+    for tool in (
+        "qemu-system-x86_64",
+        "xorriso",
+        "sfdisk",
+        "mkfs.ext4",
+        "mkfs.vfat",
+        "mcopy",
+        "debugfs",
+    ):
         if shutil.which(tool) is None:
             print(f"live-test: {tool} is missing (see .ci/packages.txt)", file=sys.stderr)
             return 2
@@ -415,7 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             blank(images, 16 * MiB)
         base = qemu_base(args.iso, images, target, smp=args.smp, memory=args.memory)
         if args.only != "unattended":
-            boot_app(base, work, args.boot_timeout)
+            boot_app(base, work, args.boot_timeout, args.firmware)
         if args.only != "app":
             boot_unattended(base, args.iso, work, args.restore_timeout)
             parts = check_table(source, target)
@@ -429,17 +494,57 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def boot_app(base: list[str], work: Path, timeout: float) -> None:
-    log("boot A: ISO boot loader (BIOS, USB stick) -> the app on the serial console")
-    with qemu(base, work / "serial-app.log") as vm:
+def uefi_firmware(work: Path) -> list[str]:
+    code = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+    vars_template = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+    if not code.exists() or not vars_template.exists():
+        raise TestFailure("UEFI firmware (OVMF) not found: apt-get install ovmf")
+    nvram = work / "OVMF_VARS.fd"
+    shutil.copyfile(vars_template, nvram)
+    return [
+        "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
+        "-drive", f"if=pflash,format=raw,unit=1,file={nvram}",
+    ]  # fmt: skip
+
+
+def boot_app(base: list[str], work: Path, timeout: float, firmware: str) -> None:
+    log(f"boot A: ISO boot loader ({firmware.upper()}, USB stick) -> the app on the serial console")
+    args = [*base, *(uefi_firmware(work) if firmware == "uefi" else [])]
+    usb = next(i for i, a in enumerate(args) if a.startswith("usb-storage"))
+    args[usb] += ",bootindex=0"  # firmware boots the stick (with -kernel, QEMU boots itself)
+    with qemu(args, work / "serial-app.log") as vm:
         vm.wait_for([r"GNU GRUB|rescueui \(screen tty1"], 120, fail=[r"Kernel panic"])
         log(f"boot A: GRUB menu after {vm.elapsed():.0f} s")
+        # The app's disk table on 80x24 shows the USB stick (sda, with the ISO's partitions)
+        # and the first virtio disk (vda); the rest may be below the fold.
         vm.wait_for(
-            [TARGET_SERIAL],
+            [r"\bsda\b.*\n(.*\n){0,8}.*\bvda\b"],
             timeout,
-            fail=[r"Kernel panic", r"Traceback \(most recent call last\)", r"Unable to find a medium"],
+            fail=[
+                r"Kernel panic",
+                r"Traceback \(most recent call last\)",
+                r"Unable to find a medium",
+            ],
         )
         log(f"boot A: the app lists the disks on ttyS0 after {vm.elapsed():.0f} s")
+        # Quit the app on the serial line: a shell with the hint; the tty1 instance still runs.
+        time.sleep(2)
+        vm.send(b"q")
+        try:
+            vm.wait_for([r"Start it again: rescueui-console"], 20)
+        except TestFailure:
+            vm.send(b"\x11")  # ctrl+q, Textual's own quit key
+            vm.wait_for([r"Start it again: rescueui-console"], 20)
+        vm.send(
+            b"p=$(pgrep -t tty1 -f 'bin/rescueui( |$)' | head -n 1); echo TTY1-APP=${p:-0} "
+            b"TTY1-TERM=$(tr '\\0' '\\n' </proc/${p:-self}/environ | sed -n 's/^TERM=//p')\n"
+        )
+        text = vm.wait_for([r"TTY1-APP=\d+ TTY1-TERM=\S*"], 30)
+        m = re.search(r"TTY1-APP=(\d+) TTY1-TERM=(\S*)", text)
+        assert m is not None
+        if m.group(1) == "0" or m.group(2) != "linux":
+            raise TestFailure(f"the app is not running on tty1 with TERM=linux: {m.group(0)}")
+        log(f"boot A: quitting gives a shell with the hint; the app runs on tty1 ({m.group(0)})")
 
 
 def boot_unattended(base: list[str], iso: Path, work: Path, timeout: float) -> None:
