@@ -482,6 +482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.only != "unattended":
             boot_app(base, work, args.boot_timeout, args.firmware)
         if args.only != "app":
+            boot_unattended_mismatch(base, args.iso, work, args.restore_timeout)
             boot_unattended(base, args.iso, work, args.restore_timeout)
             parts = check_table(source, target)
             log(f"target partition table matches the source ({len(parts)} partitions)")
@@ -547,18 +548,51 @@ def boot_app(base: list[str], work: Path, timeout: float, firmware: str) -> None
         log(f"boot A: quitting gives a shell with the hint; the app runs on tty1 ({m.group(0)})")
 
 
-def boot_unattended(base: list[str], iso: Path, work: Path, timeout: float) -> None:
+def unattended_args(
+    base: list[str], iso: Path, work: Path, target_size: int
+) -> tuple[list[str], str]:
     kernel = extract_from_iso(iso, "/live/vmlinuz", work / "vmlinuz")
     initrd = extract_from_iso(iso, "/live/initrd.img", work / "initrd.img")
-    size = (work / "target.raw").stat().st_size
     append = (
         "boot=live quiet loglevel=3 console=ttyS0,115200n8 "
         f"rescueui.image={IMAGE_LABEL}:{IMAGE_PATH} "
-        f"rescueui.target=serial:{TARGET_SERIAL},size:{size} "
+        f"rescueui.target=serial:{TARGET_SERIAL},size:{target_size} "
         "rescueui.unattended=1 rescueui.poweroff=always"
     )
+    return [*base, "-kernel", str(kernel), "-initrd", str(initrd), "-append", append], append
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(4 * MiB):
+            h.update(block)
+    return h.hexdigest()
+
+
+def boot_unattended_mismatch(base: list[str], iso: Path, work: Path, timeout: float) -> None:
+    """The pinned size is one sector off: the run must abort, say why, and write nothing."""
+    target = work / "target.raw"
+    before = file_sha256(target)
+    args, append = unattended_args(base, iso, work, target.stat().st_size + 512)
+    log(f"boot C: unattended with a target pin that does not match: {append}")
+    with qemu(args, work / "serial-mismatch.log") as vm:
+        text = vm.wait_for([r"rescueui-unattended \S+ RESULT \w+"], timeout, fail=[r"Kernel panic"])
+        m = re.search(r"rescueui-unattended \S+ RESULT (\w+).*", text)
+        assert m is not None
+        if m.group(1) != "aborted" or "identity differs" not in text:
+            raise TestFailure(f"a differing target was not refused: {m.group(0).strip()}")
+        why = re.search(r"ABORTED, nothing written: .*", text)
+        log(f"boot C: {why.group(0)[:160] if why else m.group(0)} ({vm.elapsed():.0f} s)")
+        vm.wait_exit(30)
+    if file_sha256(target) != before:
+        raise TestFailure("the target changed although the unattended run aborted")
+    log("boot C: the target is untouched")
+
+
+def boot_unattended(base: list[str], iso: Path, work: Path, timeout: float) -> None:
+    args, append = unattended_args(base, iso, work, (work / "target.raw").stat().st_size)
     log(f"boot B: kernel + initrd from the ISO, unattended: {append}")
-    args = [*base, "-kernel", str(kernel), "-initrd", str(initrd), "-append", append]
     with qemu(args, work / "serial-unattended.log") as vm:
         text = vm.wait_for(
             [r"rescueui-unattended \S+ RESULT \w+"],

@@ -7,6 +7,7 @@ import hashlib
 import os
 import secrets
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -280,11 +281,15 @@ def test_differing_target_aborts_without_writing_and_reports(loops, run_dirs: Pa
     lines: list[str] = []
     opts = parse_cmdline(
         f"rescueui.unattended=1 rescueui.image={label}:/images/demo "
-        f"rescueui.target=path:{target.path},size:{33 * MiB} rescueui.wait=2"
+        f"rescueui.target=path:{target.path},size:{33 * MiB} rescueui.wait=60"
     )
+    t0 = time.monotonic()
     result = un.run_unattended(opts, lines.append)
     assert result.outcome == "aborted" and not result.written
     assert "identity differs" in result.message
+    # a differing target is not something to wait for: it aborts at once
+    assert time.monotonic() - t0 < 30
+    assert not any("waiting up to" in line for line in lines)
     assert any(line.startswith("ABORTED, nothing written") for line in lines)
     assert _sha(target.backing) == before
     # the report lies next to the image, and the medium was unmounted again

@@ -65,6 +65,11 @@ class UnattendedError(RescueError):
     """The unattended restore cannot start: bad option, image or target not found or differing."""
 
 
+class NotFoundYetError(UnattendedError):
+    """The image filesystem or the target is not (yet) there: worth waiting for a while.
+    Everything else (a differing identity, several matches, an unsafe target) aborts at once."""
+
+
 # ------------------------------------------------------------------------ options
 
 
@@ -372,7 +377,7 @@ def select_target(pin: TargetPin, disks: list[Any]) -> Any:
             )
         key = f"path {pin.path}"
     if not cands:
-        raise UnattendedError(
+        raise NotFoundYetError(
             f"Target not found: no disk with {key}. Disks seen: {seen}.",
             hint="Check rescueui.target on the kernel command line against `rescueui disks`. "
             "Nothing was written.",
@@ -436,7 +441,7 @@ def find_filesystem(fs: str, disks: list[Any]) -> tuple[str, list[str]]:
             "Nothing was written.",
         )
     if not found:
-        raise UnattendedError(
+        raise NotFoundYetError(
             f"Image filesystem not found: no filesystem labelled {fs}.",
             hint="Attach the disk with the images, or check rescueui.image. Nothing was written.",
         )
@@ -444,14 +449,15 @@ def find_filesystem(fs: str, disks: list[Any]) -> tuple[str, list[str]]:
 
 
 def wait_for(what: str, probe: Callable[[], Any], seconds: float, say: Say) -> Any:
-    """Call ``probe`` until it returns without UnattendedError, for at most ``seconds``."""
+    """Call ``probe`` until it finds what it looks for, for at most ``seconds``; any other
+    error (mismatch, ambiguity, unsafe target) ends the wait at once."""
     deadline = time.monotonic() + seconds
     announced = False
     while True:
         _settle()
         try:
             return probe()
-        except UnattendedError:
+        except NotFoundYetError:
             if time.monotonic() >= deadline:
                 raise
             if not announced:
