@@ -10,6 +10,7 @@ questions with file-backed virtual disks.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -165,6 +166,77 @@ def find_images(
     return found
 
 
+RO_MOUNT_OPTIONS: dict[str, str] = {
+    # read-only and without replaying journals: looking for images must not change a disk
+    "ext4": "ro,noload",
+    "ext3": "ro,noload",
+    "ext2": "ro",
+    "xfs": "ro,norecovery",
+    "btrfs": "ro,rescue=nologreplay",
+    "vfat": "ro",
+    "exfat": "ro",
+    "ntfs3": "ro",
+    "iso9660": "ro",
+    "udf": "ro",
+}
+MEDIA_ROOT = Path("/run/rescueui/media")
+
+
+def _unmounted_filesystems(disks: Iterable[Any]) -> list[tuple[str, str, str]]:
+    """(device path, name, fs type) of filesystems that are not mounted and not in use."""
+    out = []
+    for disk in disks:
+        candidates = list(disk.partitions) or [disk]
+        for part in candidates:
+            fs = getattr(part, "fs_type", None)
+            if fs not in RO_MOUNT_OPTIONS or part.mountpoints or part.swap or part.holders:
+                continue
+            out.append((part.path, Path(part.path).name, fs))
+    return out
+
+
+def mount_media_read_only(disks: Iterable[Any], media_root: Path) -> list[Path]:
+    """Mount (read-only, no journal replay) the unmounted filesystems that hold images.
+
+    Filesystems without an image are unmounted again at once. Returns the mount points kept.
+    Needs root; without it, or if a mount fails, that filesystem is simply not searched.
+    """
+    import subprocess
+
+    kept: list[Path] = []
+    for dev, name, fs in _unmounted_filesystems(disks):
+        where = media_root / name
+        try:
+            where.mkdir(parents=True, exist_ok=True)
+            done = subprocess.run(
+                ["mount", "-t", fs, "-o", RO_MOUNT_OPTIONS[fs], dev, str(where)],
+                capture_output=True,
+                timeout=30,
+                check=False,
+            )
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if done.returncode != 0:
+            with contextlib.suppress(OSError):
+                where.rmdir()
+            continue
+        if any(True for _ in _walk_for_images(where, MAX_SEARCH_DEPTH)):
+            kept.append(where)
+        else:
+            unmount_media([where])
+    return kept
+
+
+def unmount_media(points: Iterable[Path]) -> None:
+    import subprocess
+
+    for where in points:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(["umount", str(where)], capture_output=True, timeout=30, check=False)
+        with contextlib.suppress(OSError):
+            where.rmdir()
+
+
 @dataclass
 class CheckLine:
     """A pre-flight line when the pre-flight module is not available (same fields as Finding)."""
@@ -183,9 +255,23 @@ def findings_allow_restore(findings: Sequence[Any]) -> bool:
 class Session:
     """The front end's single door into the core."""
 
-    def __init__(self, demo: DemoEnvironment | None = None) -> None:
+    def __init__(
+        self,
+        demo: DemoEnvironment | None = None,
+        *,
+        mount_media: bool | None = None,
+        media_root: Path = MEDIA_ROOT,
+        media_disks: Callable[[Any], bool] | None = None,
+    ) -> None:
         self.demo = demo
         self._watcher: Any = None
+        # look inside unmounted filesystems (read-only) for images: real runs as root only
+        self.mount_media = (
+            (demo is None and os.geteuid() == 0) if mount_media is None else mount_media
+        )
+        self.media_root = media_root
+        self.media_mounts: list[Path] = []
+        self.media_disks = media_disks  # which disks to look into (default: all)
 
     @property
     def is_demo(self) -> bool:
@@ -232,7 +318,26 @@ class Session:
     def image_roots(self) -> list[Path]:
         if self.demo is not None:
             return []
+        if self.mount_media:
+            try:
+                disks = [
+                    d for d in self.scan_disks() if self.media_disks is None or self.media_disks(d)
+                ]
+            except RescueError:
+                disks = []
+            self.media_mounts += mount_media_read_only(disks, self.media_root)
         return [Path(m) for _dev, m, _t in mounted_filesystems()]
+
+    def release_media(self, keep: Iterable[str | Path] = ()) -> None:
+        """Unmount the filesystems this session mounted (except those holding ``keep``)."""
+        keep_real = [Path(k).resolve() for k in keep]
+        still = []
+        for where in self.media_mounts:
+            if any(k == where or where in k.parents for k in keep_real):
+                still.append(where)
+            else:
+                unmount_media([where])
+        self.media_mounts = still
 
     def find_images(self, extra: Sequence[str | Path] = ()) -> list[ImageSummary]:
         if self.demo is not None:

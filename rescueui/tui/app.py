@@ -97,6 +97,7 @@ class RescueApp(App[int]):
 
     def on_unmount(self) -> None:
         self.session.stop_watcher()
+        self.session.release_media()
 
     def _disk_event(self, event: Any) -> None:
         """Called in the watcher thread."""
