@@ -364,7 +364,43 @@ class Session:
             )
         return None
 
-    def preflight(self, image_dir: str | Path, disk: Any) -> list[Any]:
+    def partition_problem(
+        self, image: ImageSummary, disk: Any, part: Any, number: int
+    ) -> str | None:
+        """Why image partition ``number`` cannot go onto the existing partition ``part``."""
+        if disk.bus == "file":
+            return "partitions of a disk image file have no device of their own; restore the whole disk"
+        if {"boot", "image"} & set(disk.roles):
+            return (
+                "; ".join(r for r in disk.reasons if "boot" in r or "image" in r)
+                or "boot or image medium"
+            )
+        if part.read_only or disk.read_only:
+            return "read-only"
+        if part.mountpoints:
+            return f"mounted: {', '.join(part.mountpoints)}"
+        if part.swap:
+            return "in use as swap"
+        if part.holders:
+            return f"in use by {', '.join(part.holders)}"
+        stream = next((st for st in image.streams if st.partition_number == number), None)
+        if stream is None:
+            return f"the image has no partition {number}"
+        if stream.size_bytes > part.size_bytes:
+            return (
+                f"too small: image partition {number} needs {human_size(stream.size_bytes)}, "
+                f"{part.path} has {human_size(part.size_bytes)}"
+            )
+        return None
+
+    def preflight(
+        self,
+        image_dir: str | Path,
+        disk: Any,
+        *,
+        partition: int | None = None,
+        target_path: str | None = None,
+    ) -> list[Any]:
         from rescueui.core.image import Image
 
         image = Image.open(image_dir)
@@ -372,7 +408,7 @@ class Session:
             from rescueui.core.preflight import run_preflight
         except ImportError:
             return self._basic_checks(image, disk)
-        return run_preflight(image, disk.path)
+        return run_preflight(image, target_path or disk.path, partition=partition)
 
     def _basic_checks(self, image: Any, disk: Any) -> list[Any]:
         lines: list[Any] = []
@@ -401,16 +437,17 @@ class Session:
     def allows_restore(self, findings: Sequence[Any]) -> bool:
         return findings_allow_restore(findings)
 
-    def confirmation_code(self, disk: Any) -> str:
+    def confirmation_code(self, target: Any) -> str:
+        """``target``: a Disk, or a Partition for a partition restore."""
         from rescueui.core.identity import confirmation_code, identity_of
 
-        return confirmation_code(identity_of(disk.path))
+        return confirmation_code(identity_of(target.path))
 
-    def confirm(self, disk: Any, typed: str) -> Any:
+    def confirm(self, target: Any, typed: str) -> Any:
         """Raises UnsafeTargetError when the typed code does not match."""
         from rescueui.core.identity import confirm_target
 
-        return confirm_target(disk.path, typed)
+        return confirm_target(target.path, typed)
 
     # -- jobs -----------------------------------------------------------
     def restore(
@@ -421,10 +458,14 @@ class Session:
         progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
         resume: bool = False,
+        partition: int | None = None,
     ) -> Any:
         from rescueui.core.restore import plan_restore, restore
 
-        plan = plan_restore(image_dir, confirmed, resume=resume, accept_warnings=True)
+        # accept_warnings: the operator read the pre-flight screen and confirmed the target
+        plan = plan_restore(
+            image_dir, confirmed, partition=partition, resume=resume, accept_warnings=True
+        )
         if self.demo is not None:
             # demo restores write only files in the demo cache: their own writer lock, so a
             # demo never blocks (or is blocked by) a real restore on this machine

@@ -12,11 +12,15 @@ STEPS = ("Disks", "Image", "Target", "Pre-flight", "Confirm", "Restore", "Report
 class Flow:
     image: Any = None  # rescueui.core.session.ImageSummary
     target: Any = None  # rescueui.core.disks.Disk
+    partition: int | None = None  # image partition number, for a partition restore
+    target_part: Any = None  # rescueui.core.disks.Partition it goes onto
     findings: list[Any] = field(default_factory=list)
     confirmed: Any = None  # rescueui.core.identity.ConfirmedTarget
 
     def reset(self) -> None:
         self.image = None
         self.target = None
+        self.partition = None
+        self.target_part = None
         self.findings = []
         self.confirmed = None

@@ -120,7 +120,7 @@ class CannedSession(Session):
         )
         return [canned_image(), bad]
 
-    def preflight(self, image_dir: Any, disk: Any) -> list[Any]:
+    def preflight(self, image_dir: Any, disk: Any, **kw: Any) -> list[Any]:
         return [
             CheckLine("ok", "fits", "The image (400.5 GiB) fits on /dev/sda (480.0 GiB)."),
             CheckLine("ok", "firmware", "Both machines boot with UEFI."),
@@ -146,6 +146,7 @@ class CannedSession(Session):
         progress: Any = None,
         cancel: threading.Event | None = None,
         resume: bool = False,
+        partition: int | None = None,
     ) -> Any:
         assert progress is not None and cancel is not None
         base = frozen_progress()

@@ -110,3 +110,65 @@ async def test_tui_restores_a_real_loop_disk(loops: LoopFactory, tmp_path: Path)
     b = target.mount(2, tmp_path / "b", options="ro")
     tree = _tree(Path(a))
     assert tree and tree == _tree(Path(b))
+
+
+@pytest.mark.root
+@pytest.mark.udev
+async def test_tui_restores_one_partition_onto_an_existing_partition(
+    loops: LoopFactory, tmp_path: Path
+) -> None:
+    source = loops.create(64, table=GPT)
+    mkfs_vfat(source.part(1), "EFI")
+    mkfs_ext4(source.part(2), "root")
+    mnt = source.mount(2, tmp_path / "src")
+    run("cp", "-a", STDLIB / "json", mnt)
+    subprocess.run(["umount", mnt], check=True)
+    source.mounts.remove(mnt)
+    image_dir = tmp_path / "image"
+    capture(source.path, image_dir)
+    target = loops.create(64, table=GPT, fill="random")
+    p1_before = _read(target.part(1))
+
+    app = RescueApp(Session(mount_media=False), console=True, watch_disks=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(
+            pilot, lambda: isinstance(app.screen, DisksScreen) and app.screen.table.row_count > 0
+        )
+        await pilot.press("enter", "o")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "PathDialog")
+        await pilot.press(*str(image_dir), "enter")
+        await wait_for(
+            pilot,
+            lambda: (
+                isinstance(app.screen, ImageScreen)
+                and any(i.path == image_dir for i in app.screen.images)
+            ),
+        )
+        while app.screen.selected().path != image_dir:
+            await pilot.press("down")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, TargetScreen))
+        table = app.screen.query_one(DiskTable)
+        await choose_row(pilot, table, target.name)
+        while table.selected_path() != target.part(2):
+            await pilot.press("down")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "PartitionPickDialog")
+        await pilot.press("2")
+        await wait_for(
+            pilot,
+            lambda: isinstance(app.screen, PreflightScreen) and app.screen.findings is not None,
+            what="pre-flight",
+        )
+        assert "Partition 2 of image" in screen_text(app)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmTargetDialog))
+        assert "PARTITION WILL BE OVERWRITTEN" in screen_text(app)
+        await pilot.press(*app.screen.code, "enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, JobScreen))
+        job = app.screen
+        await wait_for(pilot, lambda: job.finished, timeout=300, what="restore")
+        assert job.outcome == "success", job.error
+
+    assert _read(target.part(2)) == _read(source.part(2))
+    assert _read(target.part(1)) == p1_before  # the other partition is untouched

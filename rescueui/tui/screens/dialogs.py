@@ -58,6 +58,70 @@ def destroyed_text(disk: Any) -> Text:
     return text
 
 
+class PartitionPickDialog(ModalScreen[int | None]):
+    """Which image partition goes onto the chosen target partition (number keys or arrows)."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel", id="cancel")]
+
+    def __init__(self, part: Any, streams: list[Any]) -> None:
+        super().__init__()
+        self.part = part
+        self.streams = [s for s in streams if s.partition_number]
+
+    def compose(self) -> ComposeResult:
+        from textual.widgets import OptionList
+        from textual.widgets.option_list import Option
+
+        with Vertical(classes="dialog", id="pick-box"):
+            yield Static(
+                f"Restore which image partition onto {self.part.path} "
+                f"({human_size(self.part.size_bytes)} {part_text(self.part)})?"
+            )
+            yield OptionList(
+                *[
+                    Option(
+                        f"{s.partition_number}: {s.name:<6} {human_size(s.size_bytes):>10}  "
+                        f"{' '.join(x for x in (s.fs_type, s.label) if x)}",
+                        id=str(s.partition_number),
+                    )
+                    for s in self.streams
+                ],
+                id="streams",
+            )
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#pick-box").border_title = "Partition restore"
+        self.query_one("#streams").focus()
+
+    def on_option_list_option_selected(self, event: Any) -> None:
+        self.dismiss(int(event.option.id))
+
+    def on_key(self, event: Any) -> None:
+        if event.character and event.character.isdigit():
+            n = int(event.character)
+            if any(s.partition_number == n for s in self.streams):
+                event.stop()
+                self.dismiss(n)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+def destroyed_partition_text(disk: Any, part: Any) -> Text:
+    text = Text()
+    text.append("Target partition: ", style="bold")
+    text.append(
+        f"{part.path}  {human_size(part.size_bytes)}  on {disk.path} {disk.model or ''} serial {disk.serial or '-'}"
+    )
+    text.append("\nEVERYTHING ON THIS PARTITION WILL BE OVERWRITTEN:", style="bold")
+    text.append(
+        f"\n  {part.name:<14} {human_size(part.size_bytes):>10}  {part_text(part) or 'unknown contents'}"
+    )
+    text.append("\n(the partition table and the other partitions are not touched)")
+    return text
+
+
 class ConfirmTargetDialog(ModalScreen[Any]):
     """The operator types a short part of the target's identity; the core checks it."""
 
@@ -65,15 +129,21 @@ class ConfirmTargetDialog(ModalScreen[Any]):
         Binding("escape", "cancel", "Cancel (nothing is written)", id="cancel")
     ]
 
-    def __init__(self, disk: Any, code: str, confirm: Any) -> None:
+    def __init__(self, disk: Any, code: str, confirm: Any, part: Any = None) -> None:
         super().__init__()
         self.disk = disk
+        self.part = part  # a partition restore: only this partition is overwritten
         self.code = code
         self.confirm = confirm  # callable(disk, typed) -> ConfirmedTarget, raises RescueError
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog danger", id="confirm-box"):
-            yield Static(destroyed_text(self.disk), id="destroyed")
+            what = (
+                destroyed_partition_text(self.disk, self.part)
+                if self.part is not None
+                else destroyed_text(self.disk)
+            )
+            yield Static(what, id="destroyed")
             prompt = Text("\nTo confirm, type the code ")
             prompt.append(f" {self.code} ", style="bold reverse")
             prompt.append(" (the end of the disk's identity above) and press Enter:")
@@ -88,7 +158,7 @@ class ConfirmTargetDialog(ModalScreen[Any]):
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         try:
-            confirmed = self.confirm(self.disk, event.value.strip())
+            confirmed = self.confirm(self.part or self.disk, event.value.strip())
         except RescueError as exc:
             self.query_one("#error", Static).update(Text(f"REFUSED: {exc}", style="bold reverse"))
             self.query_one(Input).value = ""

@@ -74,18 +74,40 @@ class JobScreen(StepScreen):
 
     # -- factories (the job functions come from the session: the core) --
     @classmethod
-    def restore(cls, image: Any, confirmed: Any, disk: Any, *, resume: bool = False) -> JobScreen:
+    def restore(
+        cls,
+        image: Any,
+        confirmed: Any,
+        disk: Any,
+        *,
+        resume: bool = False,
+        partition: int | None = None,
+        part: Any = None,
+    ) -> JobScreen:
         def job(*, session: Any, progress: Any, cancel: threading.Event) -> Any:
             return session.restore(
-                image.path, confirmed, progress=progress, cancel=cancel, resume=resume
+                image.path,
+                confirmed,
+                progress=progress,
+                cancel=cancel,
+                resume=resume,
+                partition=partition,
             )
 
+        what = f"partition {partition} of {image.name}" if partition else image.name
+        where = part.path if part is not None else disk.path
         return cls(
             "restore",
-            f"{'Resume' if resume else 'Restore'} {image.name} -> {disk.path}",
+            f"{'Resume' if resume else 'Restore'} {what} -> {where}",
             job,
             image_dir=image.path,
-            context={"image": image, "disk": disk, "confirmed": confirmed},
+            context={
+                "image": image,
+                "disk": disk,
+                "confirmed": confirmed,
+                "partition": partition,
+                "part": part,
+            },
         )
 
     @classmethod

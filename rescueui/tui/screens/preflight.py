@@ -45,13 +45,19 @@ class PreflightScreen(StepScreen):
         self.error: str | None = None
 
     def compose(self) -> ComposeResult:
-        img, disk = self.flow.image, self.flow.target
+        img, disk, part = self.flow.image, self.flow.target, self.flow.target_part
         yield StepsBar(self.STEP, demo=self.session.is_demo)
-        yield Static(
-            f"{img.name} ({human_size(img.extent_bytes)}) -> {disk.path} "
-            f"({disk.model or disk.name}, {human_size(disk.size_bytes)})",
-            id="hint",
-        )
+        if part is not None:
+            what = (
+                f"Partition {self.flow.partition} of {img.name} -> {part.path} "
+                f"({human_size(part.size_bytes)}) on {disk.model or disk.name}"
+            )
+        else:
+            what = (
+                f"{img.name} ({human_size(img.extent_bytes)}) -> {disk.path} "
+                f"({disk.model or disk.name}, {human_size(disk.size_bytes)})"
+            )
+        yield Static(what, id="hint")
         with VerticalScroll(id="findings-box"):
             yield Static("Checking...", id="findings")
         yield Static("", id="verdict")
@@ -66,10 +72,18 @@ class PreflightScreen(StepScreen):
         from rescueui.core.errors import RescueError
 
         try:
-            findings = self.session.preflight(self.flow.image.path, self.flow.target)
+            part = self.flow.target_part
+            findings = self.session.preflight(
+                self.flow.image.path,
+                self.flow.target,
+                partition=self.flow.partition,
+                target_path=part.path if part is not None else None,
+            )
             error = None
         except RescueError as exc:
             findings, error = [], str(exc)
+        except Exception as exc:  # a bug must not leave the screen at "Checking..."
+            findings, error = [], f"internal error in the pre-flight: {type(exc).__name__}: {exc}"
         self.app.call_from_thread(self._show, findings, error)
 
     def _show(self, findings: list[Any], error: str | None) -> None:
@@ -123,9 +137,9 @@ class PreflightScreen(StepScreen):
         if not self._allowed():
             self.app.bell()
             return
-        disk = self.flow.target
+        disk, part, number = self.flow.target, self.flow.target_part, self.flow.partition
         try:
-            code = self.session.confirmation_code(disk)
+            code = self.session.confirmation_code(part or disk)
         except Exception as exc:  # identity cannot be read: the core says why
             self.query_one("#verdict", Static).update(Text(f" {exc} ", style="bold reverse"))
             return
@@ -133,6 +147,8 @@ class PreflightScreen(StepScreen):
         def confirmed(result: Any) -> None:
             if result is not None:
                 self.flow.confirmed = result
-                self.app.push_screen(JobScreen.restore(self.flow.image, result, disk))
+                self.app.push_screen(
+                    JobScreen.restore(self.flow.image, result, disk, partition=number, part=part)
+                )
 
-        self.app.push_screen(ConfirmTargetDialog(disk, code, self.session.confirm), confirmed)
+        self.app.push_screen(ConfirmTargetDialog(disk, code, self.session.confirm, part), confirmed)

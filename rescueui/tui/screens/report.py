@@ -86,5 +86,12 @@ class ReportScreen(StepScreen):
 
         ctx = self.job.context
         self.app.push_screen(
-            JobScreen.restore(ctx["image"], ctx["confirmed"], ctx["disk"], resume=True)
+            JobScreen.restore(
+                ctx["image"],
+                ctx["confirmed"],
+                ctx["disk"],
+                resume=True,
+                partition=ctx.get("partition"),
+                part=ctx.get("part"),
+            )
         )

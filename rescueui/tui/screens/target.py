@@ -21,7 +21,7 @@ from rescueui.tui.widgets.steps import StepsBar
 class TargetScreen(StepScreen):
     STEP = "Target"
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("enter", "choose", "Restore onto this disk", priority=True, id="choose"),
+        Binding("enter", "choose", "Restore onto this disk/partition", priority=True, id="choose"),
         Binding("r", "rescan", "Rescan", id="rescan"),
         Binding("escape", "back", "Back", id="back"),
     ]
@@ -30,7 +30,8 @@ class TargetScreen(StepScreen):
         img = self.flow.image
         yield StepsBar(self.STEP, demo=self.session.is_demo)
         yield Static(
-            f"Image {img.name} needs {human_size(img.extent_bytes)}. Choose the disk to restore onto.",
+            f"Image {img.name} needs {human_size(img.extent_bytes)}. Choose the disk to restore "
+            "onto (or a partition, for one image partition).",
             id="hint",
         )
         yield DiskTable(id="targets", extra=("Fit", self._fit))
@@ -88,8 +89,13 @@ class TargetScreen(StepScreen):
     def action_choose(self) -> None:
         from rescueui.tui.screens.preflight import PreflightScreen
 
-        disk = self.query_one(DiskTable).selected_disk()
+        table = self.query_one(DiskTable)
+        disk = table.selected_disk()
         if disk is None:
+            return
+        part = table.selected_partition()
+        if part is not None:
+            self._choose_partition(disk, part)
             return
         problem = self.session.fit_problem(self.flow.image, disk)
         if problem is not None:
@@ -99,4 +105,30 @@ class TargetScreen(StepScreen):
             self.app.bell()
             return
         self.flow.target = disk
+        self.flow.partition = None
+        self.flow.target_part = None
         self.app.push_screen(PreflightScreen())
+
+    def _choose_partition(self, disk: Any, part: Any) -> None:
+        from rescueui.tui.screens.dialogs import PartitionPickDialog
+        from rescueui.tui.screens.preflight import PreflightScreen
+
+        def picked(number: int | None) -> None:
+            if number is None:
+                return
+            problem = self.session.partition_problem(self.flow.image, disk, part, number)
+            if problem is not None:
+                self.query_one("#status", Static).update(
+                    Text(
+                        f"Refused: partition {number} onto {part.path}: {problem}",
+                        style="bold reverse",
+                    )
+                )
+                self.app.bell()
+                return
+            self.flow.target = disk
+            self.flow.partition = number
+            self.flow.target_part = part
+            self.app.push_screen(PreflightScreen())
+
+        self.app.push_screen(PartitionPickDialog(part, self.flow.image.streams), picked)

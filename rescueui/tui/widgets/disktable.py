@@ -118,6 +118,14 @@ class DiskTable(DataTable[Any]):
             return None
         return key.value
 
+    def selected_partition(self) -> Any:
+        """The partition under the cursor (None on a disk row)."""
+        path = self.selected_path()
+        disk = self._row_disk.get(path) if path else None
+        if disk is None or path == disk.path:
+            return None
+        return next((p for p in disk.partitions if p.path == path), None)
+
     def selected_disk(self) -> Any:
         path = self.selected_path()
         return self._row_disk.get(path) if path else None
