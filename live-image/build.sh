@@ -115,7 +115,13 @@ zstd -q -dc "$cache" | tar -C "$rootfs" --numeric-owner --xattrs -xf -
 log "stage 2: wheels of the project (working tree) and its dependencies"
 py=${PYTHON:-}
 if [ -z "$py" ]; then
-    if [ -x "$repo/.venv/bin/python" ]; then py=$repo/.venv/bin/python; else py=python3; fi
+    if [ -x "$repo/.venv/bin/python" ]; then
+        py=$repo/.venv/bin/python
+    else # no development venv (Debian's python3 has no pip): a small one just for pip
+        [ -x "$build/host-venv/bin/python" ] || python3 -m venv "$build/host-venv" ||
+            die "python3 -m venv failed: apt-get install python3-venv"
+        py=$build/host-venv/bin/python
+    fi
 fi
 wheels=$build/wheels
 rm -rf "$wheels"
