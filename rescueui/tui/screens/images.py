@@ -14,6 +14,7 @@ from textual.widgets import DataTable, Footer, Static
 from rescueui.core.units import human_size
 from rescueui.tui.screens.base import StepScreen
 from rescueui.tui.widgets.steps import StepsBar
+from rescueui.tui.widgets.tablefill import fill_table
 
 
 def image_layout(img: Any) -> Text:
@@ -53,6 +54,14 @@ class ImageScreen(StepScreen):
         Binding("escape", "back", "Back", id="back"),
     ]
 
+    COLUMNS: ClassVar[list[tuple[str, str]]] = [
+        ("name", "Image"),
+        ("source", "Source disk"),
+        ("size", "Size"),
+        ("created", "Created"),
+        ("machine", "Machine"),
+    ]
+
     def __init__(self) -> None:
         super().__init__()
         self.images: list[Any] = []
@@ -70,11 +79,7 @@ class ImageScreen(StepScreen):
     def on_mount(self) -> None:
         self.query_one("#details-box").border_title = "Image layout"
         table = self.query_one(DataTable)
-        table.add_column("Image", key="name")
-        table.add_column("Source disk", key="source")
-        table.add_column("Size", key="size")
-        table.add_column("Created", key="created")
-        table.add_column("Machine", key="machine")
+        fill_table(table, self.COLUMNS, [])
         table.focus()
         self.query_one("#status", Static).update("Looking for images...")
         self.scan()
@@ -87,16 +92,20 @@ class ImageScreen(StepScreen):
     def _show(self, images: list[Any]) -> None:
         self.images = images
         table = self.query_one(DataTable)
-        table.clear()
-        for img in images:
-            table.add_row(
-                Text(img.name, style="bold"),
-                img.source[:20] if img.ok else Text("UNUSABLE", style="bold"),
-                Text(human_size(img.extent_bytes) if img.ok else "-", justify="right"),
-                img.created[:10] if img.ok else "",
-                img.machine[:16] if img.ok else (img.error or "")[:40],
-                key=str(img.path),
+        rows = [
+            (
+                str(img.path),
+                [
+                    Text(img.name, style="bold"),
+                    img.source[:20] if img.ok else Text("UNUSABLE", style="bold"),
+                    Text(human_size(img.extent_bytes) if img.ok else "-", justify="right"),
+                    img.created[:10] if img.ok else "",
+                    img.machine[:16] if img.ok else (img.error or "")[:40],
+                ],
             )
+            for img in images
+        ]
+        fill_table(table, self.COLUMNS, rows)
         self.query_one("#status", Static).update(f"{len(images)} image(s) found.")
         self._details()
 

@@ -9,6 +9,7 @@ from rich.text import Text
 from textual.widgets import DataTable
 
 from rescueui.core.units import human_size
+from rescueui.tui.widgets.tablefill import fill_table
 
 
 def disk_status(disk: Any) -> Text:
@@ -66,46 +67,51 @@ class DiskTable(DataTable[Any]):
         self.disks: list[Any] = []
         self._row_disk: dict[str, Any] = {}
 
-    def on_mount(self) -> None:
-        self._ensure_columns()
-
-    def _ensure_columns(self) -> None:
-        if self.columns:
-            return
-        self.add_column("Device", key="dev")
-        self.add_column("Model", key="model")
-        self.add_column("Size", key="size")
-        self.add_column("Bus", key="bus")
-        self.add_column(self.extra[0] if self.extra else "Status", key="status")
+    def columns_spec(self) -> list[tuple[str, str]]:
+        return [
+            ("dev", "Device"),
+            ("model", "Model"),
+            ("size", "Size"),
+            ("bus", "Bus"),
+            ("status", self.extra[0] if self.extra else "Status"),
+        ]
 
     def show(self, disks: Sequence[Any]) -> None:
         """Replace the rows, keeping the cursor on the same device if it is still there."""
-        self._ensure_columns()
         keep = self.selected_path()
         self.disks = list(disks)
         self._row_disk = {}
-        self.clear()
+        rows: list[tuple[str, list[Any]]] = []
         for d in self.disks:
             status = self.extra[1](d) if self.extra else disk_status(d)
-            self.add_row(
-                Text(d.name[:14], style="bold"),
-                (d.model or "")[:20],
-                Text(human_size(d.size_bytes), justify="right"),
-                d.bus,
-                status,
-                key=d.path,
+            rows.append(
+                (
+                    d.path,
+                    [
+                        Text(d.name[:14], style="bold"),
+                        (d.model or "")[:20],
+                        Text(human_size(d.size_bytes), justify="right"),
+                        d.bus,
+                        status,
+                    ],
+                )
             )
             self._row_disk[d.path] = d
             for p in d.partitions:
-                self.add_row(
-                    Text("  " + p.name[-12:], style="dim"),
-                    Text(part_text(p)[:20], style="dim"),
-                    Text(human_size(p.size_bytes), justify="right", style="dim"),
-                    "",
-                    "",
-                    key=p.path,
+                rows.append(
+                    (
+                        p.path,
+                        [
+                            Text("  " + p.name[-12:], style="dim"),
+                            Text(part_text(p)[:20], style="dim"),
+                            Text(human_size(p.size_bytes), justify="right", style="dim"),
+                            "",
+                            "",
+                        ],
+                    )
                 )
                 self._row_disk[p.path] = d
+        fill_table(self, self.columns_spec(), rows)
         if keep is not None and keep in self._row_disk:
             self.move_cursor(row=self.get_row_index(keep))
 
