@@ -172,3 +172,31 @@ async def test_tui_restores_one_partition_onto_an_existing_partition(
 
     assert _read(target.part(2)) == _read(source.part(2))
     assert _read(target.part(1)) == p1_before  # the other partition is untouched
+
+
+@pytest.mark.root
+@pytest.mark.udev
+async def test_real_udev_hotplug_updates_the_disk_list(loops: LoopFactory) -> None:
+    app = RescueApp(Session(mount_media=False), console=True, watch_disks=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(
+            pilot, lambda: isinstance(app.screen, DisksScreen) and app.screen.table.row_count > 0
+        )
+        table = app.screen.table
+        keep = table.selected_path()
+        await pilot.pause(0.5)  # the watcher is listening
+        disk = loops.create(16)
+        await wait_for(
+            pilot,
+            lambda: any(d.path == disk.path for d in table.disks),
+            timeout=20,
+            what="udev add",
+        )
+        assert table.selected_path() == keep
+        loops.remove(disk)
+        await wait_for(
+            pilot,
+            lambda: all(d.path != disk.path for d in table.disks),
+            timeout=20,
+            what="udev remove",
+        )
