@@ -57,6 +57,7 @@ class RescueApp(App[int]):
         repaint_interval: float = 0.25,
         watch_disks: bool = True,
         sample_every: float = 0.25,
+        graph_warmup: float = 1.0,
     ) -> None:
         super().__init__()
         self.session = session
@@ -68,6 +69,7 @@ class RescueApp(App[int]):
         self.repaint_interval = repaint_interval
         self.watch_disks = watch_disks
         self.sample_every = sample_every  # seconds between throughput graph samples
+        self.graph_warmup = graph_warmup  # seconds of a job before the graph starts
         ScrollBar.renderer = BlockScrollBarRender
         if self.on_console or ascii_only:
             self.theme = "ansi-dark"

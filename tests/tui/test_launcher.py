@@ -37,7 +37,9 @@ def test_serial_tty_of_size_zero_gets_80x24() -> None:
     )
     master, slave = pty.openpty()  # a fresh pty has size 0x0
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
-    proc = subprocess.run([sys.executable, "-c", code], stdout=slave, stderr=subprocess.PIPE, env=env, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], stdout=slave, stderr=subprocess.PIPE, env=env, timeout=60
+    )
     os.close(slave)
     out = os.read(master, 1000).decode()
     os.close(master)
@@ -45,6 +47,9 @@ def test_serial_tty_of_size_zero_gets_80x24() -> None:
     assert out.split() == ["80", "24", "80", "24"]
 
 
-@pytest.mark.parametrize(("term", "expected"), [("linux", True), ("vt100", True), ("", True), ("xterm-256color", False), ("screen", False)])
+@pytest.mark.parametrize(
+    ("term", "expected"),
+    [("linux", True), ("vt100", True), ("", True), ("xterm-256color", False), ("screen", False)],
+)
 def test_console_mode(term: str, expected: bool) -> None:
     assert console_mode(term) is expected

@@ -23,6 +23,7 @@ def make_app(**kwargs: object) -> RescueApp:
         repaint_interval=0.05,
         watch_disks=False,
         sample_every=0.0,
+        graph_warmup=0.0,
     )  # type: ignore[arg-type]
 
 

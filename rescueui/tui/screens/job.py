@@ -168,7 +168,11 @@ class JobScreen(StepScreen):
         if p.last_chunk is not None and not p.last_chunk.ok and self.mismatch is None:
             self.mismatch = p.last_chunk
         now = time.monotonic()
-        if now - self._last_sample >= self.rescue.sample_every:
+        # the first second's "rate now" is start-up noise (empty pipeline, tiny window)
+        if (
+            p.elapsed >= self.rescue.graph_warmup
+            and now - self._last_sample >= self.rescue.sample_every
+        ):
             self._last_sample = now
             self.samples.append(p.rate_now)
         if self.rescue.job_throttle:
