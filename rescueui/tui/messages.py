@@ -13,12 +13,3 @@ class DiskHotplug(Message):
     def __init__(self, event: Any) -> None:
         super().__init__()
         self.event = event  # rescueui.core.hotplug.DiskEvent
-
-
-class JobFinished(Message):
-    """The worker running an engine job is done (successfully or not)."""
-
-    def __init__(self, report: Any, error: BaseException | None) -> None:
-        super().__init__()
-        self.report = report
-        self.error = error
