@@ -362,3 +362,19 @@ def test_progress_printer_throttles() -> None:
     assert len(lines) == 3
     assert "25.0%" in lines[0] and "stream p1" in lines[0]
     assert lines[1].startswith("verify")
+
+
+def test_cli_not_requested_and_bad_options(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rescueui.cli.unattended import main
+
+    log = tmp_path / "run" / "unattended.log"
+    assert main(["--cmdline", LIVE, "--log", str(log)]) == 0
+    assert (tmp_path / "run" / "unattended.done").read_text() == "not requested\n"
+    rc = main(["--cmdline", "rescueui.unattended=1 rescueui.image=X:/y", "--log", str(log)])
+    assert rc == 2
+    assert (tmp_path / "run" / "unattended.done").read_text() == "aborted\n"
+    text = log.read_text()
+    assert "ABORTED, nothing written: bad kernel options" in text and "rescueui.target" in text
+    assert "RESULT aborted" in capsys.readouterr().out
