@@ -100,7 +100,12 @@ else
     log "stage 1: debootstrap (not cached yet; takes a few minutes)"
     base=$build/base-$key
     rm -rf "$base"
-    "$here/base.sh" "$base" "$mirror" "$suite" "$here/packages.txt"
+    if ! "$here/base.sh" "$base" "$mirror" "$suite" "$here/packages.txt"; then
+        log "stage 1 failed; trying once more (a mirror hiccup?)"
+        for m in dev/pts dev sys proc; do umount "$base/$m" 2>/dev/null || true; done
+        rm -rf "$base"
+        "$here/base.sh" "$base" "$mirror" "$suite" "$here/packages.txt"
+    fi
     tar -C "$base" --numeric-owner --xattrs -cf - . | zstd -q -T0 -3 -o "$cache.tmp"
     mv "$cache.tmp" "$cache"
     rm -rf "$base" "$base.debootstrap.log"
