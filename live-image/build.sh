@@ -81,6 +81,19 @@ mirror=${LIVE_MIRROR:-$(find_mirror)}
 [ -n "$mirror" ] || die "no Debian '$suite' mirror in /etc/apt/sources.list(.d); set LIVE_MIRROR=<url>"
 log "mirror $mirror, suite $suite, squashfs $COMPRESS"
 
+# Remove a build tree, but never through a mount (a leftover /dev bind mount from an
+# interrupted build would otherwise take the host's device nodes with it).
+safe_rm() {
+    local d
+    for d in "$@"; do
+        [ -e "$d" ] || continue
+        if awk -v p="$(realpath "$d")" '$2 == p || index($2, p "/") == 1 { found = 1 } END { exit !found }' /proc/mounts; then
+            die "$d still has something mounted below it (an interrupted build?): umount -R $d first"
+        fi
+        rm -rf --one-file-system "$d"
+    done
+}
+
 mkdir -p "$build" "$out"
 rootfs=$build/rootfs
 isodir=$build/iso
@@ -99,20 +112,21 @@ if [ -f "$cache" ]; then
 else
     log "stage 1: debootstrap (not cached yet; takes a few minutes)"
     base=$build/base-$key
-    rm -rf "$base"
+    safe_rm "$base"
     if ! "$here/base.sh" "$base" "$mirror" "$suite" "$here/packages.txt"; then
         log "stage 1 failed; trying once more (a mirror hiccup?)"
         for m in dev/pts dev sys proc; do umount "$base/$m" 2>/dev/null || true; done
-        rm -rf "$base"
+        safe_rm "$base"
         "$here/base.sh" "$base" "$mirror" "$suite" "$here/packages.txt"
     fi
     tar -C "$base" --numeric-owner --xattrs -cf - . | zstd -q -T0 -3 -o "$cache.tmp"
     mv "$cache.tmp" "$cache"
-    rm -rf "$base" "$base.debootstrap.log"
+    safe_rm "$base" "$base.debootstrap.log"
     # keep only the newest cache
     find "$build" -maxdepth 1 -name 'rootfs-*.tar.zst' ! -name "$(basename "$cache")" -delete
 fi
-rm -rf "$rootfs"
+cleanup_mounts
+safe_rm "$rootfs"
 mkdir -p "$rootfs"
 zstd -q -dc "$cache" | tar -C "$rootfs" --numeric-owner --xattrs -xf -
 
@@ -190,7 +204,7 @@ cleanup_mounts
 
 # --- stage 3: squashfs, kernel, initrd, boot menu, ISO -----------------------------------
 log "stage 3: squashfs ($COMPRESS)"
-rm -rf "$isodir"
+safe_rm "$isodir"
 mkdir -p "$isodir/live" "$isodir/boot/grub"
 kernel=$(ls "$rootfs"/boot/vmlinuz-* | sort -V | tail -n 1)
 initrd=$(ls "$rootfs"/boot/initrd.img-* | sort -V | tail -n 1)
