@@ -655,7 +655,16 @@ def test_restore_needs_warnings_accepted(captured: dict, loops: LoopFactory) -> 
     plan = plan_restore(d, _confirm(tgt.path), accept_warnings=True)
     try:
         assert [a.code for a in plan.acknowledgements] == ["cpus"]
+        assert plan.acknowledgements[0].by == "--accept-warnings"
         assert any(f.code == "cpus" and f.level == "warn" for f in plan.findings)
+    finally:
+        plan.image.close()
+    # acknowledged one by one (the TUI's way): another code does not count
+    with pytest.raises(PreflightError, match="acknowledgement"):
+        plan_restore(d, _confirm(tgt.path), accepted_codes=["memory"])
+    plan = plan_restore(d, _confirm(tgt.path), accepted_codes=["cpus"], acknowledged_by="tech")
+    try:
+        assert [(a.code, a.by) for a in plan.acknowledgements] == [("cpus", "tech")]
     finally:
         plan.image.close()
     assert _digest(tgt.backing) == before  # planning writes nothing
@@ -698,8 +707,9 @@ def test_cli_restore_stop_and_warnings(captured: dict, loops: LoopFactory) -> No
     rep = json.loads(r.stdout)
     assert rep["outcome"] == "success"
     assert any(f["code"] == "cpus" and f["level"] == "warn" for f in rep["findings"])
-    acks = rep["details"]["acknowledgements"]
+    acks = rep["acknowledgements"]
     assert [a["code"] for a in acks] == ["cpus"] and acks[0]["by"] == "--accept-warnings"
+    assert acks[0]["at"] and "64" in acks[0]["message"]
     assert _digest(tgt.backing) != before
 
 

@@ -578,3 +578,116 @@ def test_cli_failure_is_one_paragraph_with_cause_and_next_step(
     assert len(lines) == 1, err
     assert "FAILED" in lines[0] and "stream 'p1', chunk 0" in lines[0]
     assert "another copy" in lines[0] and "Report:" in lines[0]
+
+
+# ------------------------------------------------------------------ acknowledgements, report
+
+
+def warned_variant(image: Path, dest: Path) -> Path:
+    """A copy of ``image`` whose manifest (rewritten through the image API, hash valid) says
+    the source had 64 CPUs and 1 TiB of memory: two pre-flight warnings on any test machine."""
+    from rescueui.core.image import Image, save_manifest
+
+    shutil.copytree(image, dest, ignore=shutil.ignore_patterns("reports"))
+    with Image.open(dest) as im:
+        manifest = im.manifest
+    manifest.host.update(cpus=64, memory_bytes=1024**4)
+    save_manifest(dest, manifest)
+    return dest
+
+
+def test_warnings_acknowledged_one_by_one_go_into_the_report(
+    file_source: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rescueui.core.errors import PreflightError
+
+    monkeypatch.setenv("RESCUEUI_LOCK", str(tmp_path / "lock"))
+    image = warned_variant(file_source["image"], tmp_path / "image-64cpus")
+    target = tmp_path / "t.img"
+    target.write_bytes(b"\x66" * (8 * MiB))
+    with pytest.raises(PreflightError, match="2 pre-flight warning"):
+        plan_restore(image, confirmed(target))
+    # one acknowledged, the other still open: refused, naming the open one only
+    with pytest.raises(PreflightError, match="1 pre-flight warning") as exc:
+        plan_restore(image, confirmed(target), accepted_codes=["cpus"])
+    assert "memory" in str(exc.value) and "64 logical CPUs" not in str(exc.value)
+    assert target.read_bytes() == b"\x66" * (8 * MiB)  # planning writes nothing
+
+    progress: list[Progress] = []
+    plan = plan_restore(
+        image,
+        confirmed(target),
+        accepted_codes=["memory", "cpus"],
+        acknowledged_by="operator (test)",
+    )
+    report = restore(plan, progress=progress.append)
+    assert report.outcome == "success", report.error
+    assert target.read_bytes() == file_source["source"].read_bytes()
+
+    data = json.loads(Path(report.report_files[0]).read_text())
+    warn_codes = sorted(f["code"] for f in data["findings"] if f["level"] == "warn")
+    assert warn_codes == ["cpus", "memory"]
+    acks = data["acknowledgements"]
+    assert sorted(a["code"] for a in acks) == warn_codes
+    for a in acks:
+        assert a["by"] == "operator (test)" and a["at"].startswith("20") and a["message"]
+    text = Path(report.report_files[1]).read_text()
+    assert text.count("[ACK]") == 2 and "operator (test)" in text
+
+    # the average rate is filled: bytes done (written + read back) over the whole job
+    assert data["bytes_done"] == 2 * plan_bytes(progress)
+    assert data["duration_s"] > 0
+    assert data["rate_avg"] == pytest.approx(data["bytes_done"] / data["duration_s"], rel=0.01)
+    assert f"{'Rate:':13}" in text
+
+    # the text report fits 80 columns (only a single over-long word, e.g. a path, may not)
+    for line in text.splitlines():
+        assert len(line) <= 80 or len(line.split()) <= 2, line
+    for s in data["streams"]:
+        assert f"      BLAKE3 {s['root_blake3']}" in text.splitlines()
+
+
+def plan_bytes(progress: list[Progress]) -> int:
+    """Bytes of the write phases (partition table + data) as the progress reported them."""
+    return sum(
+        p.phase_bytes_total
+        for p in {p.phase: p for p in progress if p.phase in ("partition-table", "write")}.values()
+    )
+
+
+def test_chunk_counters_agree_in_every_phase(file_source: dict[str, Path], tmp_path: Path) -> None:
+    """The checksum panel's total and per-stream counters describe the same chunk, in the
+    write phase and in the read-back verify alike."""
+    from rescueui.core.image import Image
+
+    with Image.open(file_source["image"]) as im:
+        chunks = {s.name: s.chunk_count for s in im.streams}
+    target = tmp_path / "t.img"
+    target.write_bytes(b"\x77" * (8 * MiB))
+    seen: list[Progress] = []
+    plan = plan_restore(file_source["image"], confirmed(target), accept_warnings=True)
+    plan.lock_path = str(tmp_path / "lock")
+    report = restore(plan, progress=seen.append)
+    assert report.outcome == "success", report.error
+    by_phase: dict[str, list[Progress]] = {}
+    for p in seen:
+        if p.last_chunk is not None and p.phase in ("partition-table", "write", "verify"):
+            by_phase.setdefault(p.phase, []).append(p)
+    assert set(by_phase) >= {"write", "verify"}
+    for phase, snaps in by_phase.items():
+        prev = 0
+        for p in snaps:
+            c = p.last_chunk
+            assert c is not None
+            assert p.stream == c.stream, (phase, p)
+            assert p.stream_chunks_done == c.index + 1, (phase, p)
+            if c.stream != "fill":
+                assert p.stream_chunks_total == chunks[c.stream], (phase, p)
+            assert p.stream_chunks_done <= p.stream_chunks_total
+            assert prev < p.chunks_done <= p.chunks_total, (phase, p)
+            prev = p.chunks_done
+    verify = by_phase["verify"]
+    assert verify[-1].chunks_done == verify[-1].chunks_total  # every chunk read back
+    # the verify phase starts from zero, not from the write phase's last counters
+    first = next(p for p in seen if p.phase == "verify")
+    assert first.chunks_done == 0 and first.stream_chunks_done == 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import textwrap
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,6 +22,8 @@ from typing import Any
 from rescueui.core.units import human_duration, human_rate, human_size
 
 FALLBACK_DIR = Path("/tmp/rescueui-reports")
+TEXT_WIDTH = 80  # the text report fits an 80-column console
+LABEL_WIDTH = 13  # "Destination: "
 
 OUTCOMES = ("running", "success", "failed", "cancelled")
 
@@ -59,7 +62,11 @@ class JobReport:
     bytes_total: int = 0  # logical bytes the job covers (raw disk bytes)
     bytes_done: int = 0
     bytes_stored: int = 0  # compressed bytes written to the image (capture)
-    rate_avg: float = 0.0  # logical bytes per second over the whole job
+    # logical bytes per second over the whole job: bytes_done / duration_s, the figure the
+    # progress display calls "average". For a restore bytes_done counts the bytes written
+    # plus the bytes read back by the verify (and a resume's re-check); the write phase's
+    # own rate is in ``phases["write"]["rate"]``.
+    rate_avg: float = 0.0
     phases: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> seconds/bytes/rate
     streams: list[dict[str, Any]] = field(default_factory=list)  # name, start, size, root_blake3...
     warnings: list[str] = field(default_factory=list)
@@ -67,6 +74,8 @@ class JobReport:
     hint: str | None = None
     error_type: str | None = None
     findings: list[Any] = field(default_factory=list)  # pre-flight findings (restore)
+    # the warnings the operator accepted: code, message (what), by (who), at (when, UTC)
+    acknowledgements: list[Any] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # e.g. "partition 2 grown to 40 GiB"
     details: dict[str, Any] = field(default_factory=dict)
     report_files: list[str] = field(default_factory=list)
@@ -105,7 +114,9 @@ class JobReport:
         }
         return _jsonable(d)
 
-    def to_text(self) -> str:
+    def to_text(self, width: int = TEXT_WIDTH) -> str:
+        """The report as plain text; every line fits ``width`` columns (except a single
+        word longer than that, e.g. a very long path, which is never broken)."""
         title = {
             "success": "SUCCESS",
             "failed": "FAILED",
@@ -113,61 +124,87 @@ class JobReport:
             "running": "RUNNING",
         }[self.outcome]
         lines = [f"rescueui {self.job}: {title}"]
+
+        def add(label: str, value: str) -> None:
+            lines.extend(_wrap(value, width, f"{label:{LABEL_WIDTH}}", " " * LABEL_WIDTH))
+
         for label, value in (
-            ("Source", self.source),
-            ("Image", self.image_dir),
-            ("Destination", self.destination if self.destination != self.image_dir else None),
-            ("Target", self.target),
+            ("Source:", self.source),
+            ("Image:", self.image_dir),
+            ("Destination:", self.destination if self.destination != self.image_dir else None),
+            ("Target:", self.target),
         ):
             if value:
-                lines.append(f"{label + ':':13}{value}")
-        lines.append(f"{'Started:':13}{self.started}")
+                add(label, value)
+        add("Started:", self.started)
         if self.finished:
-            lines.append(
-                f"{'Finished:':13}{self.finished} ({human_duration(self.duration_s)}, "
-                f"{self.duration_s:.1f} s)"
+            add(
+                "Finished:",
+                f"{self.finished} ({human_duration(self.duration_s)}, {self.duration_s:.1f} s)",
             )
-        lines.append(
-            f"{'Bytes:':13}{human_size(self.bytes_done)} of {human_size(self.bytes_total)}"
-            f" ({self.bytes_done} of {self.bytes_total})"
+        add(
+            "Bytes:",
+            f"{human_size(self.bytes_done)} of {human_size(self.bytes_total)}"
+            f" ({self.bytes_done} of {self.bytes_total})",
         )
         if self.bytes_stored:
             ratio = self.bytes_done / self.bytes_stored if self.bytes_stored else 0
-            lines.append(
-                f"{'Stored:':13}{human_size(self.bytes_stored)} compressed ({ratio:.1f}:1)"
-            )
+            add("Stored:", f"{human_size(self.bytes_stored)} compressed ({ratio:.1f}:1)")
         if self.rate_avg:
-            lines.append(f"{'Rate:':13}{human_rate(self.rate_avg)} average")
+            basis = " (written + read back)" if self.job == "restore" else ""
+            add("Rate:", f"{human_rate(self.rate_avg)} average over the whole job{basis}")
         for name, ph in self.phases.items():
-            lines.append(
-                f"{'Phase:':13}{name}: {ph.get('seconds', 0):.1f} s, "
-                f"{human_rate(float(ph.get('rate', 0.0)))}"
+            add(
+                "Phase:",
+                f"{name}: {ph.get('seconds', 0):.1f} s, {human_rate(float(ph.get('rate', 0.0)))}",
             )
         if self.streams:
             lines.append("Streams:")
             for s in self.streams:
-                where = f"at {s.get('start_bytes', 0)}" if "start_bytes" in s else ""
-                lines.append(
-                    f"  {s.get('name', '?'):10} {human_size(int(s.get('size_bytes', 0))):>10} "
-                    f"{where:>16}  BLAKE3 {s.get('root_blake3', '')}"
-                    + (f"  [{s['status']}]" if s.get("status") else "")
-                )
-        for f in self.findings:
-            fd = _jsonable(f)
-            if isinstance(fd, dict):
-                lines.append(
-                    f"Finding:     [{fd.get('level', '')}] {fd.get('code', '')}: {fd.get('message', '')}"
-                )
-            else:
-                lines.append(f"Finding:     {fd}")
+                head = f"  {s.get('name', '?'):10} {human_size(int(s.get('size_bytes', 0))):>10}"
+                if "start_bytes" in s:
+                    head += f"  at byte {s.get('start_bytes', 0)}"
+                if s.get("status"):
+                    head += f"  [{s['status']}]"
+                lines.append(head)
+                if s.get("root_blake3"):
+                    lines.append(f"      BLAKE3 {s['root_blake3']}")
+        if self.findings:
+            lines.append("Pre-flight:")
+            for f in self.findings:
+                fd = _jsonable(f)
+                if isinstance(fd, dict):
+                    tag = f"[{str(fd.get('level', '')).upper()}]"
+                    lines.extend(
+                        _wrap(
+                            f"{fd.get('code', '')}: {fd.get('message', '')}",
+                            width,
+                            f"  {tag:7}",
+                            " " * 9,
+                        )
+                    )
+                else:
+                    lines.extend(_wrap(str(fd), width, "  ", "  "))
+        if self.acknowledgements:
+            lines.append("Warnings acknowledged:")
+            for a in self.acknowledgements:
+                ad = _jsonable(a)
+                if isinstance(ad, dict):
+                    text = (
+                        f"{ad.get('code', '')}: {ad.get('message', '')} "
+                        f"(by {ad.get('by', '?')} at {ad.get('at', '?')})"
+                    )
+                else:
+                    text = str(ad)
+                lines.extend(_wrap(text, width, "  [ACK]  ", " " * 9))
         for n in self.notes:
-            lines.append(f"Note:        {n}")
+            add("Note:", n)
         for w in self.warnings:
-            lines.append(f"WARNING:     {w}")
+            add("WARNING:", w)
         if self.error:
-            lines.append(f"Error:       {self.error}")
+            add("Error:", self.error)
         if self.hint:
-            lines.append(f"Next step:   {self.hint}")
+            add("Next step:", self.hint)
         return "\n".join(lines) + "\n"
 
     # -- writing --------------------------------------------------------------------
@@ -214,6 +251,22 @@ class JobReport:
                         pass
                 continue
         return last_paths
+
+
+def _wrap(text: str, width: int, first: str, rest: str) -> list[str]:
+    """``text`` wrapped to ``width`` columns after the prefix ``first`` (then ``rest``);
+    paths, hashes and other long words are never broken."""
+    out: list[str] = []
+    for i, para in enumerate(str(text).splitlines() or [""]):
+        out += textwrap.wrap(
+            para,
+            width=max(width, len(first) + 20),
+            initial_indent=first if i == 0 else rest,
+            subsequent_indent=rest,
+            break_long_words=False,
+            break_on_hyphens=False,
+        ) or [(first if i == 0 else rest).rstrip()]
+    return out
 
 
 def _write(path: Path, text: str) -> None:

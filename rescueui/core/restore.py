@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,7 @@ class RestorePlan:
     resume: bool = False
     grow: bool = True
     accept_warnings: bool = False
+    accepted_codes: tuple[str, ...] = ()  # warnings the operator acknowledged one by one
     findings: list[Any] = field(default_factory=list)
     acknowledgements: list[Any] = field(default_factory=list)
     target_info: Any = None  # preflight.TargetInfo (or target.TargetInfo)
@@ -181,12 +183,19 @@ def run_preflight_hook(
     partition: int | None,
     grow: bool,
     accept_warnings: bool,
+    accepted_codes: Iterable[str] = (),
+    acknowledged_by: str | None = None,
 ) -> tuple[list[Any], list[Any], Any]:
     """Call the pre-flight module if it exists; returns (findings, acknowledgements, target info).
 
-    A "stop" finding raises PreflightError; "warn" findings raise it too unless
-    ``accept_warnings``. Kept in one place so the front ends can wire it their way.
+    A "stop" finding raises PreflightError; a "warn" finding raises it too unless
+    ``accept_warnings`` (all of them) or its code is in ``accepted_codes`` (acknowledged one
+    by one). ``acknowledged_by`` names who acknowledged them in the report (default
+    ``"--accept-warnings"`` or ``"operator"``). Kept in one place so the front ends can wire
+    it their way.
     """
+    codes = list(accepted_codes)
+    by = acknowledged_by or ("--accept-warnings" if accept_warnings else "operator")
     info: Any = target_info(ident, disk)
     try:
         from rescueui.core import preflight
@@ -205,10 +214,16 @@ def run_preflight_hook(
         findings = list(run(image, info, partition=partition))
     gate = getattr(preflight, "gate", None)
     if gate is not None:
-        acks = list(gate(findings, accept_all_warnings=accept_warnings))
+        acks = list(
+            gate(findings, accepted_codes=codes, accept_all_warnings=accept_warnings, by=by)
+        )
         return findings, acks, info
     stops = [f for f in findings if getattr(f, "level", "") == "stop"]
-    warns = [f for f in findings if getattr(f, "level", "") == "warn"]
+    warns = [
+        f
+        for f in findings
+        if getattr(f, "level", "") == "warn" and getattr(f, "code", None) not in codes
+    ]
     if stops:
         raise PreflightError(
             "Pre-flight check stopped the restore: " + "; ".join(f.message for f in stops) + ".",
@@ -233,6 +248,8 @@ def plan_restore(
     resume: bool = False,
     grow: bool = True,
     accept_warnings: bool = False,
+    accepted_codes: Iterable[str] = (),
+    acknowledged_by: str | None = None,
     preflight: bool = True,
 ) -> RestorePlan:
     """Check everything that can be checked without writing; raise if the job is refused.
@@ -240,7 +257,15 @@ def plan_restore(
     Order: the image (opened and validated), the target's identity (still the confirmed
     one), its safety (boot medium, image medium, mounted, read-only, in use), the kind of
     target (whole disk vs partition), the fit, then pre-flight.
+
+    Pre-flight warnings must be acknowledged: all at once with ``accept_warnings`` (the
+    CLI's ``--accept-warnings``), or one by one by passing their codes in
+    ``accepted_codes`` (the TUI). A warning whose code is not acknowledged refuses the
+    job, as does any stop finding. ``acknowledged_by`` is recorded with each
+    acknowledgement (who), with the warning (what) and the time (when), in
+    ``plan.acknowledgements`` and in the report.
     """
+    accepted = tuple(accepted_codes)
     image = Image.open(image_dir)
     try:
         ident = recheck(target)
@@ -285,6 +310,8 @@ def plan_restore(
                 partition=partition,
                 grow=grow,
                 accept_warnings=accept_warnings,
+                accepted_codes=accepted,
+                acknowledged_by=acknowledged_by,
             )
     except BaseException:
         image.close()
@@ -297,6 +324,7 @@ def plan_restore(
         resume=resume,
         grow=grow,
         accept_warnings=accept_warnings,
+        accepted_codes=accepted,
         findings=findings,
         acknowledgements=acks,
         target_info=info,
@@ -371,6 +399,7 @@ def restore(
         bytes_total=write_total,
     )
     report.findings = list(plan.findings)
+    report.acknowledgements = list(plan.acknowledgements)
     report.details.update(
         mode=plan.mode,
         partition=plan.partition,
@@ -380,7 +409,6 @@ def restore(
         verify=plan.verify,
         resume=plan.resume,
         grow=plan.grow,
-        acknowledgements=list(plan.acknowledgements),
     )
     streams = [plan.stream] if plan.stream is not None else image.streams
     report.streams = [
@@ -401,32 +429,33 @@ def restore(
             "the image before it was written, but the disk was not read back."
         )
     job = _RestoreJob(plan, segments, report, progress, cancel)
+    outcome, error = "success", None
     try:
         job.run()
-        report.finish("success")
         for s in report.streams:
             s["status"] = "written and verified" if plan.verify else "written (not read back)"
     except CancelledError as exc:
-        report.finish("cancelled", exc)
-        report.exception = exc  # type: ignore[attr-defined]
+        outcome, error = "cancelled", exc
     except RescueError as exc:
-        report.finish("failed", exc)
-        report.exception = exc  # type: ignore[attr-defined]
+        outcome, error = "failed", exc
     except Exception as exc:  # a bug: still a report and a clear outcome, never "success"
-        err = RescueError(
+        outcome = "failed"
+        error = RescueError(
             f"Internal error during the restore: {type(exc).__name__}: {exc}.",
             hint="The target may be partly written. Report this bug with the report file; "
             "run the restore again.",
         )
-        report.finish("failed", err)
-        report.exception = err  # type: ignore[attr-defined]
     finally:
         job.phases.stop()
         report.phases = job.phases.data
+        # before finish(): it computes rate_avg from bytes_done and the job's duration
         report.bytes_done = job.meter.last.bytes_done
         report.bytes_total = job.meter.bytes_total
         with contextlib.suppress(Exception):
             image.close()
+    report.finish(outcome, error)
+    if error is not None:
+        report.exception = error  # type: ignore[attr-defined]
     report.write(_report_dir(image))
     return report
 
@@ -449,6 +478,11 @@ class _RestoreJob:
         total = self.write_total * (2 if plan.verify else 1)
         self.meter = ProgressMeter("restore", total, progress or (lambda _p: None))
         self.chunks_done = 0
+        # chunks per stream ("fill": the zero ranges no stream covers), for the counters
+        self.stream_chunks: dict[str, int] = {}
+        for run in segments.runs:
+            name = run.stream.name if run.stream is not None else "fill"
+            self.stream_chunks[name] = self.stream_chunks.get(name, 0) + run.count
         self.journal: Journal | None = None
         self.journal_warned = False
 
@@ -494,8 +528,23 @@ class _RestoreJob:
             phase_bytes_total=phase_total,
             chunks_done=0,
             chunks_total=len(self.segments),
+            stream=None,  # a new phase: no chunk of it checked yet
+            stream_chunks_done=0,
+            stream_chunks_total=0,
+            last_chunk=None,
             message=message,
         )
+
+    def _chunk_fields(self, seg: Segment, idx: int) -> dict[str, Any]:
+        """The chunk counters of a progress event: ``idx`` (position in the segment table)
+        gives the total, the segment's own index the per-stream count, both of the phase
+        that is running (write, read-back verify or resume re-check)."""
+        return {
+            "stream": seg.stream,
+            "chunks_done": idx + 1,
+            "stream_chunks_done": seg.index + 1,
+            "stream_chunks_total": self.stream_chunks.get(seg.stream, 0),
+        }
 
     def _event(self, seg: Segment, ok: bool, actual: str | None = None) -> ChunkEvent:
         return ChunkEvent(
@@ -554,7 +603,9 @@ class _RestoreJob:
             def on_ok(seg: Segment, idx: int, actual: str) -> None:
                 self.phases.add(seg.length)
                 self.meter.advance(
-                    seg.length, stream=seg.stream, last_chunk=self._event(seg, True, actual)
+                    seg.length,
+                    **self._chunk_fields(seg, idx),
+                    last_chunk=self._event(seg, True, actual),
                 )
 
             mismatch = verify_segments(
@@ -621,11 +672,6 @@ class _RestoreJob:
         state = {"phase": first_phase, "bytes_before": segs.bytes_before(start)}
         decoder = Decoder(segs.max_chunk() + MAX_FRAME_OVERHEAD)
 
-        per_stream: dict[str, int] = {}
-        for run in segs.runs:
-            name = run.stream.name if run.stream is not None else "fill"
-            per_stream[name] = per_stream.get(name, 0) + run.count
-
         def on_progress(seg: Segment, idx: int) -> None:
             if seg.phase != state["phase"]:
                 state["phase"] = seg.phase
@@ -634,12 +680,7 @@ class _RestoreJob:
             self.phases.add(seg.length)
             self.chunks_done += 1
             self.meter.advance(
-                seg.length,
-                stream=seg.stream,
-                chunks_done=idx + 1,
-                stream_chunks_done=seg.index + 1,
-                stream_chunks_total=per_stream[seg.stream],
-                last_chunk=self._event(seg, True),
+                seg.length, **self._chunk_fields(seg, idx), last_chunk=self._event(seg, True)
             )
 
         def on_checkpoint(next_index: int, written: int) -> None:
@@ -697,8 +738,7 @@ class _RestoreJob:
             self.phases.add(seg.length)
             self.meter.advance(
                 seg.length,
-                stream=seg.stream,
-                chunks_done=idx + 1,
+                **self._chunk_fields(seg, idx),
                 last_chunk=self._event(seg, True, actual),
             )
 
