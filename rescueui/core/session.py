@@ -24,6 +24,7 @@ from rescueui.core.progress import ProgressCallback
 from rescueui.core.units import human_size
 
 MAX_SEARCH_DEPTH = 3
+TUI_OPERATOR = "operator (TUI, one by one)"  # who acknowledged a warning, in the report
 _SKIP_MOUNT_TYPES = {
     "proc", "sysfs", "devtmpfs", "devpts", "tmpfs", "cgroup", "cgroup2", "securityfs", "pstore",
     "debugfs", "tracefs", "configfs", "fusectl", "mqueue", "hugetlbfs", "bpf", "autofs",
@@ -252,6 +253,18 @@ def findings_allow_restore(findings: Sequence[Any]) -> bool:
     return not any(f.level == "stop" for f in findings)
 
 
+def needs_acknowledgement(finding: Any) -> bool:
+    """Warnings need the operator's explicit acknowledgement, one by one; stops can never be
+    acknowledged (they refuse the restore); ok and info lines need nothing."""
+    return getattr(finding, "level", "") == "warn"
+
+
+def open_warnings(findings: Sequence[Any], acknowledged: Iterable[str]) -> list[Any]:
+    """The warnings not yet acknowledged (by code): the restore is refused while any remain."""
+    done = set(acknowledged)
+    return [f for f in findings if needs_acknowledgement(f) and f.code not in done]
+
+
 class Session:
     """The front end's single door into the core."""
 
@@ -437,6 +450,14 @@ class Session:
     def allows_restore(self, findings: Sequence[Any]) -> bool:
         return findings_allow_restore(findings)
 
+    def needs_acknowledgement(self, finding: Any) -> bool:
+        """True for a finding the operator must acknowledge before the restore (a warning)."""
+        return needs_acknowledgement(finding)
+
+    def open_warnings(self, findings: Sequence[Any], acknowledged: Iterable[str]) -> list[Any]:
+        """The warnings among ``findings`` whose code is not in ``acknowledged`` (in order)."""
+        return open_warnings(findings, acknowledged)
+
     def confirmation_code(self, target: Any) -> str:
         """``target``: a Disk, or a Partition for a partition restore."""
         from rescueui.core.identity import confirmation_code, identity_of
@@ -459,12 +480,21 @@ class Session:
         cancel: threading.Event | None = None,
         resume: bool = False,
         partition: int | None = None,
+        accepted_codes: Iterable[str] = (),
+        acknowledged_by: str = TUI_OPERATOR,
     ) -> Any:
+        """Plan and run a restore. The pre-flight runs again here: any stop refuses it, and
+        so does any warning whose code the operator did not acknowledge (``accepted_codes``,
+        one by one on the pre-flight screen); the acknowledgements go into the report."""
         from rescueui.core.restore import plan_restore, restore
 
-        # accept_warnings: the operator read the pre-flight screen and confirmed the target
         plan = plan_restore(
-            image_dir, confirmed, partition=partition, resume=resume, accept_warnings=True
+            image_dir,
+            confirmed,
+            partition=partition,
+            resume=resume,
+            accepted_codes=accepted_codes,
+            acknowledged_by=acknowledged_by,
         )
         if self.demo is not None:
             # demo restores write only files in the demo cache: their own writer lock, so a

@@ -125,7 +125,7 @@ class CannedSession(Session):
             CheckLine("ok", "fits", "The image (400.5 GiB) fits on /dev/sda (480.0 GiB)."),
             CheckLine("ok", "firmware", "Both machines boot with UEFI."),
             CheckLine("warn", "memory", "This machine has 64.0 GiB of memory; the source had 128.0 GiB.", "Services sized for the old memory may need tuning."),
-            CheckLine("info", "grow", "Partition 2 will be grown to fill the disk."),
+            CheckLine("info", "grow", "Partition 2 will be grown to fill the disk.", "The target is 79.5 GiB larger than the image: the GPT is written for the real disk size and the ext4 filesystem of partition 2 is grown with resize2fs after the verify."),
         ]  # fmt: skip
 
     def confirmation_code(self, disk: Any) -> str:
@@ -147,8 +147,10 @@ class CannedSession(Session):
         cancel: threading.Event | None = None,
         resume: bool = False,
         partition: int | None = None,
+        accepted_codes: Any = (),
     ) -> Any:
         assert progress is not None and cancel is not None
+        assert set(accepted_codes) == {"memory"}, accepted_codes  # acknowledged on screen
         base = frozen_progress()
         from dataclasses import replace
 

@@ -115,7 +115,21 @@ def screens_of_demo(tmp_path: Path, *, ascii_only: bool = False) -> list[str]:
         tmux.keys("Enter")
         tmux.wait_for("Pre-flight checks")
         tmux.wait_for("Enter Confirm")
+        for _ in range(100):  # the findings are in once the verdict line is
+            if any(w in tmux.capture(False) for w in (" GO ", "not acknowledged (", "STOP:")):
+                break
+            time.sleep(0.2)
         screens.append(tmux.capture())
+        # every warning (e.g. the UEFI-only demo image on a BIOS machine) is acknowledged
+        # one by one before Enter is accepted
+        for _ in range(20):  # the verdict line counts the open ones
+            if "not acknowledged (" not in tmux.capture(False):
+                break
+            tmux.keys("a")
+            time.sleep(0.3)
+        if "[WARN]" in screens[-1]:
+            tmux.wait_for("every warning acknowledged")
+            screens.append(tmux.capture())
         tmux.keys("Enter")
         tmux.wait_for("confirmation code")
         screens.append(tmux.capture())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+from pathlib import Path
 
 from textual.pilot import Pilot
 
@@ -68,17 +69,37 @@ async def go_to_target(pilot: Pilot, image_index: int = 0) -> None:
     await wait_for(pilot, lambda: isinstance(app.screen, TargetScreen), what="target screen")
 
 
-async def restore_to(pilot: Pilot, target: str, *, image_index: int = 0) -> JobScreen:
-    """Keys from the Disks screen to a started restore onto the named virtual disk."""
+async def open_preflight(pilot: Pilot) -> PreflightScreen:
+    """Enter on the selected target; wait until the pre-flight findings are on screen."""
     app = pilot.app
-    await go_to_target(pilot, image_index)
-    await choose_row(pilot, app.screen.query_one(DiskTable), target)
     await pilot.press("enter")
     await wait_for(
         pilot,
         lambda: isinstance(app.screen, PreflightScreen) and app.screen.findings is not None,
         what="pre-flight",
     )
+    return app.screen
+
+
+def warning_codes(screen: PreflightScreen) -> list[str]:
+    return [f.code for f in screen.findings or [] if f.level == "warn"]
+
+
+async def acknowledge_warnings(pilot: Pilot, screen: PreflightScreen) -> None:
+    """Acknowledge each warning, one key press per warning (the cursor goes to the next)."""
+    for _ in warning_codes(screen):
+        await pilot.press("a")
+    await pilot.pause()
+    assert screen.acknowledged == set(warning_codes(screen))
+
+
+async def restore_to(pilot: Pilot, target: str, *, image_index: int = 0) -> JobScreen:
+    """Keys from the Disks screen to a started restore onto the named virtual disk."""
+    app = pilot.app
+    await go_to_target(pilot, image_index)
+    await choose_row(pilot, app.screen.query_one(DiskTable), target)
+    screen = await open_preflight(pilot)
+    await acknowledge_warnings(pilot, screen)
     await pilot.press("enter")
     await wait_for(
         pilot, lambda: isinstance(app.screen, ConfirmTargetDialog), what="confirm dialog"
@@ -290,3 +311,132 @@ async def test_verify_of_the_damaged_image_sounds_the_alarm(demo_env) -> None:
         assert job.outcome == "failed" and job.mismatch is not None
         await pilot.pause(0.3)
         assert "CHECKSUM MISMATCH" in screen_text(app)
+
+
+def forged_image(env, dest, change) -> Path:
+    """A copy of the demo image whose manifest ``change(manifest)`` rewrote through the core's
+    image API (so its hash stays valid)."""
+    import shutil
+
+    from rescueui.core.image import Image, save_manifest
+
+    shutil.copytree(env.build.image_dir, dest, ignore=shutil.ignore_patterns("reports"))
+    with Image.open(dest) as im:
+        manifest = im.manifest
+    change(manifest)
+    save_manifest(dest, manifest)
+    return dest
+
+
+def forged_warning_image(env, dest) -> Path:
+    """The source had 64 CPUs: a real pre-flight warning on any machine."""
+    return forged_image(env, dest, lambda m: m.host.update(cpus=64))
+
+
+async def test_a_stop_cannot_be_confirmed_past(demo_env, tmp_path, monkeypatch) -> None:
+    image = forged_image(
+        demo_env,
+        tmp_path / "demo-image-4k",
+        lambda m: m.source_disk.update(logical_sector_size=4096, physical_sector_size=4096),
+    )
+    monkeypatch.setattr(demo_env, "image_dirs", lambda: [image])
+    app = make_app(demo_env)
+    async with app.run_test(size=(100, 34)) as pilot:
+        await go_to_target(pilot)
+        await choose_row(pilot, app.screen.query_one(DiskTable), "demo-disk-A")
+        screen = await open_preflight(pilot)
+        assert any(f.level == "stop" for f in screen.findings)
+        assert "[STOP]" in screen_text(app) and "STOP: a check above forbids" in screen_text(app)
+        assert screen.check_action("confirm", ()) is None  # dimmed in the footer
+        assert screen.check_action("acknowledge", ()) is False  # nothing to acknowledge past
+        for key in ("a", "space", "enter"):
+            await pilot.press(key)
+            await pilot.pause()
+            assert app.screen is screen
+        assert screen.acknowledged == set()
+
+
+async def test_each_warning_must_be_acknowledged_before_confirming(
+    demo_env, tmp_path, monkeypatch
+) -> None:
+    from rescueui.core.session import TUI_OPERATOR
+
+    image = forged_warning_image(demo_env, tmp_path / "demo-image-64cpus")
+    monkeypatch.setattr(demo_env, "image_dirs", lambda: [image])
+    app = make_app(demo_env)
+    async with app.run_test(size=(100, 34)) as pilot:
+        await go_to_target(pilot)
+        await choose_row(pilot, app.screen.query_one(DiskTable), "demo-disk-A")
+        screen = await open_preflight(pilot)
+        warns = warning_codes(screen)
+        # the demo's real warnings here (e.g. UEFI-only image on a BIOS machine) plus the forged one
+        assert "cpus" in warns, [(f.level, f.code) for f in screen.findings]
+        assert screen.acknowledged == set()
+        assert screen.check_action("acknowledge", ()) is True
+        assert "a Acknowledge warning" in screen_text(app)  # the footer shows the key
+        text = screen_text(app)
+        assert text.count("NOT ACKNOWLEDGED") == len(warns) and "[ACK]" not in text
+
+        # a non-warning line cannot be acknowledged
+        ok_row = next(i for i, f in enumerate(screen.findings) if f.level == "ok")
+        while screen.cursor != ok_row:
+            await pilot.press("up" if screen.cursor > ok_row else "down")
+        await pilot.press("a")
+        await pilot.pause()
+        assert screen.acknowledged == set()
+        assert "only warnings are acknowledged" in screen_text(app)
+
+        # one at a time: Enter is refused while any warning is open, and says why
+        for n, code in enumerate(warns):
+            await pilot.press("enter")
+            await pilot.pause()
+            assert app.screen is screen, "Enter went past an unacknowledged warning"
+            assert "REFUSED: acknowledge each warning first" in screen_text(app)
+            assert f"({len(warns) - n} open" in screen_text(app)
+            # the refusal put the cursor on the first open warning
+            assert screen.findings[screen.cursor].code == code
+            await pilot.press("space" if n % 2 else "a")
+            await pilot.pause()
+            assert screen.acknowledged == set(warns[: n + 1])
+            assert screen_text(app).count("[ACK]") == n + 1
+
+        # toggling one back makes it open again
+        while screen.findings[screen.cursor].code != warns[0]:
+            await pilot.press("up")
+        await pilot.press("a")
+        await pilot.pause()
+        assert warns[0] not in screen.acknowledged
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.screen is screen
+
+        # back to the target and in again: nothing is acknowledged any more
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: isinstance(app.screen, TargetScreen), what="target")
+        screen = await open_preflight(pilot)
+        assert screen.acknowledged == set()
+        assert "[ACK]" not in screen_text(app)
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.screen is screen
+
+        await acknowledge_warnings(pilot, screen)
+        assert "GO - every warning acknowledged" in screen_text(app)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmTargetDialog))
+        await pilot.press(*app.screen.code, "enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, JobScreen), what="job screen")
+        job = app.screen
+        await wait_for(pilot, lambda: job.finished, timeout=120, what="restore to finish")
+        assert job.outcome == "success", job.error
+
+    data = json.loads(
+        next(p for p in map(Path, job.report.report_files) if p.suffix == ".json").read_text()
+    )
+    assert data["outcome"] == "success"
+    assert sorted(f["code"] for f in data["findings"] if f["level"] == "warn") == sorted(warns)
+    acks = data["acknowledgements"]
+    assert sorted(a["code"] for a in acks) == sorted(warns)
+    assert all(a["by"] == TUI_OPERATOR and a["at"] for a in acks)
+    text = next(p for p in map(Path, job.report.report_files) if p.suffix == ".txt").read_text()
+    assert text.count("[ACK]") == len(warns)

@@ -21,7 +21,7 @@ from rescueui.tui.screens.target import TargetScreen
 from rescueui.tui.widgets.disktable import DiskTable
 from tests.imagefixtures import STDLIB, run
 from tests.loopdisk import LoopFactory, mkfs_ext4, mkfs_vfat
-from tests.tui.test_flow import choose_row, screen_text, wait_for
+from tests.tui.test_flow import acknowledge_warnings, choose_row, screen_text, wait_for
 
 GPT = """label: gpt
 start=2048, size=24576, type=U, name=EFI
@@ -88,6 +88,7 @@ async def test_tui_restores_a_real_loop_disk(loops: LoopFactory, tmp_path: Path)
             what="pre-flight",
         )
         assert app.screen.check_action("confirm", ()) is True, screen_text(app)
+        await acknowledge_warnings(pilot, app.screen)  # e.g. UEFI-only image, BIOS machine
         await pilot.press("enter")
         await wait_for(pilot, lambda: isinstance(app.screen, ConfirmTargetDialog))
         dialog = app.screen
@@ -161,6 +162,7 @@ async def test_tui_restores_one_partition_onto_an_existing_partition(
             what="pre-flight",
         )
         assert "Partition 2 of image" in screen_text(app)
+        await acknowledge_warnings(pilot, app.screen)
         await pilot.press("enter")
         await wait_for(pilot, lambda: isinstance(app.screen, ConfirmTargetDialog))
         assert "PARTITION WILL BE OVERWRITTEN" in screen_text(app)

@@ -41,15 +41,24 @@ async def _to_preflight(pilot: Pilot) -> None:
     await pilot.pause(0.2)
 
 
-async def _to_confirm(pilot: Pilot) -> None:
+async def _to_preflight_acknowledged(pilot: Pilot) -> None:
     await _to_preflight(pilot)
+    await pilot.press("enter")  # refused: the memory warning is not acknowledged yet
+    await pilot.pause()
+    assert type(pilot.app.screen).__name__ == "PreflightScreen"
+    await pilot.press("a")  # the cursor starts on the (only) warning
+    await pilot.pause()
+
+
+async def _to_confirm(pilot: Pilot) -> None:
+    await _to_preflight_acknowledged(pilot)
     await pilot.press("enter")
     await pilot.pause()
     await pilot.press(*"12")
 
 
 async def _to_job(pilot: Pilot) -> None:
-    await _to_preflight(pilot)
+    await _to_preflight_acknowledged(pilot)
     await pilot.press("enter")
     await pilot.pause()
     await pilot.press(*"2345", "enter")
@@ -76,6 +85,17 @@ class TestScreens:
 
     def test_preflight(self, snap_compare, size) -> None:
         assert snap_compare(make_app(), terminal_size=size, run_before=_to_preflight)
+
+    def test_preflight_enter_refused(self, snap_compare, size) -> None:
+        async def refused(pilot: Pilot) -> None:
+            await _to_preflight(pilot)
+            await pilot.press("enter")
+            await pilot.pause()
+
+        assert snap_compare(make_app(), terminal_size=size, run_before=refused)
+
+    def test_preflight_acknowledged(self, snap_compare, size) -> None:
+        assert snap_compare(make_app(), terminal_size=size, run_before=_to_preflight_acknowledged)
 
     def test_confirm_refused(self, snap_compare, size) -> None:
         assert snap_compare(make_app(), terminal_size=size, run_before=_to_refused_confirm)

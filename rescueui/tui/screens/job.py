@@ -83,7 +83,11 @@ class JobScreen(StepScreen):
         resume: bool = False,
         partition: int | None = None,
         part: Any = None,
+        accepted_codes: tuple[str, ...] = (),
     ) -> JobScreen:
+        """``accepted_codes``: the pre-flight warnings the operator acknowledged one by one
+        (the core refuses the restore if any other warning comes up)."""
+
         def job(*, session: Any, progress: Any, cancel: threading.Event) -> Any:
             return session.restore(
                 image.path,
@@ -92,6 +96,7 @@ class JobScreen(StepScreen):
                 cancel=cancel,
                 resume=resume,
                 partition=partition,
+                accepted_codes=accepted_codes,
             )
 
         what = f"partition {partition} of {image.name}" if partition else image.name
@@ -107,6 +112,7 @@ class JobScreen(StepScreen):
                 "confirmed": confirmed,
                 "partition": partition,
                 "part": part,
+                "accepted_codes": accepted_codes,
             },
         )
 

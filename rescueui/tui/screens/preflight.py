@@ -1,4 +1,11 @@
-"""Step 4: the pre-flight report from the core: go / warn / stop, each line explained."""
+"""Step 4: the pre-flight report from the core: go / warn / stop, each line explained.
+
+Every warning must be acknowledged by the operator, one by one: the cursor (Up/Down) on the
+warning and ``a`` (or Space) toggles it; the row then says ``[ACK]``. Enter (confirm the
+target) is refused, with the reason on screen, until every warning is acknowledged; a stop
+cannot be confirmed past at all. Going back (Esc) and returning starts with nothing
+acknowledged. The acknowledged codes go to the restore, which records them in the report.
+"""
 
 from __future__ import annotations
 
@@ -13,29 +20,29 @@ from textual.widgets import Footer, Static
 
 from rescueui.core.units import human_size
 from rescueui.tui.screens.base import StepScreen
+from rescueui.tui.widgets.findings import LEVEL_TAGS, FindingRow, level_tag
 from rescueui.tui.widgets.steps import StepsBar
 
-LEVEL_TAGS = {"ok": "[ OK ]", "info": "[INFO]", "warn": "[WARN]", "stop": "[STOP]"}
+__all__ = ["LEVEL_TAGS", "PreflightScreen"]
 
 
-def findings_text(findings: list[Any]) -> Text:
-    text = Text()
-    for i, f in enumerate(findings):
-        if i:
-            text.append("\n")
-        tag = LEVEL_TAGS.get(f.level, f"[{f.level.upper()}]")
-        style = "bold reverse" if f.level == "stop" else ("bold" if f.level == "warn" else "")
-        text.append(tag, style=style)
-        text.append(f" {f.message}")
-        if getattr(f, "detail", ""):
-            text.append(f"\n       {f.detail}", style="dim")
-    return text
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+class FindingsBox(VerticalScroll, can_focus=False):
+    """The list of findings; the screen's keys move its cursor (it never takes the focus)."""
 
 
 class PreflightScreen(StepScreen):
     STEP = "Pre-flight"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "confirm", "Confirm target...", priority=True, id="confirm"),
+        Binding("a,space", "acknowledge", "Acknowledge warning", id="acknowledge"),
+        Binding("down", "cursor(1)", "Next line", key_display="Down", id="down"),
+        Binding("up", "cursor(-1)", "Previous line", show=False, id="up"),
+        Binding("pagedown", "cursor(5)", "", show=False),
+        Binding("pageup", "cursor(-5)", "", show=False),
         Binding("escape", "back", "Back", id="back"),
     ]
 
@@ -43,6 +50,9 @@ class PreflightScreen(StepScreen):
         super().__init__()
         self.findings: list[Any] | None = None
         self.error: str | None = None
+        self.acknowledged: set[str] = set()  # codes of the warnings the operator accepted
+        self.cursor = 0
+        self.rows: list[FindingRow] = []
 
     def compose(self) -> ComposeResult:
         img, disk, part = self.flow.image, self.flow.target, self.flow.target_part
@@ -58,7 +68,7 @@ class PreflightScreen(StepScreen):
                 f"({disk.model or disk.name}, {human_size(disk.size_bytes)})"
             )
         yield Static(what, id="hint")
-        with VerticalScroll(id="findings-box"):
+        with FindingsBox(id="findings-box"):
             yield Static("Checking...", id="findings")
         yield Static("", id="verdict")
         yield Footer()
@@ -86,56 +96,146 @@ class PreflightScreen(StepScreen):
             findings, error = [], f"internal error in the pre-flight: {type(exc).__name__}: {exc}"
         self.app.call_from_thread(self._show, findings, error)
 
+    # -- the findings and the cursor -------------------------------------
     def _show(self, findings: list[Any], error: str | None) -> None:
         self.findings = findings
         self.error = error
         self.flow.findings = findings
+        self.acknowledged = set()
         box = self.query_one("#findings", Static)
-        verdict = self.query_one("#verdict", Static)
         if error:
             box.update(Text(f"[STOP] {error}", style="bold"))
+        else:
+            box.display = False
+            # on a stop nothing can be acknowledged past: the rows do not ask for it
+            go = self.session.allows_restore(findings)
+            self.rows = [
+                FindingRow(f, needs_ack=go and self.session.needs_acknowledgement(f), index=i)
+                for i, f in enumerate(findings)
+            ]
+            self.query_one("#findings-box").mount_all(self.rows)
+            open_ = self._open()
+            self.cursor = findings.index(open_[0]) if open_ else 0
+            self._redraw_rows()
+        self._update_verdict()
+        self.refresh_bindings()
+
+    def _open(self) -> list[Any]:
+        """The warnings not yet acknowledged (the core decides what needs acknowledging)."""
+        return self.session.open_warnings(self.findings or [], self.acknowledged)
+
+    def _redraw_rows(self, scroll: bool = True) -> None:
+        for i, row in enumerate(self.rows):
+            row.set_state(cursor=i == self.cursor, acked=row.finding.code in self.acknowledged)
+        if scroll and self.rows:
+            self.query_one("#findings-box").scroll_to_widget(
+                self.rows[self.cursor], animate=False, immediate=True
+            )
+
+    def _warnings(self) -> list[Any]:
+        return [f for f in self.findings or [] if self.session.needs_acknowledgement(f)]
+
+    def _update_verdict(self, refusal: str | None = None) -> None:
+        verdict = self.query_one("#verdict", Static)
+        if self.error:
             verdict.update(
                 Text(" STOP: cannot restore onto this disk. Esc: back ", style="bold reverse")
             )
+            return
+        findings = self.findings or []
+        if not self.session.allows_restore(findings):
+            verdict.update(
+                Text(" STOP: a check above forbids this restore. Esc: back ", style="bold reverse")
+            )
+            return
+        if refusal is not None:
+            verdict.update(Text(f" REFUSED: {refusal} ", style="bold reverse"))
+            return
+        warns, open_ = self._warnings(), self._open()
+        if open_:
+            verdict.update(
+                Text(
+                    f" {_plural(len(open_), 'warning')} not acknowledged "
+                    f"({len(warns) - len(open_)} of {len(warns)} done): read each [WARN] "
+                    "line, press a. ",
+                    style="bold",
+                )
+            )
+        elif warns:
+            verdict.update(
+                Text(
+                    f" GO - every warning acknowledged ({len(warns)}) - Enter: confirm the target ",
+                    style="bold reverse",
+                )
+            )
         else:
-            box.update(findings_text(findings))
-            if self.session.allows_restore(findings):
-                warn = any(f.level == "warn" for f in findings)
-                verdict.update(
-                    Text(
-                        " GO (read the warnings above) - Enter: confirm the target "
-                        if warn
-                        else " GO - Enter: confirm the target ",
-                        style="bold reverse",
-                    )
-                )
-            else:
-                verdict.update(
-                    Text(
-                        " STOP: a check above forbids this restore. Esc: back ",
-                        style="bold reverse",
-                    )
-                )
+            verdict.update(Text(" GO - Enter: confirm the target ", style="bold reverse"))
+
+    def action_cursor(self, step: int) -> None:
+        if not self.rows:
+            return
+        self.cursor = max(0, min(len(self.rows) - 1, self.cursor + step))
+        self._redraw_rows()
+
+    def action_acknowledge(self) -> None:
+        if not self.rows:
+            return
+        row = self.rows[self.cursor]
+        f = row.finding
+        if not row.needs_ack:
+            self.app.bell()
+            self._update_verdict(
+                f"only warnings are acknowledged; this line is {level_tag(f.level)}. "
+                "Move to a [WARN] line (Up/Down)."
+            )
+            return
+        if f.code in self.acknowledged:
+            self.acknowledged.discard(f.code)  # toggled back: needs acknowledging again
+        else:
+            self.acknowledged.add(f.code)
+            open_ = self._open()
+            if open_:  # on to the next warning still open
+                self.cursor = (self.findings or []).index(open_[0])
+        self._redraw_rows()
+        self._update_verdict()
         self.refresh_bindings()
 
-    def _allowed(self) -> bool:
+    # -- confirming ------------------------------------------------------
+    def _loaded(self) -> bool:
         return (
             self.findings is not None
             and self.error is None
             and self.session.allows_restore(self.findings)
         )
 
+    def _allowed(self) -> bool:
+        return self._loaded() and not self._open()
+
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "confirm":
-            return True if self._allowed() else None
-        return True
+            # shown (and Enter explains the refusal) while warnings are open; dimmed on a stop
+            return True if self._loaded() else None
+        if action == "acknowledge":
+            return self._loaded() and bool(self._warnings())
+        if action == "cursor":
+            return bool(self.rows)
+        return super().check_action(action, parameters)
 
     def action_confirm(self) -> None:
         from rescueui.tui.screens.dialogs import ConfirmTargetDialog
         from rescueui.tui.screens.job import JobScreen
 
-        if not self._allowed():
+        if not self._loaded():
             self.app.bell()
+            return
+        open_ = self._open()
+        if open_:
+            self.app.bell()
+            self.cursor = (self.findings or []).index(open_[0])
+            self._redraw_rows()
+            self._update_verdict(
+                f"acknowledge each warning first ({len(open_)} open, at >): read it, press a."
+            )
             return
         disk, part, number = self.flow.target, self.flow.target_part, self.flow.partition
         try:
@@ -143,12 +243,20 @@ class PreflightScreen(StepScreen):
         except Exception as exc:  # identity cannot be read: the core says why
             self.query_one("#verdict", Static).update(Text(f" {exc} ", style="bold reverse"))
             return
+        accepted = tuple(f.code for f in self._warnings() if f.code in self.acknowledged)
 
         def confirmed(result: Any) -> None:
             if result is not None:
                 self.flow.confirmed = result
                 self.app.push_screen(
-                    JobScreen.restore(self.flow.image, result, disk, partition=number, part=part)
+                    JobScreen.restore(
+                        self.flow.image,
+                        result,
+                        disk,
+                        partition=number,
+                        part=part,
+                        accepted_codes=accepted,
+                    )
                 )
 
         self.app.push_screen(ConfirmTargetDialog(disk, code, self.session.confirm, part), confirmed)

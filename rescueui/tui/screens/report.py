@@ -20,7 +20,8 @@ BANNERS = {
 }
 
 
-def report_body(report: Any, error: BaseException | None) -> Text:
+def report_body(report: Any, error: BaseException | None, width: int = 80) -> Text:
+    """The report's text, laid out for ``width`` columns (the report box's inside)."""
     text = Text()
     if report is not None and hasattr(report, "to_text"):
         files = getattr(report, "report_files", None) or []
@@ -31,7 +32,7 @@ def report_body(report: Any, error: BaseException | None) -> Text:
         else:
             text.append("No report file could be written.\n", style="bold")
         text.append("\n")
-        text.append(report.to_text())
+        text.append(report.to_text(width=width))
     elif error is not None:
         text.append(f"Error: {error}\n")
     return text
@@ -60,7 +61,9 @@ class ReportScreen(StepScreen):
             banner = " FAILED: CHECKSUM MISMATCH - THE IMAGE IS DAMAGED "
         yield Static(Text(f"{self.job.kind.upper()}: {banner}", style="bold reverse"), id="banner")
         with VerticalScroll(id="report-box"):
-            yield Static(report_body(self.job.report, self.job.error), id="report")
+            # inside the box: its border (2) and a scroll bar (1)
+            width = max(self.app.size.width - 3, 40)
+            yield Static(report_body(self.job.report, self.job.error, width), id="report")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -93,5 +96,6 @@ class ReportScreen(StepScreen):
                 resume=True,
                 partition=ctx.get("partition"),
                 part=ctx.get("part"),
+                accepted_codes=ctx.get("accepted_codes", ()),
             )
         )
