@@ -691,3 +691,26 @@ def test_chunk_counters_agree_in_every_phase(file_source: dict[str, Path], tmp_p
     # the verify phase starts from zero, not from the write phase's last counters
     first = next(p for p in seen if p.phase == "verify")
     assert first.chunks_done == 0 and first.stream_chunks_done == 0
+
+
+def test_cli_accept_warning_one_code_at_a_time(
+    file_source: dict[str, Path], tmp_path: Path
+) -> None:
+    image = warned_variant(file_source["image"], tmp_path / "image-64cpus")
+    target = tmp_path / "t.img"
+    target.write_bytes(b"\x11" * (8 * MiB))
+    base = [str(image), str(target), "--yes", "--quiet", "--json"]
+    proc = rescueui(*base, "--accept-warning", "cpus", tmp=tmp_path)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "1 pre-flight warning" in err and "memory" in err.lower()
+    assert target.read_bytes() == b"\x11" * (8 * MiB)
+    proc = rescueui(*base, "--accept-warning", "cpus", "--accept-warning", "memory", tmp=tmp_path)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    rep = json.loads(out)
+    assert rep["outcome"] == "success" and rep["rate_avg"] > 0
+    assert sorted((a["code"], a["by"]) for a in rep["acknowledgements"]) == [
+        ("cpus", "--accept-warning"),
+        ("memory", "--accept-warning"),
+    ]
+    assert target.read_bytes() == file_source["source"].read_bytes()

@@ -3,7 +3,7 @@
 ::
 
     rescueui restore IMAGE_DIR TARGET_DISK --yes [--resume] [--no-verify] [--no-grow]
-                     [--accept-warnings]
+                     [--accept-warnings | --accept-warning CODE ...]
     rescueui restore IMAGE_DIR --partition N TARGET_PARTITION --yes
     rescueui restore IMAGE_DIR vm-disk.img --create image --yes     # new disk image file
 
@@ -11,6 +11,10 @@ Without ``--yes`` it shows what will be destroyed and the pre-flight findings, t
 for the confirmation code (the last characters of the target's serial/WWN, or its device
 name / file name) on the terminal; with no terminal it refuses. Exit status 0 only when
 the restore (and, unless ``--no-verify``, the read-back verify) succeeded.
+
+A pre-flight stop always refuses. Each pre-flight warning must be acknowledged: all of them
+with ``--accept-warnings``, or one by one with ``--accept-warning CODE``; the findings and
+the acknowledgements (code, message, by, at) go into the report.
 
 ``--create SIZE`` creates TARGET as a new regular file first (it must not exist): SIZE
 in bytes or with a K/M/G/T suffix (powers of 1024), or ``image`` for the size of the
@@ -73,7 +77,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         help="on a larger disk keep the partitions at their image sizes",
     )
     p.add_argument(
-        "--accept-warnings", action="store_true", help="go ahead despite pre-flight warnings"
+        "--accept-warnings",
+        action="store_true",
+        help="acknowledge every pre-flight warning and go ahead (a stop still refuses)",
+    )
+    p.add_argument(
+        "--accept-warning",
+        action="append",
+        default=[],
+        metavar="CODE",
+        help="acknowledge one pre-flight warning by its code (as `rescueui preflight --json` "
+        "shows it, e.g. cpus); repeat for each; any other warning still refuses",
     )
     p.add_argument(
         "--create",
@@ -154,6 +168,8 @@ def show_plan(plan: Any, code: str) -> None:
         _say("Pre-flight:")
         for f in shown:
             _say(f"  [{f.level.upper()}] {f.message}")
+    for a in plan.acknowledgements:
+        _say(f"  [ACK] {a.code}: acknowledged by {a.by}")
     _say(f"Confirmation code: {code}")
 
 
@@ -193,6 +209,8 @@ def run(args: argparse.Namespace) -> int:
             resume=args.resume,
             grow=not args.no_grow,
             accept_warnings=args.accept_warnings,
+            accepted_codes=args.accept_warning,
+            acknowledged_by="--accept-warnings" if args.accept_warnings else "--accept-warning",
         )
         if not args.quiet or not args.yes:
             show_plan(plan, code)
