@@ -557,6 +557,13 @@ def boot_app(base: list[str], work: Path, timeout: float, firmware: str) -> None
             raise TestFailure(f"the app is not running on tty1 with TERM=linux: {m.group(0)}")
         log(f"boot A: quitting gives a shell with the hint; the app runs on tty1 ({m.group(0)})")
         log("boot A: `rescueui disks` in the live system lists both test disks by serial")
+        # What the app draws on tty1 must be in the console font (no replacement boxes).
+        vm.send(b"rescueui-glyph-check 1; echo GLYPHS=$?\n")
+        text = vm.wait_for([r"GLYPHS=\d"], 60)
+        g = re.search(r"(tty1: .*)\n(.*\n)*?GLYPHS=(\d)", text)
+        if g is None or g.group(3) != "0":
+            raise TestFailure(f"glyph check of tty1: {g.group(1) if g else tail(text, 5)}")
+        log(f"boot A: {g.group(1).strip()}")
 
 
 def unattended_args(
