@@ -61,8 +61,8 @@ class ReportScreen(StepScreen):
             banner = " FAILED: CHECKSUM MISMATCH - THE IMAGE IS DAMAGED "
         yield Static(Text(f"{self.job.kind.upper()}: {banner}", style="bold reverse"), id="banner")
         with VerticalScroll(id="report-box"):
-            # inside the box: its border (2) and a scroll bar (1)
-            width = max(self.app.size.width - 3, 40)
+            # inside the box: its border (2) and a vertical scroll bar (2)
+            width = max(self.app.size.width - 4, 40)
             yield Static(report_body(self.job.report, self.job.error, width), id="report")
         yield Footer()
 
