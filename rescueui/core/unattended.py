@@ -734,8 +734,15 @@ def _plan_and_restore(
 
     say("pre-flight ...")
     plan = restore_mod.plan_restore(
-        image_dir, confirmed, verify=opts.verify, grow=opts.grow, accept_warnings=not opts.strict
+        image_dir,
+        confirmed,
+        verify=opts.verify,
+        grow=opts.grow,
+        accept_warnings=not opts.strict,
+        # who accepted the warnings, for the report
+        acknowledged_by="rescueui unattended (kernel command line; rescueui.strict=1 refuses warnings)",
     )
+
     findings = list(getattr(plan, "findings", []) or [])
     for f in findings:
         detail = f" ({f.detail})" if getattr(f, "detail", "") else ""
