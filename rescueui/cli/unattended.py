@@ -122,8 +122,11 @@ def run(args: argparse.Namespace) -> int:
         result = UnattendedResult("failed", f"{type(exc).__name__}: {exc}", written=True)
     say(f"RESULT {result.outcome}: {result.message}")
     _done(done_file, result.outcome)
+    # Finished: a SIGTERM from here on (the power-off below) just ends the process.
+    code = {"success": 0, "aborted": 3}.get(result.outcome, 1)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(code))
     _maybe_poweroff(opts, result, say, args.no_poweroff)
-    return {"success": 0, "aborted": 3}.get(result.outcome, 1)
+    return code
 
 
 def _maybe_poweroff(
