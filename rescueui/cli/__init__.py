@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from rescueui import __version__
 from rescueui.core.errors import RescueError
 
-COMMANDS = ("disks", "host", "capture", "restore", "verify", "preflight")
+COMMANDS = ("disks", "host", "capture", "restore", "verify", "preflight", "unattended")
 
 
 def build_parser() -> argparse.ArgumentParser:
