@@ -13,6 +13,7 @@ import pytest
 from rescueui.core.disks import (
     REASON_BOOT,
     REASON_IMAGE,
+    REASON_OPTICAL,
     REASON_READ_ONLY,
     REASON_SWAP,
     Disk,
@@ -23,6 +24,8 @@ from rescueui.core.disks import (
     devnum_of,
     disk_of_path,
     find_disk,
+    is_listed,
+    is_optical,
     scan_disks,
     whole_disk_devnum,
 )
@@ -235,6 +238,7 @@ def test_empty_and_ram_devices_not_listed(loops: LoopFactory) -> None:
     listed = {d.name for d in scan_disks()}
     assert not listed & empty
     assert not any(n.startswith(("ram", "zram")) for n in listed)
+    assert all(is_listed(n, 1) for n in listed)  # no floppy drive (fd0) either
 
 
 @real
@@ -332,6 +336,54 @@ def test_classify_clean_disk_is_target() -> None:
     disk = _disk(partitions=[_part("sdb1", 1)])
     classify(disk, boot={(8, 0)}, image=set())
     assert disk.reasons == [] and disk.targetable and disk.roles == set()
+
+
+@pytest.mark.parametrize(
+    ("name", "size", "listed"),
+    [
+        ("fd0", 4096, False),  # QEMU's default floppy drive was shown as "target ok"
+        ("fd1", 1474560, False),
+        ("ram0", 16 * MiB, False),
+        ("zram0", 4096 * MiB, False),
+        ("sda", 0, False),  # no medium
+        ("sr0", 0, False),  # empty CD drive
+        ("sr0", 700 * MiB, True),  # a disc: listed, with a reason
+        ("sda", 8 * MiB, True),
+        ("vda", 8 * MiB, True),
+        ("nvme0n1", 8 * MiB, True),
+        ("loop3", 8 * MiB, True),
+    ],
+)
+def test_is_listed(name: str, size: int, listed: bool) -> None:
+    assert is_listed(name, size) is listed
+
+
+def test_optical_drive_listed_but_never_a_target() -> None:
+    assert is_optical("sr0") and is_optical("sr12")
+    assert not is_optical("sda") and not is_optical("srv") and not is_optical("fd0")
+    disk = _disk(path="/dev/sr0", name="sr0", devnum=(11, 0), read_only=True)
+    classify(disk, boot=set(), image=set())
+    assert disk.reasons == [REASON_OPTICAL]  # "read-only" is implied, not repeated
+    assert not disk.targetable and disk.never_target and disk.roles == set()
+    boot_disc = _disk(path="/dev/sr0", name="sr0", devnum=(11, 0), read_only=True)
+    classify(boot_disc, boot={(11, 0)}, image=set())
+    assert boot_disc.reasons == [REASON_BOOT, REASON_OPTICAL]
+
+
+def test_never_target_only_for_boot_image_and_optical() -> None:
+    """A mounted or read-only disk can be freed by the technician; boot/image media cannot."""
+    mounted = _disk(mountpoints=["/mnt"], read_only=True)
+    classify(mounted, boot=set(), image=set())
+    assert not mounted.targetable and not mounted.never_target
+    image = _disk()
+    classify(image, boot=set(), image={(8, 16)})
+    assert image.never_target
+    boot = _disk()
+    classify(boot, boot={(8, 16)}, image=set())
+    assert boot.never_target
+    clean = _disk()
+    classify(clean, boot=set(), image=set())
+    assert clean.targetable and not clean.never_target
 
 
 def test_classify_many_mounts_and_virtual() -> None:

@@ -34,8 +34,16 @@ REASON_SWAP = "in use by swap"
 REASON_MOUNTED = "mounted"  # "mounted: /mnt/x" or "mounted: /mnt/x (sdb1)"
 REASON_HOLDERS = "in use by md/dm"  # "in use by md/dm: dm-0"
 REASON_VIRTUAL = "virtual device (md/dm): restore to the disks beneath it"
+REASON_OPTICAL = "optical drive (read-only medium)"
 
+NEVER_TARGET_ROLES = frozenset({"boot", "image"})
+"""Roles that no action of the technician (unmounting, swapoff...) can clear."""
+
+# Block devices that are never disks of the server: RAM disks, compressed swap in RAM, and
+# floppy drives (QEMU's default ``fd0`` is a 4 KiB drive with no medium). Not listed at all.
 _SKIP_PREFIXES = ("ram", "zram")
+_FLOPPY = re.compile(r"fd\d+")
+_OPTICAL = re.compile(r"sr\d+")  # CD/DVD drives: listed (the boot or image disc), never a target
 
 
 @dataclass
@@ -99,6 +107,11 @@ class Disk:
     @property
     def targetable(self) -> bool:
         return not self.reasons
+
+    @property
+    def never_target(self) -> bool:
+        """Boot or image medium, or an optical drive: not a target whatever the technician does."""
+        return bool(self.roles & NEVER_TARGET_ROLES) or REASON_OPTICAL in self.reasons
 
     @property
     def title(self) -> str:
@@ -434,6 +447,9 @@ def classify(disk: Disk, *, boot: set[DevNum], image: set[DevNum]) -> None:
     if disk.devnum in image:
         roles.add("image")
         reasons.append(REASON_IMAGE)
+    optical = is_optical(disk.name)
+    if optical:
+        reasons.append(REASON_OPTICAL)
     if disk.bus in ("md", "dm"):
         reasons.append(REASON_VIRTUAL)
     if disk.mountpoints:
@@ -451,7 +467,7 @@ def classify(disk: Disk, *, boot: set[DevNum], image: set[DevNum]) -> None:
     for p in disk.partitions:
         if p.holders:
             reasons.append(f"{REASON_HOLDERS}: {', '.join(p.holders)} ({p.name})")
-    if disk.read_only:
+    if disk.read_only and not optical:
         reasons.append(REASON_READ_ONLY)
     disk.roles = roles
     disk.reasons = reasons
@@ -462,8 +478,20 @@ def udev_running() -> bool:
     return os.path.exists("/run/udev/control")
 
 
-def _skip(name: str, size_bytes: int) -> bool:
-    return name.startswith(_SKIP_PREFIXES) or size_bytes == 0
+def is_optical(name: str) -> bool:
+    """A CD/DVD drive (``sr0``): its disc is read-only, so it is listed but never a target."""
+    return _OPTICAL.fullmatch(name) is not None
+
+
+def is_listed(name: str, size_bytes: int) -> bool:
+    """Whether a whole block device belongs in the disk list.
+
+    Not listed: RAM disks (``ram*``), compressed RAM swap (``zram*``), floppy drives
+    (``fd*``) and devices without a medium (size 0, e.g. an empty card reader or CD drive).
+    """
+    if name.startswith(_SKIP_PREFIXES) or _FLOPPY.fullmatch(name):
+        return False
+    return size_bytes > 0
 
 
 def scan_disks(
@@ -499,7 +527,7 @@ def scan_disks(
         if dev.device_number == 0:
             continue
         size = _read_int(Path(dev.sys_path) / "size") * SECTOR
-        if _skip(dev.sys_name, size):
+        if not is_listed(dev.sys_name, size):
             continue
         disks[dev.sys_path] = _disk(dev, mounts, swaps)
     for dev in context.list_devices(subsystem="block", DEVTYPE="partition"):
