@@ -409,9 +409,10 @@ def test_target_changed_between_plan_and_restore_writes_nothing(
     if r.returncode != 0:
         pytest.skip(f"{a.path} was taken by another process: {r.stderr}")
     try:
-        report = run_restore(plan)
+        with pytest.raises(TargetChangedError, match="not the device you confirmed") as excinfo:
+            run_restore(plan)
+        report = excinfo.value.report
         assert report.outcome == "failed"
-        assert isinstance(report.exception, TargetChangedError)
         assert "not the device you confirmed" in report.error
         assert report.report_files  # a refused job still writes its report
     finally:
@@ -427,11 +428,15 @@ def test_second_writer_refused_by_the_lock(
     target = loops.create(64, fill="random")
     before = sha(target.backing)
     plan = plan_restore(sources["gpt"]["image"], confirmed(target.path), accept_warnings=True)
-    with WriterLock("/dev/other", job="capture"):
-        report = run_restore(plan)
+    with (
+        WriterLock("/dev/other", job="capture"),
+        pytest.raises(LockError, match=f"process {os.getpid()}") as excinfo,
+    ):
+        run_restore(plan)
+    report = excinfo.value.report
     assert report.outcome == "failed"
-    assert isinstance(report.exception, LockError)
     assert f"process {os.getpid()}" in report.error
+    assert report.report_files
     assert sha(target.backing) == before
 
 

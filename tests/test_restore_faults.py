@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -149,11 +150,17 @@ def corrupt_one_chunk(image: Path, stream_name: str, min_index: int = 1) -> tupl
     return chunk.index, offset
 
 
-def check_stopped_at(report: Any, stream: str, index: int, offset: int) -> None:
+def restore_stopped_at(plan: Any, stream: str, index: int, offset: int) -> Any:
+    """Run the restore; it must raise CorruptImageError at that chunk. Returns the report."""
+    where = f"stream '{stream}', chunk {index} (disk offset {offset})"
+    with pytest.raises(CorruptImageError, match=re.escape(where)) as excinfo:
+        restore(plan)
+    report = excinfo.value.report
     assert report.outcome == "failed"
-    assert isinstance(report.exception, CorruptImageError)
-    assert f"stream '{stream}', chunk {index} (disk offset {offset})" in report.error
+    assert where in report.error
     assert "Nothing from this chunk on was written" in (report.hint or "")
+    assert report.report_files
+    return report
 
 
 @pytest.mark.root
@@ -164,8 +171,7 @@ def test_corrupt_chunk_stops_the_restore_at_that_chunk(loops: LoopFactory, tmp_p
     target = loops.create(64, fill="random")
     before_tail = sha(target.backing, offset, None)
     plan = plan_restore(image, confirmed(target.path), accept_warnings=True)
-    report = restore(plan)
-    check_stopped_at(report, "p2", index, offset)
+    report = restore_stopped_at(plan, "p2", index, offset)
     # Nothing from the bad chunk's offset onward was written ...
     assert sha(target.backing, offset, None) == before_tail
     # ... and everything before it was (it is identical to the source).
@@ -178,8 +184,8 @@ def test_corrupt_chunk_in_a_file_target(file_image: dict[str, Path], tmp_path: P
     index, offset = corrupt_one_chunk(img, "p1", min_index=0)
     target = random_target(tmp_path / "target.img")
     before = target.read_bytes()
-    report = restore(plan_restore(img, confirm_target(target, "target.img"), accept_warnings=True))
-    check_stopped_at(report, "p1", index, offset)
+    plan = plan_restore(img, confirm_target(target, "target.img"), accept_warnings=True)
+    restore_stopped_at(plan, "p1", index, offset)
     after = target.read_bytes()
     assert after[offset:] == before[offset:]
     assert after[:offset] == file_image["source"].read_bytes()[:offset]
@@ -214,9 +220,10 @@ def test_io_error_mid_write_names_device_and_offset(
     plan = plan_restore(
         file_image["image"], confirm_target(target, "target.img"), accept_warnings=True
     )
-    report = restore(plan)
+    with pytest.raises(RestoreError, match=re.escape(str(target))) as excinfo:
+        restore(plan)
+    report = excinfo.value.report
     assert report.outcome == "failed"
-    assert isinstance(report.exception, RestoreError)
     assert str(target) in report.error
     assert failed_at and f"byte {failed_at[0]}" in report.error
     for w in words:

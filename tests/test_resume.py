@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from rescueui.core import journal as journal_mod
+from rescueui.core.errors import CancelledError
 from rescueui.core.identity import confirm_target, identity_of
 from rescueui.core.journal import Journal, find_journal
 from rescueui.core.progress import Progress
@@ -100,8 +101,11 @@ def cancelled_restore(random_image: dict[str, Path], target: Path) -> Any:
     )
     plan.checkpoint_bytes = 4 * MiB
     stopper = CancelAt(0.2)  # 40 % of the write phase (the job is write + verify)
-    report = restore(plan, progress=stopper, cancel=stopper.event)
+    with pytest.raises(CancelledError) as excinfo:
+        restore(plan, progress=stopper, cancel=stopper.event)
+    report = excinfo.value.report
     assert report.outcome == "cancelled", report.error
+    assert report.report_files
     assert "--resume" in (report.hint or "")
     return report
 

@@ -34,7 +34,12 @@ import sys
 from typing import Any
 
 from rescueui.cli.progress_display import ProgressDisplay
-from rescueui.core.errors import RescueError, TargetChangedError, UnsafeTargetError
+from rescueui.core.errors import (
+    CancelledError,
+    RescueError,
+    TargetChangedError,
+    UnsafeTargetError,
+)
 from rescueui.core.units import human_duration, human_rate, human_size
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
@@ -231,27 +236,40 @@ def run(args: argparse.Namespace) -> int:
         return exc.exit_code
 
     with cancel_on_interrupt() as cancel:
-        if args.quiet:
-            report = restore(plan, cancel=cancel)
-        else:
-            display = RestoreDisplay("restore")
-            with display:
-                report = restore(plan, progress=display.callback, cancel=cancel)
+        try:
+            if args.quiet:
+                report = restore(plan, cancel=cancel)
+            else:
+                display = RestoreDisplay("restore")
+                with display:
+                    report = restore(plan, progress=display.callback, cancel=cancel)
+        except RescueError as exc:
+            return _failed(exc, as_json=args.json)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
-    if report.ok:
-        if not args.json:
-            print(report.text, end="")
-            for path in report.report_files:
-                print(f"Report: {path}")
-        return 0
-    exc = getattr(report, "exception", None)
-    where = f" Report: {report.report_files[0]}" if report.report_files else ""
-    state = "cancelled" if report.outcome == "cancelled" else "FAILED"
-    msg = report.error or "unknown error"
-    hint = f" {report.hint}" if report.hint else ""
+    if not args.json:
+        print(report.text, end="")
+        for path in report.report_files:
+            print(f"Report: {path}")
+    return 0
+
+
+def _failed(exc: RescueError, *, as_json: bool) -> int:
+    """One paragraph on stderr for a failed or cancelled restore; the exit status."""
+    report = getattr(exc, "report", None)
+    if report is not None and as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+    files = report.report_files if report is not None else []
+    where = f" Report: {files[0]}" if files else ""
+    cancelled = isinstance(exc, CancelledError) or (
+        report is not None and report.outcome == "cancelled"
+    )
+    state = "cancelled" if cancelled else "FAILED"
+    msg = (report.error if report is not None else None) or exc.message or "unknown error"
+    hint_text = (report.hint if report is not None else None) or exc.hint
+    hint = f" {hint_text}" if hint_text else ""
     _say(f"rescueui restore {state}: {msg}{hint}{where}")
-    return int(getattr(exc, "exit_code", 1) or 1)
+    return int(exc.exit_code or 1)
 
 
 class RestoreDisplay(ProgressDisplay):

@@ -4,8 +4,10 @@
 
     confirmed = confirm_target("/dev/sdb", typed_code)          # identity.py
     plan = plan_restore(image_dir, confirmed)                     # fit + safety + pre-flight
-    report = restore(plan, progress=callback, cancel=event)       # writes, verifies, reports
-    if not report.ok: ...                                         # report.error / report.hint
+    try:
+        report = restore(plan, progress=callback, cancel=event)   # writes, verifies, reports
+    except RescueError as exc:                                    # failed or cancelled:
+        report = exc.report                                       # written all the same
 
 :func:`plan_restore` writes nothing; it raises on anything that refuses the job (image
 damaged, target unsafe or too small, pre-flight stop or unacknowledged warnings).
@@ -15,10 +17,15 @@ opens it with ``O_EXCL``, writes (whole disk: the partition tables first — the
 ``head`` and GPT ``tail`` streams, bit for bit —, then every stream at its place and the
 uncovered ranges of the image extent as zeros; partition mode: one stream into the
 partition), ``fdatasync`` s, reads everything back with ``O_DIRECT`` and compares the
-hashes, then tells the kernel about the new partitions. It always returns a
-:class:`~rescueui.core.report.JobReport` (also written next to the image, in
-``IMAGE_DIR/reports``); ``report.outcome`` is ``"success"`` only if every step passed.
-The exception that ended a failed job is kept as ``report.exception``.
+hashes, then tells the kernel about the new partitions. Like
+:func:`rescueui.core.capture.capture` and :func:`rescueui.core.verify.verify_image`, it
+returns the :class:`~rescueui.core.report.JobReport` (also written next to the image, in
+``IMAGE_DIR/reports``) only on success (``report.outcome == "success"``). On failure or
+cancel it writes the report first (outcome ``"failed"`` / ``"cancelled"``), then raises a
+:class:`~rescueui.core.errors.RescueError` (``CancelledError``, ``RestoreError``,
+``CorruptImageError``, ``TargetChangedError``, ``LockError``, ...) with that report
+attached as ``exc.report``. An unexpected exception (a bug) is wrapped into a
+``RescueError`` saying so, also with ``exc.report``; the original is its ``__cause__``.
 
 An interrupted restore leaves a journal (see :mod:`rescueui.core.journal`); with
 ``resume=True`` the restore re-verifies what the journal says is on the disk and
@@ -386,7 +393,11 @@ def restore(
     progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
 ) -> JobReport:
-    """Run the planned restore; always returns the (written) report. See the module doc."""
+    """Run the planned restore; return the (written) report on success.
+
+    On failure or cancel the report is written too, then the :class:`RescueError` is raised
+    with it as ``exc.report`` (see the module doc).
+    """
     ident = plan.identity
     image = plan.image
     segments = _segments(plan)
@@ -429,7 +440,9 @@ def restore(
             "the image before it was written, but the disk was not read back."
         )
     job = _RestoreJob(plan, segments, report, progress, cancel)
-    outcome, error = "success", None
+    outcome: str = "success"
+    error: RescueError | None = None
+    cause: BaseException | None = None
     try:
         job.run()
         for s in report.streams:
@@ -439,7 +452,7 @@ def restore(
     except RescueError as exc:
         outcome, error = "failed", exc
     except Exception as exc:  # a bug: still a report and a clear outcome, never "success"
-        outcome = "failed"
+        outcome, cause = "failed", exc
         error = RescueError(
             f"Internal error during the restore: {type(exc).__name__}: {exc}.",
             hint="The target may be partly written. Report this bug with the report file; "
@@ -454,9 +467,12 @@ def restore(
         with contextlib.suppress(Exception):
             image.close()
     report.finish(outcome, error)
-    if error is not None:
-        report.exception = error  # type: ignore[attr-defined]
     report.write(_report_dir(image))
+    if error is not None:
+        error.report = report  # type: ignore[attr-defined]
+        if cause is not None:
+            raise error from cause
+        raise error
     return report
 
 

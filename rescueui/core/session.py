@@ -485,7 +485,11 @@ class Session:
     ) -> Any:
         """Plan and run a restore. The pre-flight runs again here: any stop refuses it, and
         so does any warning whose code the operator did not acknowledge (``accepted_codes``,
-        one by one on the pre-flight screen); the acknowledgements go into the report."""
+        one by one on the pre-flight screen); the acknowledgements go into the report.
+
+        Returns the report on success; a failed or cancelled restore raises its
+        ``RescueError`` with the written report as ``exc.report`` (like :meth:`capture`
+        and :meth:`verify`; see :mod:`rescueui.core.restore`)."""
         from rescueui.core.restore import plan_restore, restore
 
         plan = plan_restore(

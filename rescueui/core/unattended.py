@@ -764,7 +764,15 @@ def _plan_and_restore(
     )
     printer = ProgressPrinter(say, progress_interval)
     started = time.monotonic()
-    report = restore_mod.restore(plan, progress=printer, cancel=cancel)
+    try:
+        report = restore_mod.restore(plan, progress=printer, cancel=cancel)
+    except RescueError as exc:
+        # The engine raises a failed or cancelled restore with its written report attached;
+        # that is a FAILED restore (the target may be partly written), not an abort. Without
+        # a report it failed before the job started: the caller reports "nothing written".
+        report = getattr(exc, "report", None)
+        if report is None:
+            raise
     elapsed = time.monotonic() - started
     outcome = getattr(report, "outcome", "failed")
     error = getattr(report, "error", None)

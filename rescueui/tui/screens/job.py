@@ -203,8 +203,6 @@ class JobScreen(StepScreen):
     def job_done(self, report: Any, error: BaseException | None) -> None:
         self.finished = True
         self.report = report
-        if error is None and getattr(report, "outcome", "success") != "success":
-            error = getattr(report, "exception", None)
         self.error = error
         outcome = getattr(report, "outcome", None) or ("failed" if error else "success")
         if isinstance(error, CancelledError):
