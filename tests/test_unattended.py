@@ -3,6 +3,7 @@ real loop disks, aborts that write nothing, and a full unattended restore loop -
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import secrets
@@ -344,6 +345,46 @@ def test_unattended_restore_loop_to_loop(loops, run_dirs: Path, tmp_path: Path) 
     target.umount_all()
     source.umount_all()
     assert any(n.endswith(".json") for n in _list_reports(medium, tmp_path))
+
+
+@pytest.mark.root
+@pytest.mark.udev
+def test_failure_after_writing_began_is_a_failed_restore(  # type: ignore[no-untyped-def]
+    loops, run_dirs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """restore() raises once it has written: that is FAILED (with its report), not an abort."""
+    from rescueui.core.target import TargetHandle
+
+    source = loops.create(32, table="label: gpt\ntype=L\n", fill="random")
+    label = "RUI" + secrets.token_hex(4).upper()
+    medium = _image_medium(loops, tmp_path, label, with_image_of=source.path)
+    target = loops.create(32, fill="random")
+    real = TargetHandle.pwrite
+    failed_at: list[int] = []
+
+    def failing(self: TargetHandle, view: memoryview, offset: int) -> None:
+        if offset >= 4 * MiB:
+            failed_at.append(offset)
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real(self, view, offset)
+
+    monkeypatch.setattr(TargetHandle, "pwrite", failing)
+    lines: list[str] = []
+    opts = parse_cmdline(
+        f"rescueui.unattended=1 rescueui.image={label}:/images/demo "
+        f"rescueui.target=path:{target.path},size:{32 * MiB} rescueui.wait=5"
+    )
+    result = un.run_unattended(opts, lines.append, progress_interval=0.0)
+    log = "\n".join(lines)
+    assert failed_at, log
+    assert result.outcome == "failed" and result.written, log
+    assert "I/O error" in result.message and f"byte {failed_at[0]}" in result.message, log
+    assert not any("nothing written" in line for line in lines), log
+    assert any(line.startswith("restore failed:") for line in lines), log
+    # the failed restore's report lies next to the image
+    reports = _list_reports(medium, tmp_path)
+    assert any(n.startswith("restore-") and n.endswith(".json") for n in reports), reports
+    assert next(Path(p).name for p in result.report_paths if p.suffix == ".json") in reports
 
 
 def test_progress_printer_throttles() -> None:
