@@ -30,7 +30,7 @@ class DisksScreen(StepScreen):
         yield StepsBar(self.STEP, demo=self.session.is_demo)
         yield Static("Disks on this machine. Marked disks are never written to.", id="hint")
         yield DiskTable(id="disks")
-        with VerticalScroll(id="details-box"):
+        with VerticalScroll(id="details-box", classes="disk-details"):
             yield Static(id="details")
         yield Static("", id="status")
         yield Footer()

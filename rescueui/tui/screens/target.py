@@ -35,7 +35,7 @@ class TargetScreen(StepScreen):
             id="hint",
         )
         yield DiskTable(id="targets", extra=("Fit", self._fit))
-        with VerticalScroll(id="details-box"):
+        with VerticalScroll(id="details-box", classes="disk-details"):
             yield Static(id="details")
         yield Static("", id="status")
         yield Footer()

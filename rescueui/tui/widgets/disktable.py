@@ -24,6 +24,17 @@ def disk_status(disk: Any) -> Text:
     return Text(f"no: {disk.reasons[0]}"[:26] if disk.reasons else "not a target")
 
 
+def collapsed(disk: Any) -> bool:
+    """Partition rows of a disk the core says can never be a target (boot/image medium) are
+    folded into the disk row; they stay listed in the details panel."""
+    return bool(disk.partitions) and bool(getattr(disk, "never_target", False))
+
+
+def partitions_note(disk: Any) -> Text:
+    n = len(disk.partitions)
+    return Text(f"  {n} partition{'s' if n != 1 else ''}", style="dim")
+
+
 def part_text(p: Any) -> str:
     bits = [p.fs_type or "", p.label or p.part_label or ""]
     if p.mountpoints:
@@ -57,7 +68,12 @@ def disk_details(disk: Any) -> Text:
 
 
 class DiskTable(DataTable[Any]):
-    """One row per disk followed by one row per partition. Row keys: device paths."""
+    """One row per disk followed by one row per partition. Row keys: device paths.
+
+    A disk that can never be a target (boot or image medium) gets no partition rows, only a
+    "4 partitions" note: on an 80x24 console the boot stick's ISO partitions would otherwise
+    push the real disks below the fold.
+    """
 
     def __init__(
         self, *, id: str | None = None, extra: tuple[str, Callable[[Any], Text]] | None = None
@@ -66,6 +82,7 @@ class DiskTable(DataTable[Any]):
         self.extra = extra
         self.disks: list[Any] = []
         self._row_disk: dict[str, Any] = {}
+        self._folded: dict[str, str] = {}  # partition path -> its disk's row key
 
     def columns_spec(self) -> list[tuple[str, str]]:
         return [
@@ -81,9 +98,13 @@ class DiskTable(DataTable[Any]):
         keep = self.selected_path()
         self.disks = list(disks)
         self._row_disk = {}
+        self._folded = {}
         rows: list[tuple[str, list[Any]]] = []
         for d in self.disks:
             status = self.extra[1](d) if self.extra else disk_status(d)
+            fold = collapsed(d)
+            if fold:
+                status = Text.assemble(status, partitions_note(d))
             rows.append(
                 (
                     d.path,
@@ -98,6 +119,9 @@ class DiskTable(DataTable[Any]):
             )
             self._row_disk[d.path] = d
             for p in d.partitions:
+                if fold:
+                    self._folded[p.path] = d.path
+                    continue
                 rows.append(
                     (
                         p.path,
@@ -112,6 +136,8 @@ class DiskTable(DataTable[Any]):
                 )
                 self._row_disk[p.path] = d
         fill_table(self, self.columns_spec(), rows)
+        if keep is not None:
+            keep = self._folded.get(keep, keep)
         if keep is not None and keep in self._row_disk:
             self.move_cursor(row=self.get_row_index(keep))
 
