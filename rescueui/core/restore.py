@@ -43,10 +43,10 @@ from pathlib import Path
 from typing import Any
 
 from rescueui.core import parttable
+from rescueui.core import preflight as preflight_mod
 from rescueui.core.errors import (
     CancelledError,
     ImageError,
-    PreflightError,
     RescueError,
     TargetTooSmallError,
     UnsafeTargetError,
@@ -68,7 +68,7 @@ from rescueui.core.pipeline import (
 )
 from rescueui.core.progress import ChunkEvent, ProgressCallback, ProgressMeter
 from rescueui.core.report import JobReport
-from rescueui.core.target import check_target_safety, open_target, target_info
+from rescueui.core.target import check_target_safety, open_target
 from rescueui.core.units import MiB, human_size
 
 DEFAULT_WORKERS = 2
@@ -90,7 +90,7 @@ class RestorePlan:
     accepted_codes: tuple[str, ...] = ()  # warnings the operator acknowledged one by one
     findings: list[Any] = field(default_factory=list)
     acknowledgements: list[Any] = field(default_factory=list)
-    target_info: Any = None  # preflight.TargetInfo (or target.TargetInfo)
+    target_info: preflight_mod.TargetInfo | None = None
     disk: Any = None  # disks.Disk of the target's disk (None for files / unknown)
     needed_bytes: int = 0
     stream: StreamEntry | None = None  # partition mode: the image partition restored
@@ -110,7 +110,7 @@ class RestorePlan:
     def destroys(self) -> list[str]:
         """What is on the target now and will be overwritten (for the confirmation screen)."""
         if self.disk is None and self.target_info is not None:
-            parts = getattr(self.target_info, "partitions", None) or []
+            parts = self.target_info.partitions
             if parts:
                 lines = [f"{self.identity.path}: {human_size(self.identity.size_bytes)}"]
                 for p in parts:
@@ -185,15 +185,14 @@ def check_fit(ident: DiskIdentity, needed: int, what: str) -> None:
 def run_preflight_hook(
     image: Image,
     ident: DiskIdentity,
-    disk: Any,
     *,
     partition: int | None,
     grow: bool,
     accept_warnings: bool,
     accepted_codes: Iterable[str] = (),
     acknowledged_by: str | None = None,
-) -> tuple[list[Any], list[Any], Any]:
-    """Call the pre-flight module if it exists; returns (findings, acknowledgements, target info).
+) -> tuple[list[Any], list[Any], preflight_mod.TargetInfo]:
+    """Run the pre-flight checks; returns (findings, acknowledgements, target info).
 
     A "stop" finding raises PreflightError; a "warn" finding raises it too unless
     ``accept_warnings`` (all of them) or its code is in ``accepted_codes`` (acknowledged one
@@ -201,49 +200,16 @@ def run_preflight_hook(
     ``"--accept-warnings"`` or ``"operator"``). Kept in one place so the front ends can wire
     it their way.
     """
-    codes = list(accepted_codes)
     by = acknowledged_by or ("--accept-warnings" if accept_warnings else "operator")
-    info: Any = target_info(ident, disk)
-    try:
-        from rescueui.core import preflight
-    except ImportError:
-        return [], [], info
-    run = getattr(preflight, "run_preflight", None)
-    if run is None:
-        return [], [], info
-    pinfo_cls = getattr(preflight, "TargetInfo", None)
-    if pinfo_cls is not None and hasattr(pinfo_cls, "from_path"):
-        with contextlib.suppress(RescueError):
-            info = pinfo_cls.from_path(ident.path, image_paths=[image.dir])
-    try:
-        findings = list(run(image, info, partition=partition, grow=grow))
-    except TypeError:
-        findings = list(run(image, info, partition=partition))
-    gate = getattr(preflight, "gate", None)
-    if gate is not None:
-        acks = list(
-            gate(findings, accepted_codes=codes, accept_all_warnings=accept_warnings, by=by)
-        )
-        return findings, acks, info
-    stops = [f for f in findings if getattr(f, "level", "") == "stop"]
-    warns = [
-        f
-        for f in findings
-        if getattr(f, "level", "") == "warn" and getattr(f, "code", None) not in codes
-    ]
-    if stops:
-        raise PreflightError(
-            "Pre-flight check stopped the restore: " + "; ".join(f.message for f in stops) + ".",
-            hint="Nothing was written.",
-        )
-    if warns and not accept_warnings:
-        raise PreflightError(
-            "Pre-flight warnings need acknowledgement: "
-            + "; ".join(f.message for f in warns)
-            + ".",
-            hint="Nothing was written. Run again with --accept-warnings to go ahead anyway.",
-        )
-    return findings, [], info
+    info = preflight_mod.TargetInfo.from_path(ident.path, image_paths=[image.dir])
+    findings = preflight_mod.run_preflight(image, info, partition=partition, grow=grow)
+    acks = preflight_mod.gate(
+        findings,
+        accepted_codes=list(accepted_codes),
+        accept_all_warnings=accept_warnings,
+        by=by,
+    )
+    return findings, list(acks), info
 
 
 def plan_restore(
@@ -308,12 +274,11 @@ def plan_restore(
             check_fit(ident, needed, f"partition {partition} of the image")
         findings: list[Any] = []
         acks: list[Any] = []
-        info: Any = target_info(ident, disk)
+        info: preflight_mod.TargetInfo | None = None
         if preflight:
             findings, acks, info = run_preflight_hook(
                 image,
                 ident,
-                disk,
                 partition=partition,
                 grow=grow,
                 accept_warnings=accept_warnings,

@@ -20,31 +20,14 @@ import errno
 import fcntl
 import os
 import stat
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from rescueui.core import blockdev
+from rescueui.core import blockdev, mounts
+from rescueui.core.disks import DEFAULT_LIVE_MOUNTS, Disk, find_disk
 from rescueui.core.errors import DiskError, RestoreError, UnsafeTargetError
 from rescueui.core.identity import ConfirmedTarget, DiskIdentity, recheck
 
-LIVE_MOUNTS: tuple[str, ...] = ("/", "/run/live/medium", "/lib/live/mount/medium")
-
-
-@dataclass
-class TargetInfo:
-    """What pre-flight needs to know about a target (see API.md)."""
-
-    path: str
-    size_bytes: int
-    logical_sector_size: int
-    physical_sector_size: int
-    bus: str
-    kind: str  # "block" | "file"
-    partitions: list[dict[str, Any]] = field(default_factory=list)
-    model: str | None = None
-    serial: str | None = None
-    is_partition: bool = False
+LIVE_MOUNTS: tuple[str, ...] = DEFAULT_LIVE_MOUNTS
 
 
 # ---------------------------------------------------------------- sysfs helpers
@@ -97,47 +80,23 @@ def _devnum_of_fs(path: str | Path) -> tuple[int, int] | None:
 
 def _mounted_devnums() -> dict[tuple[int, int], list[str]]:
     """Device number -> mountpoints, from /proc/self/mountinfo."""
-    out: dict[tuple[int, int], list[str]] = {}
-    try:
-        text = Path("/proc/self/mountinfo").read_text()
-    except OSError:
-        return out
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) < 5:
-            continue
-        a, _, b = parts[2].partition(":")
-        with contextlib.suppress(ValueError):
-            mp = parts[4].replace("\\040", " ")
-            out.setdefault((int(a), int(b)), []).append(mp)
-    return out
+    return {
+        dev: [e.mountpoint for e in entries]
+        for dev, entries in mounts.mounts_by_devnum(mounts.read_mountinfo()).items()
+    }
 
 
 def _swap_devnums() -> set[tuple[int, int]]:
-    out: set[tuple[int, int]] = set()
-    try:
-        lines = Path("/proc/swaps").read_text().splitlines()[1:]
-    except OSError:
-        return out
-    for line in lines:
-        name = line.split()[0] if line.split() else ""
-        with contextlib.suppress(OSError):
-            st = os.stat(name.replace("\\040", " "))
-            if stat.S_ISBLK(st.st_mode):
-                out.add((os.major(st.st_rdev), os.minor(st.st_rdev)))
-    return out
+    """Block devices (not the filesystems of swap files) in use as swap."""
+    return mounts.swap_devnums(e for e in mounts.read_swaps() if e.kind == "partition")
 
 
 def _swap_files() -> set[tuple[int, int]]:
+    """(st_dev, st_ino) of the active swap files."""
     out: set[tuple[int, int]] = set()
-    try:
-        lines = Path("/proc/swaps").read_text().splitlines()[1:]
-    except OSError:
-        return out
-    for line in lines:
-        name = line.split()[0] if line.split() else ""
+    for entry in mounts.read_swaps():
         with contextlib.suppress(OSError):
-            st = os.stat(name.replace("\\040", " "))
+            st = os.stat(entry.filename)
             if stat.S_ISREG(st.st_mode):
                 out.add((st.st_dev, st.st_ino))
     return out
@@ -190,43 +149,35 @@ def _own_block_reasons(
 
 def _disks_module_reasons(
     ident: DiskIdentity, image_dir: Path | None, live_mounts: tuple[str, ...]
-) -> tuple[list[str], Any]:
-    """Reasons from rescueui.core.disks (DISKS), and its Disk record (None if unavailable)."""
-    try:
-        from rescueui.core import disks as disks_mod
-    except ImportError:
-        return [], None
-    kwargs: dict[str, Any] = {"live_mounts": list(live_mounts)}
-    if image_dir is not None:
-        kwargs["image_paths"] = [str(image_dir)]
-    try:
-        found = disks_mod.find_disk(ident.path, **kwargs)
-    except TypeError:  # older signature
-        found = disks_mod.find_disk(ident.path)
+) -> tuple[list[str], Disk | None]:
+    """Reasons from the disk classification (:mod:`rescueui.core.disks`), and its Disk record."""
+    found = find_disk(
+        ident.path,
+        live_mounts=list(live_mounts),
+        image_paths=[str(image_dir)] if image_dir is not None else [],
+    )
     if found is None:
         return [], None
+    if not ident.partition:
+        return list(found.reasons), found
+    # A partition restore: the parent disk's other partitions being mounted is fine; what
+    # matters is the partition itself and the disk's roles.
     reasons: list[str] = []
-    if ident.partition:
-        # A partition restore: the parent disk's own partitions being mounted elsewhere is
-        # fine; what matters is the partition itself and the disk's roles.
-        roles = set(getattr(found, "roles", set()) or set())
-        if "boot" in roles:
-            reasons.append("it is on the boot medium")
-        if "image" in roles:
-            reasons.append("it is on the disk that holds the image")
-        for part in getattr(found, "partitions", []):
-            if tuple(part.devnum) == ident.devnum:
-                reasons += [f"mounted on {mp}" for mp in part.mountpoints]
-                if part.swap:
-                    reasons.append("in use as swap")
-                if part.holders:
-                    reasons.append(f"in use by {', '.join(part.holders)}")
-                if part.read_only:
-                    reasons.append("read-only")
-        if getattr(found, "read_only", False):
-            reasons.append("read-only")
-    else:
-        reasons += list(getattr(found, "reasons", []))
+    if "boot" in found.roles:
+        reasons.append("it is on the boot medium")
+    if "image" in found.roles:
+        reasons.append("it is on the disk that holds the image")
+    for part in found.partitions:
+        if tuple(part.devnum) == ident.devnum:
+            reasons += [f"mounted on {mp}" for mp in part.mountpoints]
+            if part.swap:
+                reasons.append("in use as swap")
+            if part.holders:
+                reasons.append(f"in use by {', '.join(part.holders)}")
+            if part.read_only:
+                reasons.append("read-only")
+    if found.read_only:
+        reasons.append("read-only")
     return reasons, found
 
 
@@ -235,7 +186,7 @@ def check_target_safety(
     *,
     image_dir: str | Path | None = None,
     live_mounts: tuple[str, ...] = LIVE_MOUNTS,
-) -> Any:
+) -> Disk | None:
     """Refuse (UnsafeTargetError) a target that must not be overwritten; never opens it.
 
     Returns the DISKS module's ``Disk`` record of the target's disk when available
@@ -272,60 +223,6 @@ def check_target_safety(
             "disks can be targets), or unmount what is in use first.",
         )
     return found
-
-
-def target_info(ident: DiskIdentity, disk: Any = None) -> TargetInfo:
-    """TargetInfo for pre-flight, from an identity and (optionally) the DISKS record."""
-    if ident.kind == "file":
-        return TargetInfo(
-            path=ident.path,
-            size_bytes=ident.size_bytes,
-            logical_sector_size=512,
-            physical_sector_size=512,
-            bus="file",
-            kind="file",
-        )
-    lss = pss = 512
-    with contextlib.suppress(Exception):
-        lss = blockdev.logical_sector_size(ident.path)
-        pss = blockdev.physical_sector_size(ident.path)
-    parts: list[dict[str, Any]] = []
-    bus = "unknown"
-    if disk is not None:
-        bus = str(getattr(disk, "bus", "unknown"))
-        for p in getattr(disk, "partitions", []):
-            to_dict = getattr(p, "to_dict", None)
-            if callable(to_dict):
-                parts.append(to_dict())
-            else:
-                parts.append(
-                    {
-                        k: getattr(p, k, None)
-                        for k in (
-                            "path",
-                            "number",
-                            "start_bytes",
-                            "size_bytes",
-                            "fs_type",
-                            "label",
-                            "part_label",
-                        )
-                    }
-                )
-    elif ident.backing_file:
-        bus = "loop"
-    return TargetInfo(
-        path=ident.path,
-        size_bytes=ident.size_bytes,
-        logical_sector_size=lss,
-        physical_sector_size=pss,
-        bus=bus,
-        kind="block",
-        partitions=parts,
-        model=ident.model,
-        serial=ident.serial,
-        is_partition=ident.partition,
-    )
 
 
 # ---------------------------------------------------------------- opening
