@@ -24,7 +24,6 @@ import errno
 import itertools
 import math
 import os
-import shutil
 import stat
 import subprocess
 import threading
@@ -55,6 +54,7 @@ from rescueui.core.image import (
 )
 from rescueui.core.progress import ChunkEvent, ProgressCallback, ProgressMeter
 from rescueui.core.report import JobReport, now_iso
+from rescueui.core.tools import find_tool
 from rescueui.core.units import human_size
 
 REPORTS_SUBDIR = "reports"
@@ -151,7 +151,7 @@ def plan_streams(
 
 def probe_filesystem(source: str, start: int, size: int) -> tuple[str | None, str | None]:
     """(fs type, label) of the filesystem at ``start`` on ``source`` (blkid low-level probe)."""
-    blkid = shutil.which("blkid")
+    blkid = find_tool("blkid")
     if blkid is None:
         return None, None
     try:

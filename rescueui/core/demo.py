@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from rescueui.core.errors import RescueError, ToolMissingError
+from rescueui.core.tools import find_tool, require_tool
 from rescueui.core.units import MiB
 
 DEMO_VERSION = 2
@@ -75,7 +76,7 @@ def demo_cache_dir() -> Path:
 
 
 def _need_tools() -> None:
-    missing = [t for t in TOOLS if shutil.which(t) is None and not Path("/sbin", t).exists()]
+    missing = [t for t in TOOLS if find_tool(t) is None]
     if missing:
         raise ToolMissingError(
             f"The demo needs {', '.join(missing)}, which is not installed.",
@@ -84,13 +85,11 @@ def _need_tools() -> None:
 
 
 def _tool(name: str) -> str:
-    found = shutil.which(name)
-    if found:
-        return found
-    for d in ("/sbin", "/usr/sbin"):
-        if Path(d, name).exists():
-            return str(Path(d, name))
-    raise ToolMissingError(f"{name} is not installed.", hint="Install it and start the demo again.")
+    return require_tool(
+        name,
+        message=f"{name} is not installed.",
+        hint=f"Install the Debian packages: apt-get install {' '.join(DEBIAN_PACKAGES)}.",
+    )
 
 
 def _run(*cmd: str, input: str | None = None) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-import shutil
 import stat
 import subprocess
 import tempfile
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from rescueui.core import parttable
 from rescueui.core.errors import RestoreError, TargetTooSmallError, ToolMissingError
+from rescueui.core.tools import require_tool
 from rescueui.core.units import MiB, human_size
 
 if TYPE_CHECKING:
@@ -150,13 +150,11 @@ def grown_partition(old: dict[str, Any], new: dict[str, Any]) -> int | None:
 
 
 def _tool(name: str) -> str:
-    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/bin:/bin")
-    if path is None:
-        raise ToolMissingError(
-            f"The program '{name}' is not installed, so the filesystem cannot be grown.",
-            hint="It is part of the live image; the restored data is intact, only not grown.",
-        )
-    return path
+    return require_tool(
+        name,
+        message=f"The program '{name}' is not installed, so the filesystem cannot be grown.",
+        hint="It is part of the live image; the restored data is intact, only not grown.",
+    )
 
 
 def _run(cmd: list[str], what: str, ok_codes: tuple[int, ...] = (0,)) -> str:

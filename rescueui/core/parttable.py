@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import stat
 import subprocess
 from pathlib import Path
 from typing import Any
 
-from rescueui.core.errors import DiskError, ToolMissingError
+from rescueui.core.errors import DiskError
+from rescueui.core.tools import find_tool, require_tool
 
 # Partition types of a DOS extended partition (a container of logical partitions).
 DOS_EXTENDED_TYPES = frozenset({"5", "f", "85"})
@@ -28,13 +28,9 @@ _SAFE_VALUE = re.compile(r"^[0-9A-Za-z_.:,\- ]*$")
 
 
 def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        raise ToolMissingError(
-            f"The program '{name}' is not installed.",
-            hint="It is part of util-linux; install it (it is in the live image).",
-        )
-    return path
+    return require_tool(
+        name, hint="It is part of util-linux; install it (it is in the live image)."
+    )
 
 
 def read_table(path: str | Path) -> dict[str, Any] | None:
@@ -172,6 +168,6 @@ def tell_kernel(path: str | Path) -> None:
     # partx -a fails with "no partitions" on an empty table; that is fine.
     if proc.returncode != 0 and "failed to read partition table" in proc.stderr:
         raise DiskError(f"The kernel could not read the new partition table of {device}.")
-    udevadm = shutil.which("udevadm")
+    udevadm = find_tool("udevadm")
     if udevadm:
         subprocess.run([udevadm, "settle", "--timeout=30"], capture_output=True, check=False)
