@@ -128,3 +128,25 @@ def test_pace_slows_a_job_to_the_simulated_speed() -> None:
 def test_cache_dir_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert demo_cache_dir() == tmp_path / "rescueui" / "demo"
+
+
+def test_demo_builds_with_an_ordinary_users_path(tmp_path: Path) -> None:
+    """A user's PATH on Debian has no /usr/sbin (where sfdisk, blkid and mkfs.* live): the
+    README's first command runs the demo without root, so the engine must still find them."""
+    import sys
+
+    code = (
+        "from pathlib import Path; from rescueui.core.demo import build_demo, DemoEnvironment\n"
+        f"build_demo(Path({str(tmp_path)!r}))\n"
+        f"env = DemoEnvironment.create(Path({str(tmp_path)!r}))\n"
+        "src = [d for d in env.disks() if d.path.endswith('sample-disk.img')][0]\n"
+        "print(sorted((p.fs_type, p.label) for p in src.partitions))\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        env={"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "('ext4', 'rootfs')" in r.stdout and "('vfat', 'EFI')" in r.stdout
