@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-
-from rescueui.core.errors import RescueError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -38,50 +34,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def run(args: argparse.Namespace) -> int:
-    from rescueui.cli.progress_display import ProgressDisplay, cancel_on_interrupt
+    from rescueui.cli.progress_display import run_job
     from rescueui.core.capture import capture
 
-    with cancel_on_interrupt() as cancel:
-        display = ProgressDisplay("capture")
-        try:
-            if args.quiet:
-                report = capture(
-                    args.source,
-                    args.image_dir,
-                    level=args.level,
-                    partitions=args.partition,
-                    allow_mounted_rw=args.allow_mounted,
-                    cancel=cancel,
-                )
-            else:
-                with display:
-                    report = capture(
-                        args.source,
-                        args.image_dir,
-                        level=args.level,
-                        partitions=args.partition,
-                        allow_mounted_rw=args.allow_mounted,
-                        progress=display.callback,
-                        cancel=cancel,
-                    )
-        except RescueError as exc:
-            return failed("capture", exc, args.json)
-    if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
-    else:
-        print(report.text, end="")
-        for path in report.report_files:
-            print(f"Report: {path}")
-    return 0
-
-
-def failed(job: str, exc: RescueError, as_json: bool) -> int:
-    """One paragraph on stderr: the cause, the next step, where the report is."""
-    report = getattr(exc, "report", None)
-    where = ""
-    if report is not None and report.report_files:
-        where = f" Report: {report.report_files[0]}"
-    print(f"rescueui {job}: {exc}{where}", file=sys.stderr)
-    if as_json and report is not None:
-        print(json.dumps(report.to_dict(), indent=2))
-    return exc.exit_code
+    return run_job(
+        "capture",
+        lambda progress, cancel: capture(
+            args.source,
+            args.image_dir,
+            level=args.level,
+            partitions=args.partition,
+            allow_mounted_rw=args.allow_mounted,
+            progress=progress,
+            cancel=cancel,
+        ),
+        quiet=args.quiet,
+        as_json=args.json,
+    )

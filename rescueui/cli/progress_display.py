@@ -7,17 +7,21 @@ times a second). Without a terminal on stderr it prints a plain line every 10 %.
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
+from rescueui.core.errors import CancelledError, RescueError
 from rescueui.core.progress import Progress as Snapshot
+from rescueui.core.progress import ProgressCallback
+from rescueui.core.report import JobReport
 from rescueui.core.units import human_duration, human_rate, human_size
 
 
@@ -102,3 +106,52 @@ def cancel_on_interrupt() -> Iterator[threading.Event]:
     finally:
         signal.signal(signal.SIGINT, old_int)
         signal.signal(signal.SIGTERM, old_term)
+
+
+def job_failed(job: str, exc: RescueError, *, as_json: bool) -> int:
+    """One paragraph on stderr for a failed or cancelled job (cause, next step, report path);
+    the report as JSON on stdout with ``--json``. Returns the exit status."""
+    report = getattr(exc, "report", None)
+    if report is not None and as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+    files = report.report_files if report is not None else []
+    where = f" Report: {files[0]}" if files else ""
+    cancelled = isinstance(exc, CancelledError) or (
+        report is not None and report.outcome == "cancelled"
+    )
+    state = "cancelled" if cancelled else "FAILED"
+    msg = (report.error if report is not None else None) or exc.message or "unknown error"
+    hint_text = (report.hint if report is not None else None) or exc.hint
+    hint = f" {hint_text}" if hint_text else ""
+    print(f"rescueui {job} {state}: {msg}{hint}{where}", file=sys.stderr, flush=True)
+    return int(exc.exit_code or 1)
+
+
+def run_job(
+    job: str,
+    call: Callable[[ProgressCallback | None, threading.Event], JobReport],
+    *,
+    quiet: bool,
+    as_json: bool,
+    display: ProgressDisplay | None = None,
+) -> int:
+    """Run an engine job (capture, verify, restore) the way every CLI command does: Ctrl-C
+    cancels cleanly, progress on stderr unless ``quiet``, the report (text or JSON) on
+    stdout, one paragraph on stderr on failure. Returns the exit status."""
+    with cancel_on_interrupt() as cancel:
+        try:
+            if quiet:
+                report = call(None, cancel)
+            else:
+                shown = display or ProgressDisplay(job)
+                with shown:
+                    report = call(shown.callback, cancel)
+        except RescueError as exc:
+            return job_failed(job, exc, as_json=as_json)
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report.text, end="")
+        for path in report.report_files:
+            print(f"Report: {path}")
+    return 0

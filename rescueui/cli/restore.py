@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import os
 import re
 import sys
@@ -35,7 +34,6 @@ from typing import Any
 
 from rescueui.cli.progress_display import ProgressDisplay
 from rescueui.core.errors import (
-    CancelledError,
     RescueError,
     TargetChangedError,
     UnsafeTargetError,
@@ -192,7 +190,7 @@ def ask_code(code: str, path: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rescueui.cli.progress_display import cancel_on_interrupt
+    from rescueui.cli.progress_display import run_job
     from rescueui.core.identity import confirm_target, confirmation_code, identity_of
     from rescueui.core.restore import plan_restore, restore
 
@@ -235,41 +233,13 @@ def run(args: argparse.Namespace) -> int:
         _say(f"rescueui restore: {exc}")
         return exc.exit_code
 
-    with cancel_on_interrupt() as cancel:
-        try:
-            if args.quiet:
-                report = restore(plan, cancel=cancel)
-            else:
-                display = RestoreDisplay("restore")
-                with display:
-                    report = restore(plan, progress=display.callback, cancel=cancel)
-        except RescueError as exc:
-            return _failed(exc, as_json=args.json)
-    if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
-    if not args.json:
-        print(report.text, end="")
-        for path in report.report_files:
-            print(f"Report: {path}")
-    return 0
-
-
-def _failed(exc: RescueError, *, as_json: bool) -> int:
-    """One paragraph on stderr for a failed or cancelled restore; the exit status."""
-    report = getattr(exc, "report", None)
-    if report is not None and as_json:
-        print(json.dumps(report.to_dict(), indent=2))
-    files = report.report_files if report is not None else []
-    where = f" Report: {files[0]}" if files else ""
-    cancelled = isinstance(exc, CancelledError) or (
-        report is not None and report.outcome == "cancelled"
+    return run_job(
+        "restore",
+        lambda progress, cancel: restore(plan, progress=progress, cancel=cancel),
+        quiet=args.quiet,
+        as_json=args.json,
+        display=RestoreDisplay("restore"),
     )
-    state = "cancelled" if cancelled else "FAILED"
-    msg = (report.error if report is not None else None) or exc.message or "unknown error"
-    hint_text = (report.hint if report is not None else None) or exc.hint
-    hint = f" {hint_text}" if hint_text else ""
-    _say(f"rescueui restore {state}: {msg}{hint}{where}")
-    return int(exc.exit_code or 1)
 
 
 class RestoreDisplay(ProgressDisplay):

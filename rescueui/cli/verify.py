@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-
-from rescueui.core.errors import RescueError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -22,24 +19,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def run(args: argparse.Namespace) -> int:
-    from rescueui.cli.capture import failed
-    from rescueui.cli.progress_display import ProgressDisplay, cancel_on_interrupt
+    from rescueui.cli.progress_display import run_job
     from rescueui.core.verify import verify_image
 
-    with cancel_on_interrupt() as cancel:
-        display = ProgressDisplay("verify")
-        try:
-            if args.quiet:
-                report = verify_image(args.image_dir, cancel=cancel)
-            else:
-                with display:
-                    report = verify_image(args.image_dir, progress=display.callback, cancel=cancel)
-        except RescueError as exc:
-            return failed("verify", exc, args.json)
-    if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
-    else:
-        print(report.text, end="")
-        for path in report.report_files:
-            print(f"Report: {path}")
-    return 0
+    return run_job(
+        "verify",
+        lambda progress, cancel: verify_image(args.image_dir, progress=progress, cancel=cancel),
+        quiet=args.quiet,
+        as_json=args.json,
+    )
