@@ -23,7 +23,7 @@ import stat
 from pathlib import Path
 
 from rescueui.core import blockdev, mounts
-from rescueui.core.disks import DEFAULT_LIVE_MOUNTS, Disk, find_disk
+from rescueui.core.disks import DEFAULT_LIVE_MOUNTS, Disk, find_disk, whole_disk_devnum
 from rescueui.core.errors import DiskError, RestoreError, UnsafeTargetError
 from rescueui.core.identity import ConfirmedTarget, DiskIdentity, recheck
 
@@ -42,17 +42,6 @@ def _read(path: Path) -> str:
         return path.read_text().strip()
     except OSError:
         return ""
-
-
-def whole_disk_of(devnum: tuple[int, int]) -> tuple[int, int]:
-    """Device number of the whole disk a partition (or the disk itself) belongs to."""
-    sysdir = _sys(devnum)
-    if (sysdir / "partition").exists():
-        dev = _read(sysdir.resolve().parent / "dev")
-        if dev:
-            major, minor = dev.split(":")
-            return int(major), int(minor)
-    return devnum
 
 
 def _disk_members(disk: tuple[int, int]) -> list[tuple[int, int]]:
@@ -108,7 +97,7 @@ def boot_disks(live_mounts: tuple[str, ...] = LIVE_MOUNTS) -> set[tuple[int, int
     for mp in live_mounts:
         dn = _devnum_of_fs(mp)
         if dn and dn[0] != 0 and _sys(dn).exists():
-            out.add(whole_disk_of(dn))
+            out.add(whole_disk_devnum(dn) or dn)
     return out
 
 
@@ -121,12 +110,12 @@ def _own_block_reasons(
     """Independent checks from sysfs and /proc (a second layer under disks.scan_disks)."""
     assert ident.devnum is not None
     reasons: list[str] = []
-    disk = whole_disk_of(ident.devnum)
+    disk = whole_disk_devnum(ident.devnum) or ident.devnum
     if disk in boot_disks(live_mounts):
         reasons.append("it is the boot medium (the running system lives on it)")
     if image_dir is not None:
         img = _devnum_of_fs(image_dir)
-        if img and img[0] != 0 and _sys(img).exists() and whole_disk_of(img) == disk:
+        if img and img[0] != 0 and _sys(img).exists() and whole_disk_devnum(img) == disk:
             reasons.append(f"it holds the image {image_dir}")
     # For a whole disk, everything on it counts; for a partition, only the partition.
     members = [ident.devnum] if ident.partition else _disk_members(disk)
