@@ -83,3 +83,8 @@ class LockError(RescueError):
 
 class ToolMissingError(RescueError):
     """An external program the job needs (sfdisk, qemu-img, ...) is not installed."""
+
+
+class JournalError(RescueError):
+    """A restore journal exists but cannot be used (not a regular file, too large, malformed,
+    or not the journal of this image and target); resuming from it is not possible."""
