@@ -354,8 +354,55 @@ def check_zero_segment(seg: Segment) -> None:
 # ------------------------------------------------------------------ errors
 
 
+def _file_full_error(exc: OSError, path: str, offset: int, action: str) -> RestoreError | None:
+    """A full filesystem (or quota, or file size limit) under a file target: not a disk
+    "smaller than it claimed". None when ``path`` is not a regular file or errno is another."""
+    import stat
+
+    from rescueui.core.units import human_size
+
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+    except OSError:
+        return None
+    done = (
+        f"; the first {human_size(offset)} ({offset} bytes) of the image were written"
+        if offset
+        else ""
+    )
+    folder = os.path.dirname(os.path.abspath(path))
+    again = "then run the restore again (or continue it with --resume once there is room)."
+    if exc.errno == errno.ENOSPC:
+        return RestoreError(
+            f"The filesystem holding the target file {path} is full (no space left on it, "
+            f"ENOSPC) while {action} at byte {offset}{done}.",
+            hint=f"Free space there (see `df -h {folder}`) or put the target file on a "
+            f"filesystem with room for the whole disk image, {again}",
+        )
+    if exc.errno == errno.EDQUOT:
+        return RestoreError(
+            f"The disk quota on the filesystem holding the target file {path} is used up "
+            f"(EDQUOT) while {action} at byte {offset}{done}.",
+            hint=f"Free space within the quota or have it raised (see `quota`), or put the "
+            f"target file elsewhere, {again}",
+        )
+    if exc.errno == errno.EFBIG:
+        return RestoreError(
+            f"The target file {path} cannot grow past byte {offset}: the filesystem holding it "
+            f"does not allow files that large (EFBIG; FAT stops at 4 GiB) while {action}{done}.",
+            hint="Put the target file on a filesystem that holds large files (ext4, XFS, exFAT, "
+            "NTFS), then run the restore again.",
+        )
+    return None
+
+
 def device_error(exc: OSError, path: str, offset: int, action: str) -> RestoreError:
     """Turn an OSError on the target into an operator message."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        full = _file_full_error(exc, path, offset, action)
+        if full is not None:
+            return full
     if exc.errno in DEVICE_GONE:
         what = f"{path} disappeared while {action} at byte {offset} ({exc.strerror})"
         hint = (
