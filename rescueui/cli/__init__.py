@@ -9,17 +9,29 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
+from typing import IO
 
 from rescueui import __version__
+from rescueui.cli.output import say
 from rescueui.core.errors import RescueError
+from rescueui.core.text import safe_text
 
 COMMANDS = ("disks", "host", "capture", "restore", "verify", "preflight", "unattended")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse quotes what was typed in its messages (``invalid int value: '...'``): those
+    go through safe_text like every other line (a file name can hold control characters)."""
+
+    def _print_message(self, message: str, file: IO[str] | None = None) -> None:
+        super()._print_message(safe_text(message, newlines=True), file)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="rescueui",
         description="Restore and capture disk images. Without a command, starts the full-screen app.",
     )
@@ -50,15 +62,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         module = importlib.import_module(f"rescueui.cli.{args.command}")
         return int(module.run(args))
     except RescueError as exc:
-        print(f"rescueui: {exc}", file=sys.stderr)
+        say("rescueui: {}", exc)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("rescueui: interrupted", file=sys.stderr)
+        say("rescueui: interrupted")
         return 130
     except BrokenPipeError:
         # Output piped into e.g. `head`, which closed early: not an error of ours.
-        import os
-
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 0
+    except Exception as exc:  # a bug: one paragraph, not a traceback (unless asked for)
+        if os.environ.get("RESCUEUI_DEBUG"):
+            raise
+        say(
+            "rescueui {}: internal error ({}: {}). This is a bug in rescueui, not something "
+            "you did; please report it with the command you ran. Set RESCUEUI_DEBUG=1 to see "
+            "where it happened.",
+            args.command or "app",
+            type(exc).__name__,
+            exc,
+        )
+        return 1

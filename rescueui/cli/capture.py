@@ -3,6 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import re
+
+MIN_LEVEL, MAX_LEVEL = 1, 19
+
+
+def zstd_level(text: str) -> int:
+    """``--level N``: a whole number from 1 to 19 (ASCII digits), else a usage error naming
+    the range."""
+    value = text.strip()
+    if not re.fullmatch(r"[+-]?[0-9]+", value):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a whole number; give a zstd level from {MIN_LEVEL} to {MAX_LEVEL} "
+            "(3, the default, is fast; 19 is about 12% smaller and far slower)"
+        )
+    level = int(value)
+    if not MIN_LEVEL <= level <= MAX_LEVEL:
+        raise argparse.ArgumentTypeError(
+            f"zstd level {level} is out of range; give {MIN_LEVEL} to {MAX_LEVEL} "
+            "(3, the default, is fast; 19 is about 12% smaller and far slower)"
+        )
+    return level
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -15,7 +36,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     )
     p.add_argument("source", metavar="SOURCE", help="disk to capture, e.g. /dev/sda")
     p.add_argument("image_dir", metavar="IMAGE_DIR", help="new or empty folder for the image")
-    p.add_argument("--level", type=int, default=3, metavar="N", help="zstd level 1-19 (default 3)")
+    p.add_argument(
+        "--level",
+        type=zstd_level,
+        default=3,
+        metavar="N",
+        help=f"zstd level {MIN_LEVEL}-{MAX_LEVEL} (default 3)",
+    )
     p.add_argument(
         "--partition",
         type=int,

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
+from rescueui.cli.output import console as safe_console
+from rescueui.cli.output import echo, echo_json, say
 from rescueui.core.disks import DEFAULT_LIVE_MOUNTS, Disk, Partition, scan_disks, udev_running
+from rescueui.core.text import safe_text
 from rescueui.core.units import human_size
 
 
@@ -36,46 +38,58 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     )
 
 
+# Every value from udev (model, serial, labels, mount points, backing files) is shown on one
+# line with its control characters escaped (q); the cell's own line breaks are ours. The
+# console (rescueui.cli.output) reads no markup in cells and escapes them again.
+def q(value: object) -> str:
+    return safe_text(value)
+
+
+def _lines(values: list[str]) -> str:
+    return "\n".join(q(v) for v in values)
+
+
 def _fs_text(fs_type: str | None, label: str | None) -> str:
     if fs_type and label:
-        return f"{fs_type} '{label}'"
-    return fs_type or (f"'{label}'" if label else "")
+        return f"{q(fs_type)} '{q(label)}'"
+    return q(fs_type or "") or (f"'{q(label)}'" if label else "")
 
 
 def _disk_row(disk: Disk) -> list[str]:
-    what = " ".join(x for x in (disk.vendor, disk.model) if x)
+    what = " ".join(q(x) for x in (disk.vendor, disk.model) if x)
     if not what and disk.backing_file:
-        what = f"backing file {disk.backing_file}"
-    ident = "\n".join(x for x in (what, f"serial {disk.serial}" if disk.serial else "") if x) or "-"
-    layout = disk.table_type or _fs_text(disk.fs_type, disk.label) or "-"
+        what = f"backing file {q(disk.backing_file)}"
+    serial = f"serial {q(disk.serial)}" if disk.serial else ""
+    ident = "\n".join(x for x in (what, serial) if x) or "-"
+    layout = q(disk.table_type or "") or _fs_text(disk.fs_type, disk.label) or "-"
     if disk.table_type and disk.fs_type:
         layout += f", {_fs_text(disk.fs_type, disk.label)}"
     return [
-        disk.path,
+        q(disk.path),
         human_size(disk.size_bytes),
         ident,
-        disk.bus,
+        q(disk.bus),
         layout,
-        "\n".join(disk.mountpoints),
+        _lines(disk.mountpoints),
         "yes" if disk.targetable else "NO",
-        "\n".join(disk.reasons),
+        _lines(disk.reasons),
     ]
 
 
 def _partition_row(part: Partition, branch: str) -> list[str]:
-    name = f'#{part.number} "{part.part_label}"' if part.part_label else f"#{part.number}"
+    name = f'#{part.number} "{q(part.part_label)}"' if part.part_label else f"#{part.number}"
     extra = [name, f"at {human_size(part.start_bytes)}"]
     if part.swap:
         extra.append("swap")
     if part.holders:
-        extra.append("held by " + ", ".join(part.holders))
+        extra.append("held by " + ", ".join(q(h) for h in part.holders))
     return [
-        f"{branch}{part.path}",
+        f"{branch}{q(part.path)}",
         human_size(part.size_bytes),
         ", ".join(extra),
         "",
         _fs_text(part.fs_type, part.label) or "-",
-        "\n".join(part.mountpoints),
+        _lines(part.mountpoints),
         "",
         "",
     ]
@@ -83,12 +97,11 @@ def _partition_row(part: Partition, branch: str) -> list[str]:
 
 def print_table(disks: list[Disk], *, ascii_only: bool = False) -> None:
     from rich import box
-    from rich.console import Console
     from rich.table import Table
 
     # Piped or redirected: wide enough that reasons and paths stay on one line (COLUMNS wins).
     wide = sys.stdout.isatty() or "COLUMNS" in os.environ
-    console = Console(width=None if wide else 200, highlight=False)
+    console = safe_console(width=None if wide else 200)
     table = Table(box=box.ASCII if ascii_only else box.SQUARE, header_style="bold")
     table.add_column("Device", no_wrap=True)
     table.add_column("Size", no_wrap=True, justify="right")
@@ -117,15 +130,14 @@ def print_table(disks: list[Disk], *, ascii_only: bool = False) -> None:
 def run(args: argparse.Namespace) -> int:
     disks = scan_disks(image_paths=args.image, live_mounts=args.live_mount)
     if not udev_running():
-        print(
+        say(
             "rescueui: warning: udev is not running; labels, models and serials may be missing "
-            "(start it: /lib/systemd/systemd-udevd --daemon && udevadm trigger && udevadm settle)",
-            file=sys.stderr,
+            "(start it: /lib/systemd/systemd-udevd --daemon && udevadm trigger && udevadm settle)"
         )
     if args.json:
-        print(json.dumps([d.to_dict() for d in disks], indent=2))
+        echo_json([d.to_dict() for d in disks])
     elif not disks:
-        print("No disks found (is udev running? try: udevadm trigger && udevadm settle)")
+        echo("No disks found (is udev running? try: udevadm trigger && udevadm settle)")
     else:
         print_table(disks, ascii_only=bool(getattr(args, "ascii", False)))
     return 0

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
+from rescueui.cli.output import echo_block, echo_json
 from rescueui.core.host import HostProfile, read_host_profile
 from rescueui.core.units import human_size
 
@@ -54,7 +54,8 @@ def format_profile(profile: HostProfile) -> str:
 def run(args: argparse.Namespace) -> int:
     profile = read_host_profile()
     if args.json:
-        print(json.dumps(profile.to_dict(), indent=2))
+        echo_json(profile.to_dict())
     else:
-        print(format_profile(profile))
+        # DMI strings and NIC names come from firmware and drivers: shown escaped.
+        echo_block(format_profile(profile), end="\n")
     return 0

@@ -10,12 +10,12 @@ Nothing is written. Exit status: 0 when nothing stops the restore (warnings stil
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 
+from rescueui.cli.output import console as safe_console
+from rescueui.cli.output import echo_json, plain
 from rescueui.core.image import Image
 from rescueui.core.preflight import Finding, TargetInfo, preflight_report, run_preflight, stops
 
@@ -54,14 +54,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--json", action="store_true", help="print the findings as JSON")
 
 
-def format_finding(f: Finding, *, colour: bool = True) -> str:
-    """Rich markup for one finding: ``[STOP] message`` + indented detail."""
+def format_finding(f: Finding, *, colour: bool = True) -> Text:
+    """One finding as Rich text: ``[STOP] message`` + indented detail. The message and the
+    detail quote the image (models, labels, warnings): no markup is read in them and their
+    control characters are shown escaped."""
     word = f"[{LEVEL_WORD[f.level]}]".ljust(6)
-    head = f"[{LEVEL_STYLE[f.level]}]{escape(word)}[/] " if colour else f"{word} "
-    text = head + escape(f.message)
+    text = Text()
+    text.append(word, style=LEVEL_STYLE[f.level] if colour else "")
+    text.append(" ")
+    text.append_text(plain(f.message))
     if f.detail:
-        for line in f.detail.splitlines():
-            text += "\n       " + escape(line)
+        for line in str(f.detail).split("\n"):
+            text.append("\n       ")
+            text.append_text(plain(line))
     return text
 
 
@@ -88,17 +93,20 @@ def run(args: argparse.Namespace) -> int:
         out["image"] = str(args.image_dir)
         out["target"] = target.path
         out["partition"] = args.partition
-        print(json.dumps(out, indent=2))
+        echo_json(out)
         return code
-    console = Console(highlight=False, soft_wrap=True)
-    console.print(
-        f"Pre-flight: {escape(str(args.image_dir))} -> {escape(target.path)}"
-        + (f" (image partition {args.partition})" if args.partition else "")
-    )
+    console = safe_console(soft_wrap=True)
+    head = Text("Pre-flight: ")
+    head.append_text(plain(args.image_dir))
+    head.append(" -> ")
+    head.append_text(plain(target.path))
+    if args.partition:
+        head.append(f" (image partition {args.partition})")
+    console.print(head)
     for f in findings:
         console.print(format_finding(f))
     last = summary(findings)
     style = "bold red" if code else ("yellow" if last.startswith("WARN") else "green")
-    console.print(f"[{style}]{escape(last)}[/]")
+    console.print(Text(last, style=style))
     sys.stdout.flush()
     return code

@@ -3,42 +3,50 @@
 Fed by the engine's :class:`~rescueui.core.progress.Progress` snapshots through
 :meth:`ProgressDisplay.callback` (cheap: it only stores numbers; rich repaints a few
 times a second). Without a terminal on stderr it prints a plain line every 10 %.
+Everything goes through :mod:`rescueui.cli.output`: the bar's columns read no markup and
+every text in them is escaped; on a terminal the only control sequences are rich's own
+(colours, cursor movement to repaint the bar).
 """
 
 from __future__ import annotations
 
-import json
+import os
 import signal
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
+from rescueui.cli.output import console as safe_console
+from rescueui.cli.output import echo, echo_block, echo_json, say
+from rescueui.core import report as report_mod
 from rescueui.core.errors import CancelledError, RescueError
 from rescueui.core.progress import Progress as Snapshot
 from rescueui.core.progress import ProgressCallback
 from rescueui.core.report import JobReport
+from rescueui.core.text import safe_text
 from rescueui.core.units import human_duration, human_rate, human_size
 
 
 class ProgressDisplay:
     def __init__(self, title: str, *, console: Console | None = None) -> None:
-        self.console = console or Console(stderr=True)
+        self.console = console or safe_console(stderr=True)
         self.title = title
         self.live = self.console.is_terminal
-        self._last_tenth = -1
+        self._last_tenth: object = -1
         self._progress = Progress(
-            TextColumn("[bold]{task.description}"),
+            TextColumn("{task.description}", style="bold", markup=False),
             BarColumn(bar_width=None),
-            TextColumn("{task.percentage:>5.1f}%"),
-            TextColumn("{task.fields[done]} / {task.fields[size]}"),
-            TextColumn("{task.fields[rate]}"),
-            TextColumn("ETA {task.fields[eta]}"),
-            TextColumn("{task.fields[chunk]}"),
+            TextColumn("{task.percentage:>5.1f}%", markup=False),
+            TextColumn("{task.fields[done]} / {task.fields[size]}", markup=False),
+            TextColumn("{task.fields[rate]}", markup=False),
+            TextColumn("ETA {task.fields[eta]}", markup=False),
+            TextColumn("{task.fields[chunk]}", markup=False),
             console=self.console,
             refresh_per_second=4,
             transient=False,
@@ -59,11 +67,7 @@ class ProgressDisplay:
     def callback(self, snap: Snapshot) -> None:
         if self._task is None:
             return
-        chunk = ""
-        if snap.last_chunk is not None:
-            c = snap.last_chunk
-            chunk = f"{c.stream}#{c.index} {c.blake3[:12]}" + (" zero" if c.zero else "")
-        desc = f"{self.title} {snap.stream or ''}".strip()
+        desc = safe_text(f"{self.title} {snap.stream or ''}".strip())
         self._progress.update(
             self._task,
             description=desc,
@@ -73,19 +77,29 @@ class ProgressDisplay:
             size=human_size(snap.bytes_total),
             rate=human_rate(snap.rate_now or snap.rate_avg),
             eta=human_duration(snap.eta),
-            chunk=chunk,
+            chunk=chunk_text(snap),
         )
         if not self.live and snap.bytes_total:
             tenth = int(snap.bytes_done * 10 // snap.bytes_total)
             if tenth != self._last_tenth:
                 self._last_tenth = tenth
-                print(
-                    f"{self.title}: {snap.bytes_done * 100 / snap.bytes_total:5.1f}% "
-                    f"{human_size(snap.bytes_done)} of {human_size(snap.bytes_total)} "
-                    f"{human_rate(snap.rate_avg)} ETA {human_duration(snap.eta)}",
-                    file=sys.stderr,
-                    flush=True,
+                say(
+                    "{}: {} {} of {} {} ETA {}",
+                    self.title,
+                    f"{snap.bytes_done * 100 / snap.bytes_total:5.1f}%",
+                    human_size(snap.bytes_done),
+                    human_size(snap.bytes_total),
+                    human_rate(snap.rate_avg),
+                    human_duration(snap.eta),
                 )
+
+
+def chunk_text(snap: Snapshot) -> str:
+    """The last chunk checked, e.g. ``p2#17 3f9a0c1b2d4e zero`` (escaped: it names a stream)."""
+    c = snap.last_chunk
+    if c is None:
+        return ""
+    return safe_text(f"{c.stream}#{c.index} {c.blake3[:12]}" + (" zero" if c.zero else ""))
 
 
 @contextmanager
@@ -97,7 +111,7 @@ def cancel_on_interrupt() -> Iterator[threading.Event]:
         if event.is_set():  # second Ctrl-C: give up waiting
             raise KeyboardInterrupt
         event.set()
-        print("\nrescueui: stopping (Ctrl-C again to abort at once)…", file=sys.stderr)
+        say("\nrescueui: stopping (Ctrl-C again to abort at once)…")
 
     old_int = signal.signal(signal.SIGINT, handler)
     old_term = signal.signal(signal.SIGTERM, handler)
@@ -108,22 +122,70 @@ def cancel_on_interrupt() -> Iterator[threading.Event]:
         signal.signal(signal.SIGTERM, old_term)
 
 
-def job_failed(job: str, exc: RescueError, *, as_json: bool) -> int:
-    """One paragraph on stderr for a failed or cancelled job (cause, next step, report path);
-    the report as JSON on stdout with ``--json``. Returns the exit status."""
-    report = getattr(exc, "report", None)
-    if report is not None and as_json:
-        print(json.dumps(report.to_dict(), indent=2))
-    files = report.report_files if report is not None else []
-    where = f" Report: {files[0]}" if files else ""
-    cancelled = isinstance(exc, CancelledError) or (
-        report is not None and report.outcome == "cancelled"
-    )
-    state = "cancelled" if cancelled else "FAILED"
-    msg = (report.error if report is not None else None) or exc.message or "unknown error"
-    hint_text = (report.hint if report is not None else None) or exc.hint
-    hint = f" {hint_text}" if hint_text else ""
-    print(f"rescueui {job} {state}: {msg}{hint}{where}", file=sys.stderr, flush=True)
+# The outcome of a job refused before it started; report.py may not know it yet.
+REFUSED = "refused" if "refused" in report_mod.OUTCOMES else "failed"
+
+
+def refusal_report(
+    job: str,
+    exc: BaseException,
+    *,
+    folder: str | Path | None,
+    **fields: Any,
+) -> JobReport:
+    """Write the report of a job refused before it started (nothing written) into ``folder``
+    (the image's ``reports`` folder), or the fallback folder if that cannot be written."""
+    report = JobReport(job=job, **fields)
+    report.notes.append("Refused before the job started: nothing was written.")
+    report.finish(REFUSED, exc)
+    report.write(folder)
+    return report
+
+
+def report_where(report: JobReport | None) -> str:
+    """``Report: <path>`` naming a report file that exists (the text one if there is one)."""
+    files = [Path(f) for f in (report.report_files if report is not None else [])]
+    existing = [f for f in files if f.is_file()]
+    if not existing:
+        return (
+            f"No report file could be written (not even in {report_mod.FALLBACK_DIR}); "
+            "this message is all there is."
+        )
+    texts = [f for f in existing if f.suffix == ".txt"]
+    return f"Report: {(texts or existing)[-1]}"
+
+
+def job_failed(
+    job: str,
+    exc: RescueError,
+    *,
+    as_json: bool,
+    report_dir: str | Path | None = None,
+    fields: dict[str, Any] | None = None,
+    after: Callable[[RescueError], str | None] | None = None,
+) -> int:
+    """One paragraph on stderr for a failed, cancelled or refused job: cause, next step and
+    the path of a report file that exists; the report as JSON on stdout with ``--json``.
+
+    A job the engine refused before it started has no report yet: one is written here (in
+    ``report_dir``, with ``fields`` for :class:`JobReport`). ``after`` may add a sentence
+    (what was done about a file the run created). Returns the exit status."""
+    report: JobReport | None = getattr(exc, "report", None)
+    refused = report is None  # the engine attaches its report once the job has started
+    if report is None:
+        report = refusal_report(job, exc, folder=report_dir, **(fields or {}))
+    if as_json:
+        echo_json(report.to_dict())
+    if isinstance(exc, CancelledError) or report.outcome == "cancelled":
+        state = "cancelled"
+    else:
+        state = "refused" if refused else "FAILED"
+    msg = report.error or exc.message or "unknown error"
+    parts = [msg, report.hint or exc.hint or ""]
+    if after is not None:
+        parts.append(after(exc) or "")
+    parts.append(report_where(report))
+    say("rescueui {} {}: {}", job, state, " ".join(p for p in parts if p))
     return int(exc.exit_code or 1)
 
 
@@ -134,10 +196,12 @@ def run_job(
     quiet: bool,
     as_json: bool,
     display: ProgressDisplay | None = None,
+    after: Callable[[RescueError], str | None] | None = None,
 ) -> int:
     """Run an engine job (capture, verify, restore) the way every CLI command does: Ctrl-C
     cancels cleanly, progress on stderr unless ``quiet``, the report (text or JSON) on
-    stdout, one paragraph on stderr on failure. Returns the exit status."""
+    stdout, one paragraph on stderr on failure (``after``: see :func:`job_failed`).
+    Returns the exit status."""
     with cancel_on_interrupt() as cancel:
         try:
             if quiet:
@@ -147,11 +211,12 @@ def run_job(
                 with shown:
                     report = call(shown.callback, cancel)
         except RescueError as exc:
-            return job_failed(job, exc, as_json=as_json)
+            return job_failed(job, exc, as_json=as_json, after=after)
     if as_json:
-        print(json.dumps(report.to_dict(), indent=2))
+        echo_json(report.to_dict())
     else:
-        print(report.text, end="")
+        echo_block(report.text)
         for path in report.report_files:
-            print(f"Report: {path}")
+            if os.path.isfile(path):
+                echo("Report: {}", path)
     return 0

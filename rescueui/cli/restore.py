@@ -30,17 +30,24 @@ import dataclasses
 import os
 import re
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from rescueui.cli.progress_display import ProgressDisplay
+from rescueui.cli.output import say
+from rescueui.cli.progress_display import ProgressDisplay, chunk_text
 from rescueui.core.errors import (
+    CancelledError,
     RescueError,
     TargetChangedError,
     UnsafeTargetError,
 )
+from rescueui.core.image import MAX_STREAM_BYTES
 from rescueui.core.units import human_duration, human_rate, human_size
 
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE | re.ASCII)
+MAX_CREATE_BYTES = MAX_STREAM_BYTES  # what an image can describe (1 PiB); more is a typo
+SIZE_HINT = "Give bytes, or a number with K, M, G or T (e.g. 20G), or 'image' for the size of the source disk."
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -103,26 +110,69 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def parse_size(text: str) -> int:
+    """``--create`` SIZE: bytes or K/M/G/T (powers of 1024), ASCII digits only, 1 byte to
+    :data:`MAX_CREATE_BYTES`. Raises RescueError naming the option and the value."""
     m = _SIZE_RE.match(text)
     if not m:
-        raise RescueError(
-            f"Cannot read the size '{text}'.",
-            hint="Give bytes, or a number with K, M, G or T (e.g. 20G), or 'image'.",
-        )
+        raise RescueError(f"--create {text!r}: cannot read this size.", hint=SIZE_HINT)
     factor = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[m.group(2).upper()]
-    return int(m.group(1)) * factor
+    return check_size(int(m.group(1)) * factor, text)
 
 
-def create_file_target(path: str, size_text: str, image_dir: str) -> None:
+def check_size(size: int, text: str) -> int:
+    if size <= 0:
+        raise RescueError(
+            f"--create {text!r}: the size must be larger than 0 bytes.", hint=SIZE_HINT
+        )
+    if size > MAX_CREATE_BYTES:
+        raise RescueError(
+            f"--create {text!r}: {size} bytes is larger than any disk image this tool makes "
+            f"(at most {human_size(MAX_CREATE_BYTES)}, {MAX_CREATE_BYTES} bytes).",
+            hint=SIZE_HINT,
+        )
+    return size
+
+
+@dataclass(frozen=True)
+class CreatedFile:
+    """A target file this run made with ``--create``: only this very file (same inode) is
+    ever removed again."""
+
+    path: str
+    dev: int
+    ino: int
+
+    def still_ours(self) -> bool:
+        try:
+            st = os.lstat(self.path)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == (self.dev, self.ino)
+
+    def remove(self) -> bool:
+        """Remove the file if it is still the one this run created; True if it is gone."""
+        if not self.still_ours():
+            return False
+        try:
+            os.unlink(self.path)
+        except OSError:
+            return False
+        return True
+
+
+def create_file_target(path: str, size_text: str, image_dir: str) -> CreatedFile:
+    """Create ``path`` as a new file of ``size_text`` (``--create``). Nothing is left behind
+    when this fails."""
+    if not size_text.strip():
+        raise RescueError("--create needs a size; it was given an empty one.", hint=SIZE_HINT)
     if size_text.strip().lower() == "image":
         from rescueui.core.image import Image
 
         with Image.open(image_dir) as image:
             size = int(image.manifest.source_disk.get("size_bytes") or image.extent_bytes)
+        check_size(size, size_text)
     else:
         size = parse_size(size_text)
-    if size <= 0:
-        raise RescueError("--create needs a size larger than 0.")
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     except FileExistsError as exc:
@@ -131,23 +181,40 @@ def create_file_target(path: str, size_text: str, image_dir: str) -> None:
             hint="Leave out --create to restore onto the existing file, or choose a new name.",
         ) from exc
     except OSError as exc:
-        raise RescueError(f"Cannot create {path}: {exc.strerror}.") from exc
+        raise RescueError(
+            f"Cannot create {path}: {exc.strerror}.",
+            hint="Check the folder exists and can be written, or choose another place.",
+        ) from exc
     try:
-        os.ftruncate(fd, size)
-    except OSError as exc:
+        st = os.fstat(fd)
+        created = CreatedFile(path, st.st_dev, st.st_ino)
+    except BaseException:
         os.close(fd)
         with contextlib.suppress(OSError):
             os.unlink(path)
-        raise RescueError(f"Cannot make {path} {human_size(size)} large: {exc.strerror}.") from exc
-    os.close(fd)
-    print(f"Created {path} ({human_size(size)}, {size} bytes).", file=sys.stderr)
-
-
-def _say(text: str = "") -> None:
-    print(text, file=sys.stderr)
+        raise
+    try:
+        os.ftruncate(fd, size)
+    except OSError as exc:
+        created.remove()
+        raise RescueError(
+            f"Cannot make {path} {human_size(size)} ({size} bytes) large: {exc.strerror}.",
+            hint="Choose a smaller size or a filesystem that holds files this large "
+            "(FAT: at most 4 GiB).",
+        ) from exc
+    except BaseException:
+        created.remove()
+        raise
+    finally:
+        os.close(fd)
+    say("Created {} ({}, {} bytes).", path, human_size(size), size)
+    return created
 
 
 def show_plan(plan: Any, code: str) -> None:
+    """What the restore will do. Whatever comes from the image (its source, warnings,
+    pre-flight findings quoting it) comes first; what will be destroyed comes last, right
+    before the confirmation prompt, so nothing from the image can be printed after it."""
     ident = plan.identity
     image = plan.image
     src = image.manifest.source_disk
@@ -156,24 +223,27 @@ def show_plan(plan: Any, code: str) -> None:
         if plan.partition is not None
         else "the whole disk image"
     )
-    _say(f"Image:   {image.dir}")
-    _say(
-        f"         from {src.get('path', '?')} {src.get('model') or ''} "
-        f"({human_size(int(src.get('size_bytes') or 0))}), captured {image.manifest.created}"
+    say("Image:   {}", image.dir)
+    say(
+        "         from {} {} ({}), captured {}",
+        src.get("path", "?"),
+        src.get("model") or "",
+        human_size(int(src.get("size_bytes") or 0)),
+        image.manifest.created,
     )
-    _say(f"Target:  {ident.describe()}")
-    _say(f"Writes:  {what}, {human_size(plan.needed_bytes)}")
-    _say("This DESTROYS everything on the target:")
-    for line in plan.destroys():
-        _say(f"  {line}")
     shown = [f for f in plan.findings if getattr(f, "level", "ok") in ("info", "warn", "stop")]
     if shown:
-        _say("Pre-flight:")
+        say("Pre-flight:")
         for f in shown:
-            _say(f"  [{f.level.upper()}] {f.message}")
+            say("  [{}] {}", f.level.upper(), f.message)
     for a in plan.acknowledgements:
-        _say(f"  [ACK] {a.code}: acknowledged by {a.by}")
-    _say(f"Confirmation code: {code}")
+        say("  [ACK] {}: acknowledged by {}", a.code, a.by)
+    say("Target:  {}", ident.describe())
+    say("Writes:  {}, {}", what, human_size(plan.needed_bytes))
+    say("This DESTROYS everything on the target:")
+    for line in plan.destroys():
+        say("  {}", line)
+    say("Confirmation code: {}", code)
 
 
 def ask_code(code: str, path: str) -> str:
@@ -183,22 +253,63 @@ def ask_code(code: str, path: str) -> str:
             "confirmation code.",
             hint="Run it on a terminal, or pass --yes in scripts once you are sure of the target.",
         )
+    say("Type '{}' to overwrite {}: ", code, path, end="")
     try:
-        return input(f"Type '{code}' to overwrite {path}: ")
+        return input()
     except EOFError:
         return ""
 
 
+def _image_reports(image_dir: str) -> Path | None:
+    """The image's report folder, only if ``image_dir`` really is an image folder (a typo
+    must not create folders); None: the report goes to the fallback folder."""
+    folder = Path(image_dir)
+    return folder / "reports" if (folder / "manifest.json").is_file() else None
+
+
+def _created_note(created: CreatedFile | None, exc: RescueError | None, image_dir: str) -> str:
+    """What happened to the ``--create`` file after a refusal or failure, in one sentence."""
+    if created is None:
+        return ""
+    report = getattr(exc, "report", None)
+    phases = getattr(report, "phases", None) or {}
+    if isinstance(exc, CancelledError):
+        return (
+            f"{created.path} (made by --create) is kept so that the restore can continue: "
+            f"rescueui restore {image_dir} {created.path} --resume (without --create); "
+            "delete it if you do not want to continue."
+        )
+    if "grow" in phases:  # written and verified; only a step after the restore failed
+        return (
+            f"{created.path} (made by --create) is kept: the image was written to it and "
+            "verified; only the step after the restore failed."
+        )
+    if report is None and created.remove():  # refused before the job started
+        return (
+            f"{created.path} was removed again: this run created it (--create) and nothing "
+            "was written to it."
+        )
+    if created.remove():
+        return (
+            f"{created.path} was removed again: this run created it (--create) and the "
+            "restore did not finish, so it held nothing usable; start again with --create "
+            "(there is nothing to --resume)."
+        )
+    if created.still_ours():
+        return f"{created.path} (made by --create) could not be removed; delete it by hand."
+    return ""
+
+
 def run(args: argparse.Namespace) -> int:
-    from rescueui.cli.progress_display import run_job
+    from rescueui.cli.progress_display import job_failed, run_job
     from rescueui.core.identity import confirm_target, confirmation_code, identity_of
     from rescueui.core.restore import plan_restore, restore
 
-    created = False
+    created: CreatedFile | None = None
+    plan: Any = None
     try:
-        if args.create:
-            create_file_target(args.target, args.create, args.image_dir)
-            created = True
+        if args.create is not None:
+            created = create_file_target(args.target, args.create, args.image_dir)
         ident = identity_of(args.target)
         code = confirmation_code(ident)
         # The operator sees the plan (what is destroyed, pre-flight) for the identity seen
@@ -227,11 +338,24 @@ def run(args: argparse.Namespace) -> int:
                 )
             plan = dataclasses.replace(plan, target=final)
     except RescueError as exc:
-        if created:  # nothing was written to it: do not leave an empty file behind
-            with contextlib.suppress(OSError):
-                os.unlink(args.target)
-        _say(f"rescueui restore: {exc}")
-        return exc.exit_code
+        # Refused before anything was written: a refusal report, and no file left behind.
+        if plan is not None:
+            plan.image.close()
+        note = _created_note(created, exc, args.image_dir)
+        return job_failed(
+            "restore",
+            exc,
+            as_json=args.json,
+            report_dir=_image_reports(args.image_dir),
+            fields={"source": args.image_dir, "image_dir": args.image_dir, "target": args.target},
+            after=lambda _exc: note,
+        )
+    except BaseException:  # Ctrl-C at the prompt, a bug: still no file left behind
+        if plan is not None:
+            plan.image.close()
+        if created is not None:
+            created.remove()
+        raise
 
     return run_job(
         "restore",
@@ -239,6 +363,7 @@ def run(args: argparse.Namespace) -> int:
         quiet=args.quiet,
         as_json=args.json,
         display=RestoreDisplay("restore"),
+        after=lambda exc: _created_note(created, exc, args.image_dir),
     )
 
 
@@ -248,10 +373,6 @@ class RestoreDisplay(ProgressDisplay):
     def callback(self, snap: Any) -> None:
         if self._task is None:
             return
-        chunk = ""
-        if snap.last_chunk is not None:
-            c = snap.last_chunk
-            chunk = f"{c.stream}#{c.index} {c.blake3[:12]}" + (" zero" if c.zero else "")
         self._progress.update(
             self._task,
             description=f"{snap.phase:15}",
@@ -261,18 +382,20 @@ class RestoreDisplay(ProgressDisplay):
             size=human_size(snap.bytes_total),
             rate=f"{human_rate(snap.rate_now)} now, {human_rate(snap.rate_avg)} avg",
             eta=human_duration(snap.eta),
-            chunk=chunk,
+            chunk=chunk_text(snap),
         )
         if not self.live and snap.bytes_total:
             step = int(snap.bytes_done * 20 // snap.bytes_total)  # a line every 5 %
             key = (step, snap.phase)
             if key != self._last_tenth:
                 self._last_tenth = key
-                print(
-                    f"restore {snap.phase}: {snap.bytes_done * 100 / snap.bytes_total:5.1f}% "
-                    f"{human_size(snap.bytes_done)} of {human_size(snap.bytes_total)} "
-                    f"{human_rate(snap.rate_now)} now {human_rate(snap.rate_avg)} avg "
-                    f"ETA {human_duration(snap.eta)}",
-                    file=sys.stderr,
-                    flush=True,
+                say(
+                    "restore {}: {} {} of {} {} now {} avg ETA {}",
+                    snap.phase,
+                    f"{snap.bytes_done * 100 / snap.bytes_total:5.1f}%",
+                    human_size(snap.bytes_done),
+                    human_size(snap.bytes_total),
+                    human_rate(snap.rate_now),
+                    human_rate(snap.rate_avg),
+                    human_duration(snap.eta),
                 )
