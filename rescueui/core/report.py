@@ -5,13 +5,27 @@ Every capture, restore and verify run fills a :class:`JobReport` and writes it w
 raises: when the chosen folder is not writable (full image medium, read-only stick)
 the report goes to ``/tmp/rescueui-reports`` instead, and when even that fails the
 text is kept in memory (``report.text``) for the screen.
+
+The image folder may sit on a hostile medium (issue 9). So the report folder (``reports``
+inside the image folder) is opened without following a symlink, each report file is
+created new (``O_EXCL | O_NOFOLLOW``, never written through a planted symlink, never
+overwriting another report), and the fallback folder is refused when it is a symlink,
+belongs to another user or others may write in it; then a fresh private folder
+(``tempfile.mkdtemp``) takes the report. Text from outside (paths, manifest fields, model
+names, messages) is shown escaped in the text form (:func:`~rescueui.core.text.safe_text`),
+and the JSON form escapes every control, bidi and undecodable character, so neither can
+drive the terminal it is shown on; an undecodable path is kept exactly (``\\udcXX``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
+import re
+import stat
+import tempfile
 import textwrap
 import time
 from dataclasses import dataclass, field
@@ -19,6 +33,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from rescueui.core.errors import RescueError
+from rescueui.core.safefile import SafeDir, UnsafeFileError
+from rescueui.core.text import safe_text
 from rescueui.core.units import human_duration, human_rate, human_size
 
 FALLBACK_DIR = Path("/tmp/rescueui-reports")
@@ -26,10 +43,38 @@ TEXT_WIDTH = 80  # the text report fits an 80-column console
 LABEL_WIDTH = 13  # "Destination: "
 
 OUTCOMES = ("running", "success", "failed", "cancelled")
+NOTE_PREFIX = "Report could not be written"  # unattended drops these notes when it re-writes
+MAX_NAME_TRIES = 1000
+
+# Characters json.dumps(ensure_ascii=False) leaves raw that a terminal or editor acts on:
+# DEL and the C1 controls (0x9b is a CSI), bidi marks, embeddings, overrides and isolates,
+# line/paragraph separators, and lone surrogates (undecodable file names).
+_JSON_UNSAFE = re.compile(
+    r"[\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]"
+)
+_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _stamp() -> str:
+    """The time part of report file names."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def _safe(value: object) -> str:
+    """Text from outside, for the text report: controls escaped, newlines kept."""
+    return safe_text(value, newlines=True)
+
+
+def json_text(data: Any) -> str:
+    """``data`` as indented JSON, non-ASCII text kept readable, but every control, bidi
+    and surrogate character \\u-escaped (json.dumps leaves C1 and bidi characters raw)."""
+    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    # Outside strings json.dumps writes ASCII only, so this touches string contents alone.
+    return _JSON_UNSAFE.sub(lambda m: f"\\u{ord(m.group(0)):04x}", text)
 
 
 def _jsonable(value: Any) -> Any:
@@ -116,17 +161,18 @@ class JobReport:
 
     def to_text(self, width: int = TEXT_WIDTH) -> str:
         """The report as plain text; every line fits ``width`` columns (except a single
-        word longer than that, e.g. a very long path, which is never broken)."""
+        word longer than that, e.g. a very long path, which is never broken). Every text
+        from outside is shown through :func:`~rescueui.core.text.safe_text`."""
         title = {
             "success": "SUCCESS",
             "failed": "FAILED",
             "cancelled": "CANCELLED",
             "running": "RUNNING",
-        }[self.outcome]
-        lines = [f"rescueui {self.job}: {title}"]
+        }.get(self.outcome, _safe(self.outcome).upper())
+        lines = [f"rescueui {_safe(self.job)}: {title}"]
 
-        def add(label: str, value: str) -> None:
-            lines.extend(_wrap(value, width, f"{label:{LABEL_WIDTH}}", " " * LABEL_WIDTH))
+        def add(label: str, value: object) -> None:
+            lines.extend(_wrap(_safe(value), width, f"{label:{LABEL_WIDTH}}", " " * LABEL_WIDTH))
 
         for label, value in (
             ("Source:", self.source),
@@ -161,30 +207,31 @@ class JobReport:
         if self.streams:
             lines.append("Streams:")
             for s in self.streams:
-                head = f"  {s.get('name', '?'):10} {human_size(int(s.get('size_bytes', 0))):>10}"
+                name = safe_text(s.get("name", "?"))
+                head = f"  {name:10} {human_size(int(s.get('size_bytes', 0))):>10}"
                 if "start_bytes" in s:
-                    head += f"  at byte {s.get('start_bytes', 0)}"
+                    head += f"  at byte {safe_text(s.get('start_bytes', 0))}"
                 if s.get("status"):
-                    head += f"  [{s['status']}]"
+                    head += f"  [{safe_text(s['status'])}]"
                 lines.append(head)
                 if s.get("root_blake3"):
-                    lines.append(f"      BLAKE3 {s['root_blake3']}")
+                    lines.append(f"      BLAKE3 {safe_text(s['root_blake3'])}")
         if self.findings:
             lines.append("Pre-flight:")
             for f in self.findings:
                 fd = _jsonable(f)
                 if isinstance(fd, dict):
-                    tag = f"[{str(fd.get('level', '')).upper()}]"
+                    tag = f"[{safe_text(fd.get('level', '')).upper()}]"
                     lines.extend(
                         _wrap(
-                            f"{fd.get('code', '')}: {fd.get('message', '')}",
+                            _safe(f"{fd.get('code', '')}: {fd.get('message', '')}"),
                             width,
                             f"  {tag:7}",
                             " " * 9,
                         )
                     )
                 else:
-                    lines.extend(_wrap(str(fd), width, "  ", "  "))
+                    lines.extend(_wrap(_safe(fd), width, "  ", "  "))
         if self.acknowledgements:
             lines.append("Warnings acknowledged:")
             for a in self.acknowledgements:
@@ -196,7 +243,7 @@ class JobReport:
                     )
                 else:
                     text = str(ad)
-                lines.extend(_wrap(text, width, "  [ACK]  ", " " * 9))
+                lines.extend(_wrap(_safe(text), width, "  [ACK]  ", " " * 9))
         for n in self.notes:
             add("Note:", n)
         for w in self.warnings:
@@ -205,52 +252,102 @@ class JobReport:
             add("Error:", self.error)
         if self.hint:
             add("Next step:", self.hint)
-        return "\n".join(lines) + "\n"
+        # Every piece was escaped above; once more over the whole, so nothing added later
+        # without it can reach the terminal raw.
+        return _safe("\n".join(lines) + "\n")
 
     # -- writing --------------------------------------------------------------------
     def write(self, directory: str | Path | None) -> tuple[Path, Path]:
         """Write ``<job>-<timestamp>.json`` and ``.txt``; never raises.
 
-        Falls back to ``/tmp/rescueui-reports`` when ``directory`` is None or not
-        writable. Returns the two paths (of the fallback if used). The paths are
-        also appended to ``report_files``.
+        ``directory`` is the report folder inside the image folder (``<image>/reports``):
+        the image folder is opened as given, the report folder inside it without following
+        a symlink. When ``directory`` is None, cannot be written or is not a real folder,
+        the report goes to ``/tmp/rescueui-reports`` (refused if it is a symlink, belongs to
+        another user or others may write in it; then a new private ``mkdtemp`` folder),
+        with a note saying why. File names never collide: ``-2``, ``-3``... are added.
+
+        Returns the two paths written; they are also appended to ``report_files``. If
+        nothing could be written anywhere, the paths returned do not exist and
+        ``report_files`` is unchanged; ``text`` still holds the report for the screen.
         """
-        self.text = self.to_text()
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        candidates = [Path(directory)] if directory is not None else []
-        candidates.append(FALLBACK_DIR)
-        last_paths = (
-            FALLBACK_DIR / f"{self.job}-{stamp}.json",
-            FALLBACK_DIR / f"{self.job}-{stamp}.txt",
-        )
-        for folder in candidates:
-            base = f"{self.job}-{stamp}"
+        try:
+            return self._write(directory)
+        except Exception:
+            base = f"{_file_stem(self.job)}-{_stamp()}"
+            return FALLBACK_DIR / f"{base}.json", FALLBACK_DIR / f"{base}.txt"
+
+    def _render(self) -> None:
+        try:
+            self.text = self.to_text()
+        except Exception as exc:  # a malformed field must not cost the report
+            self.text = _safe(
+                f"rescueui {self.job}: {self.outcome.upper()}\n"
+                f"(the text form could not be made: {type(exc).__name__}; see the JSON report)\n"
+            )
+
+    def _write(self, directory: str | Path | None) -> tuple[Path, Path]:
+        base = f"{_file_stem(self.job)}-{_stamp()}"
+        self._render()
+        failed_at: list[tuple[str, str]] = []  # (folder, why) of each folder that failed
+        if directory is not None:
+            folder = Path(directory)
             try:
-                folder.mkdir(parents=True, exist_ok=True)
-                n = 1
-                while (folder / f"{base}.json").exists() or (folder / f"{base}.txt").exists():
-                    n += 1
-                    base = f"{self.job}-{stamp}-{n}"
-                jpath, tpath = folder / f"{base}.json", folder / f"{base}.txt"
-                if folder != candidates[0] and directory is not None:
-                    self.notes.append(
-                        f"Report could not be written to {directory}; kept in {folder}."
-                    )
-                    self.text = self.to_text()
-                data = self.to_dict()
-                data["report_files"] = [*self.report_files, str(jpath), str(tpath)]
-                _write(jpath, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-                _write(tpath, self.text)
-                self.report_files += [str(jpath), str(tpath)]
-                return jpath, tpath
-            except Exception:
-                for p in (folder / f"{base}.json", folder / f"{base}.txt"):
-                    try:
-                        p.unlink(missing_ok=True)
-                    except OSError:
-                        pass
+                with _open_report_dir(folder) as d:
+                    return self._write_into(d, base)
+            except Exception as exc:
+                failed_at.append((str(folder), _why(folder, exc)))
+        for opener in (_open_fallback, _open_private):
+            try:
+                d = opener()
+            except Exception as exc:
+                if opener is _open_fallback:
+                    failed_at.append((str(FALLBACK_DIR), _why(FALLBACK_DIR, exc)))
                 continue
-        return last_paths
+            with d:
+                added = [
+                    f"{NOTE_PREFIX} to {where} ({why}); kept in {d.path}."
+                    for where, why in failed_at
+                ]
+                self.notes.extend(added)
+                self._render()
+                try:
+                    return self._write_into(d, base)
+                except Exception as exc:
+                    failed_at.append((str(d.path), _why(d.path, exc)))
+                    for note in added:
+                        self.notes.remove(note)
+                    self._render()
+        raise OSError(errno.EIO, "no folder could take the report")
+
+    def _write_into(self, folder: SafeDir, base: str) -> tuple[Path, Path]:
+        """Create the two report files, new (O_EXCL, no symlink followed), under the
+        first free name ``base``, ``base-2``, ... in ``folder``."""
+        text = self.text.encode("utf-8")
+        for n in range(1, MAX_NAME_TRIES + 1):
+            stem = base if n == 1 else f"{base}-{n}"
+            jname, tname = f"{stem}.json", f"{stem}.txt"
+            if folder.exists(jname) or folder.exists(tname):
+                continue
+            jpath, tpath = folder.path / jname, folder.path / tname
+            data = self.to_dict()
+            data["report_files"] = [*self.report_files, str(jpath), str(tpath)]
+            blob = json_text(data).encode("utf-8")
+            try:
+                folder.create(tname, text)
+            except FileExistsError:
+                continue
+            try:
+                folder.create(jname, blob)
+            except FileExistsError:
+                folder.unlink(tname)
+                continue
+            except BaseException:
+                folder.unlink(tname)
+                raise
+            self.report_files += [str(jpath), str(tpath)]
+            return jpath, tpath
+        raise OSError(errno.EEXIST, f"no free report file name in {folder.path}")
 
 
 def _wrap(text: str, width: int, first: str, rest: str) -> list[str]:
@@ -269,13 +366,55 @@ def _wrap(text: str, width: int, first: str, rest: str) -> list[str]:
     return out
 
 
-def _write(path: Path, text: str) -> None:
-    data = text.encode()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+def _file_stem(job: str) -> str:
+    return _NAME_UNSAFE.sub("_", job)[:64] or "job"
+
+
+def _open_report_dir(directory: Path) -> SafeDir:
+    """``directory`` (``<image>/reports``): its parent, the image folder, is opened as the
+    caller names it (made if missing, as a capture that failed early needs); the report
+    folder inside it is made or opened without following a symlink."""
+    parent = directory.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    with SafeDir(Path(os.path.abspath(parent)), fd) as image_folder:
+        return image_folder.subdir(directory.name, create=True)
+
+
+def _open_fallback() -> SafeDir:
+    """The shared fallback folder, refused when someone else could have prepared it."""
+    d = SafeDir.open(FALLBACK_DIR, create=True, mode=0o755)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        st = os.fstat(d.fd)
+        if st.st_uid != os.geteuid():
+            raise UnsafeFileError(f"{FALLBACK_DIR} belongs to another user")
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise UnsafeFileError(f"others may write in {FALLBACK_DIR}")
+    except BaseException:
+        d.close()
+        raise
+    return d
+
+
+def _open_private() -> SafeDir:
+    """A new folder only this user can use (the last resort)."""
+    return SafeDir.open(tempfile.mkdtemp(prefix="rescueui-reports-"))
+
+
+def _why(path: Path, exc: BaseException) -> str:
+    """Why a report folder could not be used, in words for the note."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        st = None
+    if st is not None and stat.S_ISLNK(st.st_mode):
+        return "it is a symbolic link, which is not followed"
+    if st is not None and not stat.S_ISDIR(st.st_mode):
+        return "it is not a folder"
+    if st is None and isinstance(exc, OSError) and exc.errno in (errno.EEXIST, errno.ENOTDIR):
+        return f"{path.parent} is not a folder"
+    if isinstance(exc, RescueError):
+        return exc.message.rstrip(".")
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return type(exc).__name__
