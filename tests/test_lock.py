@@ -25,7 +25,7 @@ def test_second_lock_in_same_process_refused(tmp_path: Path) -> None:
             WriterLock("/dev/sdc", path=path).acquire()
         msg = str(err.value)
         assert f"process {os.getpid()}" in msg
-        assert "restore on /dev/sdb" in msg
+        assert "running restore on /dev/sdb" in msg and str(path) in msg
     # Released: the next one gets it.
     with WriterLock("/dev/sdc", path=path):
         assert read_holder(path).target == "/dev/sdc"  # type: ignore[union-attr]
@@ -50,7 +50,7 @@ def test_lock_held_by_another_process_then_freed_when_it_dies(tmp_path: Path) ->
         with pytest.raises(LockError) as err:
             WriterLock("/dev/loop8", path=path).acquire()
         assert f"process {proc.pid}" in str(err.value)
-        assert "capture on /dev/loop9" in str(err.value)
+        assert "running capture of /dev/loop9" in str(err.value)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()

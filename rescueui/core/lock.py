@@ -7,24 +7,38 @@ second instance can tell the operator where the other one runs.
 
 The kernel drops the lock when the holder dies (also on SIGKILL or power loss), so a
 stale file never blocks: only a living holder does.
+
+Restore and capture both take it (``job="restore"`` / ``job="capture"``). The lock file is
+opened without following a symlink and must be a regular file (a link planted at its name
+could otherwise make us truncate another file); the holder information is read from it
+bounded and non-blocking, each field checked, and shown escaped
+(:func:`~rescueui.core.text.safe_text`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
+import stat
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rescueui.core.errors import LockError
+from rescueui.core.errors import LockError, RescueError
+from rescueui.core.safefile import kind_of, read_regular
+from rescueui.core.text import safe_text
 
 DEFAULT_LOCK_PATH = Path("/run/rescueui.lock")
 FALLBACK_LOCK_PATH = Path("/tmp/rescueui.lock")
+HOLDER_LIMIT = 4096  # the holder line is ~150 bytes
+FIELD_LIMIT = 512
+# How the holder's job reads before its target: "running capture of /dev/sdb".
+_JOB_PREPOSITION = {"capture": "of", "restore": "on"}
 
 
 def default_lock_path() -> Path:
@@ -37,12 +51,12 @@ def default_lock_path() -> Path:
     return FALLBACK_LOCK_PATH
 
 
-def _tty() -> str:
+def _tty() -> str | None:
     for stream in (sys.stdin, sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             if stream is not None and stream.isatty():
                 return os.ttyname(stream.fileno())
-    return "no terminal"
+    return None  # a service or script: the describe() line then names no terminal
 
 
 @dataclass
@@ -54,34 +68,95 @@ class LockHolder:
     since: str | None
 
     def describe(self) -> str:
-        bits = []
+        """Who holds the lock, for the operator: "process 42 on /dev/ttyS0, running capture
+        of /dev/sdb since 2024-05-01 10:00:00". Every part from the file is escaped."""
+        head = []
         if self.pid:
-            bits.append(f"process {self.pid}")
+            head.append(f"process {self.pid}")
         if self.tty:
-            bits.append(f"on {self.tty}")
+            head.append(f"on {safe_text(self.tty)}")
+        parts = [" ".join(head)] if head else []
         if self.job or self.target:
-            bits.append(f"running {self.job or 'a job'} on {self.target or 'a disk'}")
-        if self.since:
-            bits.append(f"since {self.since}")
-        return " ".join(bits) or "another rescueui"
+            job = safe_text(self.job) if self.job else "a job"
+            prep = _JOB_PREPOSITION.get(self.job or "", "on")
+            doing = f"running {job} {prep} {safe_text(self.target) if self.target else 'a disk'}"
+            if self.since:
+                doing += f" since {safe_text(self.since)}"
+            parts.append(doing)
+        elif self.since:
+            parts.append(f"since {safe_text(self.since)}")
+        return ", ".join(parts) or "another rescueui"
+
+
+def _field_text(data: dict[str, Any], name: str) -> str | None:
+    v = data.get(name)
+    if isinstance(v, str) and v and len(v) <= FIELD_LIMIT:
+        return v
+    return None
 
 
 def read_holder(path: str | Path | None = None) -> LockHolder | None:
-    """Who holds (or last held) the lock, from the lock file; None if unknown."""
+    """Who holds (or last held) the lock, from the lock file; None if unknown.
+
+    Only a regular file (no symlink followed, never blocks on a FIFO) of at most
+    :data:`HOLDER_LIMIT` bytes is read; a field of the wrong type is left out.
+    """
     p = Path(path) if path else default_lock_path()
     try:
-        data: dict[str, Any] = json.loads(p.read_text() or "{}")
-    except (OSError, ValueError):
+        raw = read_regular(p, HOLDER_LIMIT, what="writer lock file")
+        data = json.loads(raw or b"{}")
+    except (OSError, RescueError, ValueError, RecursionError):
         return None
-    if not data:
+    if not isinstance(data, dict) or not data:
         return None
+    pid = data.get("pid")
     return LockHolder(
-        pid=data.get("pid"),
-        tty=data.get("tty"),
-        target=data.get("target"),
-        job=data.get("job"),
-        since=data.get("since"),
+        pid=pid if type(pid) is int and pid > 0 else None,
+        tty=_field_text(data, "tty"),
+        target=_field_text(data, "target"),
+        job=_field_text(data, "job"),
+        since=_field_text(data, "since"),
     )
+
+
+def _open_lock_file(path: Path) -> int:
+    """Open (or create) the lock file: never through a symlink, never blocking, and only if
+    it is a regular file."""
+    hint = (
+        "Remove it (it is not a lock file rescueui made), or set RESCUEUI_LOCK to another "
+        "path, then start again."
+    )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(
+            path,
+            os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC,
+            0o644,
+        )
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise LockError(
+                f"The writer lock {path} is a symbolic link; it is not followed, so no "
+                "restore or capture can start.",
+                hint=hint,
+            ) from exc
+        raise LockError(
+            f"Cannot create the writer lock {path}: {exc.strerror}.",
+            hint="Run as root, or set RESCUEUI_LOCK to a writable path.",
+        ) from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise LockError(
+                f"The writer lock {path} is {kind_of(st.st_mode)}, not a regular file; no "
+                "restore or capture can start.",
+                hint=hint,
+            )
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 class WriterLock:
@@ -102,14 +177,7 @@ class WriterLock:
     def acquire(self) -> WriterLock:
         if self._fd is not None:
             return self
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            raise LockError(
-                f"Cannot create the writer lock {self.path}: {exc.strerror}.",
-                hint="Run as root, or set RESCUEUI_LOCK to a writable path.",
-            ) from exc
+        fd = _open_lock_file(self.path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
@@ -117,9 +185,17 @@ class WriterLock:
             holder = read_holder(self.path)
             who = holder.describe() if holder else "another rescueui"
             raise LockError(
-                f"Another rescueui is already writing on this machine: {who}.",
+                f"Another rescueui is already restoring or capturing on this machine: {who} "
+                f"(it holds the writer lock {self.path}).",
                 hint="Wait for it to finish or stop it there; only one restore or capture "
                 "may run at a time.",
+            ) from exc
+        except OSError as exc:
+            os.close(fd)
+            raise LockError(
+                f"Cannot take the writer lock {self.path}: {exc.strerror}.",
+                hint="Set RESCUEUI_LOCK to a path on a local filesystem (such as /run), "
+                "then start again.",
             ) from exc
         info = {
             "pid": os.getpid(),
@@ -128,8 +204,11 @@ class WriterLock:
             "job": self.job,
             "since": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        # Who holds it is for the other instance's message only: the flock is what counts,
+        # so a full /run does not stop the job.
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
         self._fd = fd
         return self
 
