@@ -193,7 +193,7 @@ class Journal:
         except OSError as exc:
             problems.append(f"{fallback}: {exc.strerror or exc}")
             raise JournalWriteError("; ".join(problems), fallback) from exc
-        j.path = _real_folder(fallback) / name
+        j.path = Path(os.path.abspath(fallback)) / name  # opened no-follow on each write
         j.folder_id = None
         try:
             j.save()
@@ -407,7 +407,7 @@ def find_journal(
     """
     name = journal_name(manifest_blake3, ident, partition)
     first_error: JournalError | None = None
-    for folder in (_real_folder(image_dir), _real_folder(fallback_dir())):
+    for folder in (_real_folder(image_dir), Path(os.path.abspath(fallback_dir()))):
         path = folder / name
         try:
             os.lstat(path)
