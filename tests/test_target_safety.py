@@ -9,12 +9,9 @@ import pytest
 
 from rescueui.core.errors import TargetChangedError, UnsafeTargetError
 from rescueui.core.identity import confirm_target, identity_of
-from rescueui.core.target import (
-    _own_block_reasons,
-    boot_disks,
-    check_target_safety,
-    open_target,
-)
+from rescueui.core.disks import scan_disks, whole_disk_devnum
+from rescueui.core.target import check_target_safety, open_target
+from rescueui.core.targets.rule import RuleContext
 from tests.loopdisk import LoopFactory, mkfs_ext4
 
 MiB = 1024 * 1024
@@ -51,8 +48,10 @@ def test_boot_disk_is_refused_without_opening_it_for_writing(
     with pytest.raises(UnsafeTargetError) as err:
         check_target_safety(ident)
     assert "boot medium" in str(err.value)
-    # The second layer alone refuses it too.
-    assert any("boot medium" in r for r in _own_block_reasons(ident, None, ("/",)))
+    # The disk list (the same rule) marks it as the boot medium too.
+    assert ident.devnum is not None
+    whole = whole_disk_devnum(ident.devnum)
+    assert any(d.devnum == whole and "boot" in d.roles for d in scan_disks())
     write_flags = os.O_WRONLY | os.O_RDWR
     assert not [p for p, f in opened if f & write_flags and os.path.realpath(p) == dev]
 
@@ -61,7 +60,7 @@ def test_boot_disk_is_refused_without_opening_it_for_writing(
 def test_clean_loop_disk_is_accepted(loops: LoopFactory) -> None:
     disk = loops.create(16)
     check_target_safety(identity_of(disk.path))
-    assert identity_of(disk.path).devnum not in boot_disks()
+    assert identity_of(disk.path).devnum not in {p.devnum for p in RuleContext.build().boot}
 
 
 @pytest.mark.root
@@ -103,10 +102,8 @@ def test_disk_holding_the_image_refused(loops: LoopFactory, tmp_path: Path) -> N
     with pytest.raises(UnsafeTargetError) as err:
         check_target_safety(identity_of(disk.path), image_dir=image_dir)
     assert "image" in str(err.value)
-    assert any(
-        "holds the image" in r
-        for r in _own_block_reasons(identity_of(disk.path), image_dir, ("/",))
-    )
+    listed = [d for d in scan_disks(image_paths=[image_dir]) if d.path == disk.path]
+    assert listed and "image" in listed[0].roles
 
 
 @pytest.mark.root

@@ -437,40 +437,24 @@ def _mounted_reason(points: list[str], who: str | None) -> str:
     return text
 
 
-def classify(disk: Disk, *, boot: set[DevNum], image: set[DevNum]) -> None:
-    """Fill ``disk.roles`` and ``disk.reasons`` (in the order a technician should read them)."""
-    roles: set[str] = set()
-    reasons: list[str] = []
-    if disk.devnum in boot:
-        roles.add("boot")
-        reasons.append(REASON_BOOT)
-    if disk.devnum in image:
-        roles.add("image")
-        reasons.append(REASON_IMAGE)
-    optical = is_optical(disk.name)
-    if optical:
-        reasons.append(REASON_OPTICAL)
-    if disk.bus in ("md", "dm"):
-        reasons.append(REASON_VIRTUAL)
-    if disk.mountpoints:
-        reasons.append(_mounted_reason(disk.mountpoints, None))
-    for p in disk.partitions:
-        if p.mountpoints:
-            reasons.append(_mounted_reason(p.mountpoints, p.name))
-    if disk.swap:
-        reasons.append(REASON_SWAP)
-    for p in disk.partitions:
-        if p.swap:
-            reasons.append(f"{REASON_SWAP} ({p.name})")
-    if disk.holders:
-        reasons.append(f"{REASON_HOLDERS}: {', '.join(disk.holders)}")
-    for p in disk.partitions:
-        if p.holders:
-            reasons.append(f"{REASON_HOLDERS}: {', '.join(p.holders)} ({p.name})")
-    if disk.read_only and not optical:
-        reasons.append(REASON_READ_ONLY)
-    disk.roles = roles
-    disk.reasons = reasons
+def classify(
+    disk: Disk,
+    *,
+    boot: Iterable[DevNum] = (),
+    image: Iterable[DevNum] = (),
+    ctx: Any = None,
+) -> None:
+    """Fill ``disk.roles`` and ``disk.reasons`` from the target rule
+    (:mod:`rescueui.core.targets.rule`, the one place that decides what may be written).
+
+    ``ctx``: a ``RuleContext`` of this machine (what :func:`scan_disks` builds); without
+    one, only ``boot``/``image`` (whole-disk device numbers) and the record's own facts count.
+    """
+    from rescueui.core.targets import rule
+
+    if ctx is None:
+        ctx = rule.RuleContext.from_devnums(boot=boot, image=image)
+    disk.roles, disk.reasons = rule.disk_verdict(disk, ctx)
 
 
 def udev_running() -> bool:
@@ -495,7 +479,10 @@ def is_listed(name: str, size_bytes: int) -> bool:
 
 
 def scan_disks(
-    *, image_paths: Iterable[str | Path] = (), live_mounts: Iterable[str] | None = None
+    *,
+    image_paths: Iterable[str | Path] = (),
+    live_mounts: Iterable[str] | None = None,
+    rule_context: Any = None,
 ) -> list[Disk]:
     """Every disk of this machine with its partitions, roles and reasons, sorted by name.
 
@@ -503,17 +490,16 @@ def scan_disks(
     them are marked ``"image"`` ("holds the selected image").
     ``live_mounts``: mount points of the running system; their disks are marked
     ``"boot"``. Defaults to :data:`DEFAULT_LIVE_MOUNTS`.
+    ``rule_context``: a ready ``targets.rule.RuleContext`` (then the two above are unused).
     """
+    from rescueui.core.targets.rule import RuleContext
+
     entries = mnt.read_mountinfo()
     mounts = mnt.mounts_by_devnum(entries)
     swaps = mnt.swap_devnums(mnt.read_swaps())
-    boot = _boot_devnums(DEFAULT_LIVE_MOUNTS if live_mounts is None else live_mounts, entries)
-    image: set[DevNum] = set()
-    for p in image_paths:
-        dev = _fs_devnum(p, entries)
-        whole = whole_disk_devnum(dev) if dev is not None else None
-        if whole is not None:
-            image.add(whole)
+    ctx = rule_context or RuleContext.build(
+        image_paths=image_paths, live_mounts=live_mounts, entries=entries
+    )
 
     try:
         context = pyudev.Context()
@@ -537,7 +523,7 @@ def scan_disks(
     result = sorted(disks.values(), key=lambda d: _natural_key(d.name))
     for disk in result:
         disk.partitions.sort(key=lambda p: (p.number, p.start_bytes))
-        classify(disk, boot=boot, image=image)
+        classify(disk, ctx=ctx)
     return result
 
 
