@@ -24,7 +24,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rescueui.core import parttable
 from rescueui.core.errors import RestoreError, TargetTooSmallError, ToolMissingError
@@ -309,7 +309,17 @@ def _kernel_sees(dev: str, size: int, disk: str, number: int) -> bool:
     return False
 
 
-def finish_larger_disk(target_path: str | Path, image: Image, grow: bool) -> list[str]:
+class HeldTarget(Protocol):
+    """The confirmed target held by the restore (``target.TargetHandle``)."""
+
+    def ensure(self, step: str) -> None: ...
+
+    def ensure_partition(self, node: str, number: int, step: str) -> None: ...
+
+
+def finish_larger_disk(
+    target_path: str | Path, image: Image, grow: bool, held: HeldTarget | None = None
+) -> list[str]:
     """After a verified whole-disk restore: fit the table to the target, grow the last fs.
 
     Call it when the target's size differs from the source disk's (it does nothing
@@ -317,6 +327,9 @@ def finish_larger_disk(target_path: str | Path, image: Image, grow: bool) -> lis
     stream wrote). Writes the adapted table with ``parttable.write_table``, tells the
     kernel, then grows the filesystem of the grown partition. Returns report notes; a
     grower failure becomes a note starting with "Not grown:" (the data is intact).
+
+    ``held``: the restore's held target; each step re-checks it first and a target that
+    went away or changed ends the step with ``TargetChangedError`` (never a write elsewhere).
     """
     from rescueui.core import blockdev
 
@@ -324,6 +337,12 @@ def finish_larger_disk(target_path: str | Path, image: Image, grow: bool) -> lis
     table = image.manifest.partition_table
     if not table or not table.get("partitions"):
         return []
+
+    def ensure(step: str) -> None:
+        if held is not None:
+            held.ensure(step)
+
+    ensure("fitting the partition table to the larger disk")
     size = blockdev.device_size(path)
     src_size = int(image.manifest.source_disk.get("size_bytes") or 0)
     if size == src_size:
@@ -331,7 +350,9 @@ def finish_larger_disk(target_path: str | Path, image: Image, grow: bool) -> lis
     new, notes = adapt_table(table, size, grow=grow)
     if new == table:
         return notes
+    ensure("writing the partition table for the larger disk")
     parttable.write_table(path, new)
+    ensure("telling the kernel about the new partition table")
     parttable.tell_kernel(path)
     number = grown_partition(table, new) if grow else None
     if number is None:
@@ -339,6 +360,7 @@ def finish_larger_disk(target_path: str | Path, image: Image, grow: bool) -> lis
     stream = image.manifest.partition_stream(number)
     fs_type = stream.fs_type if stream else None
     try:
+        ensure(f"growing partition {number}")
         with _partition_device(path, number, new) as dev:
             want = _part_bytes(new, number)
             if not _kernel_sees(dev, want, path, number):
@@ -346,6 +368,10 @@ def finish_larger_disk(target_path: str | Path, image: Image, grow: bool) -> lis
                     f"The kernel still sees the old size of {dev} (the partition may be in use).",
                     hint=f"Run `partx -u {path}` or reboot, then grow the filesystem by hand.",
                 )
+            if held is not None and dev == parttable.node_name(path, number):
+                held.ensure_partition(dev, number, f"growing the filesystem on {dev}")
+            else:
+                ensure(f"growing the filesystem of partition {number}")
             note = grow_filesystem(dev, fs_type)
             if dev != parttable.node_name(path, number):  # a loop over a disk-image file
                 note = note.replace(dev, f"partition {number} of {path} (via {dev})")

@@ -48,6 +48,7 @@ from rescueui.core.errors import (
     CancelledError,
     ImageError,
     RescueError,
+    TargetChangedError,
     TargetTooSmallError,
     UnsafeTargetError,
 )
@@ -68,7 +69,7 @@ from rescueui.core.pipeline import (
 )
 from rescueui.core.progress import ChunkEvent, ProgressCallback, ProgressMeter
 from rescueui.core.report import JobReport
-from rescueui.core.target import check_target_safety, open_target
+from rescueui.core.target import TargetHandle, check_target_safety, open_target
 from rescueui.core.units import MiB, human_size
 
 DEFAULT_WORKERS = 2
@@ -203,12 +204,16 @@ def run_preflight_hook(
     by = acknowledged_by or ("--accept-warnings" if accept_warnings else "operator")
     info = preflight_mod.TargetInfo.from_path(ident.path, image_paths=[image.dir])
     findings = preflight_mod.run_preflight(image, info, partition=partition, grow=grow)
-    acks = preflight_mod.gate(
-        findings,
-        accepted_codes=list(accepted_codes),
-        accept_all_warnings=accept_warnings,
-        by=by,
-    )
+    try:
+        acks = preflight_mod.gate(
+            findings,
+            accepted_codes=list(accepted_codes),
+            accept_all_warnings=accept_warnings,
+            by=by,
+        )
+    except RescueError as exc:
+        exc.findings = findings  # type: ignore[attr-defined]  # for the refusal report
+        raise
     return findings, list(acks), info
 
 
@@ -238,7 +243,63 @@ def plan_restore(
     acknowledgement (who), with the warning (what) and the time (when), in
     ``plan.acknowledgements`` and in the report.
     """
-    accepted = tuple(accepted_codes)
+    try:
+        return _plan_restore(
+            image_dir,
+            target,
+            partition=partition,
+            verify=verify,
+            resume=resume,
+            grow=grow,
+            accept_warnings=accept_warnings,
+            accepted_codes=tuple(accepted_codes),
+            acknowledged_by=acknowledged_by,
+            preflight=preflight,
+        )
+    except RescueError as exc:
+        _refusal_report(image_dir, target, partition, exc)
+        raise
+
+
+def _refusal_report(
+    image_dir: str | Path, target: ConfirmedTarget, partition: int | None, exc: RescueError
+) -> JobReport:
+    """The report of a restore refused while planning (nothing was written); attached to the
+    error as ``exc.report``. Written next to the image when its folder can take it."""
+    report = JobReport(
+        job="restore", source=str(image_dir), image_dir=str(image_dir), target=target.path
+    )
+    report.details.update(
+        mode="partition" if partition is not None else "disk",
+        partition=partition,
+        refused_before_writing=True,
+        target_identity=target.identity.to_dict(),
+    )
+    findings = getattr(exc, "findings", None)
+    if findings:
+        report.findings = list(findings)
+    report.notes.append("The restore was refused while it was planned; nothing was written.")
+    report.finish("failed", exc)
+    folder = Path(image_dir)
+    report.write(folder / "reports" if folder.is_dir() else None)
+    exc.report = report  # type: ignore[attr-defined]
+    return report
+
+
+def _plan_restore(
+    image_dir: str | Path,
+    target: ConfirmedTarget,
+    *,
+    partition: int | None,
+    verify: bool,
+    resume: bool,
+    grow: bool,
+    accept_warnings: bool,
+    accepted_codes: tuple[str, ...],
+    acknowledged_by: str | None,
+    preflight: bool,
+) -> RestorePlan:
+    accepted = accepted_codes
     image = Image.open(image_dir)
     try:
         ident = recheck(target)
@@ -467,8 +528,9 @@ class _RestoreJob:
         self.journal: Journal | None = None
         self.journal_warned = False
 
-    def _grow_partition(self, ident: DiskIdentity) -> None:
+    def _grow_partition(self, handle: TargetHandle) -> None:
         """Partition mode on a larger partition: grow the filesystem to fill it."""
+        ident = handle.identity
         stream = self.plan.stream
         if stream is None or ident.size_bytes <= stream.size_bytes:
             return
@@ -482,6 +544,7 @@ class _RestoreJob:
             return
         self.phases.start("grow")
         self.meter.update(phase="grow", message=f"growing the filesystem on {ident.path}")
+        handle.ensure(f"growing the filesystem on {ident.path}")
         try:
             from rescueui.core.grow import grow_filesystem
 
@@ -543,20 +606,27 @@ class _RestoreJob:
         plan = self.plan
         ident = plan.identity
         with WriterLock(ident.path, job="restore", path=plan.lock_path):
-            handle = open_target(plan.target)  # re-check identity, O_EXCL, O_DIRECT
+            # Re-check identity, O_EXCL, O_DIRECT; the handle (its guard descriptor) is held
+            # until the job ends, and every step re-checks it before acting.
+            handle = open_target(plan.target)
             self.report.details["direct_io"] = handle.direct
             pool = BufferPool(plan.workers + POOL_EXTRA, _max_chunk(plan))
             try:
                 start = self._start_position(pool)
                 self._write(handle, pool, start)
+                if plan.verify:
+                    handle.ensure("the read-back verify")
+                    self._verify(pool)
+                pool.close()
+                handle.ensure("the steps after the restore")
+                # The steps after the restore mount and check partitions: they need the
+                # exclusive claim released. The guard stays open until the end.
+                handle.close_writer()
+                self._after(handle)
+                if self.journal is not None:
+                    self.journal.remove()
             finally:
                 handle.close()
-            if plan.verify:
-                self._verify(pool)
-            pool.close()
-            self._after(ident)
-            if self.journal is not None:
-                self.journal.remove()
             self.phases.stop()
             self.meter.update(phase="done", message="restore complete")
 
@@ -615,9 +685,12 @@ class _RestoreJob:
                 f"already on the target re-verified by reading back; continued at {where}."
             )
             if mismatch is not None:
-                self.report.notes.append(
-                    f"Re-verify found {mismatch.segment.where()} different from the image "
-                    "(not yet durable when the restore stopped); it was written again."
+                self.report.warnings.append(
+                    f"Re-verify found {mismatch.segment.where()} changed: the journal recorded "
+                    "it as written and flushed to the disk, but it now reads back different "
+                    "from the image (something wrote to the target after the interruption, or "
+                    "the disk did not keep the data). It and everything after it were written "
+                    "again and verified."
                 )
             journal.durable_segments = start
             self.journal = journal
@@ -740,11 +813,13 @@ class _RestoreJob:
                 "if it matches).",
             )
 
-    def _after(self, ident: DiskIdentity) -> None:
-        """Partition table housekeeping after a verified whole-disk restore."""
+    def _after(self, handle: TargetHandle) -> None:
+        """Partition table housekeeping after a verified whole-disk restore (every step
+        re-checks the held target first)."""
         plan = self.plan
+        ident = handle.identity
         if plan.partition is not None:
-            self._grow_partition(ident)
+            self._grow_partition(handle)
             return
         table = plan.image.manifest.partition_table
         source_size = int(plan.image.manifest.source_disk.get("size_bytes") or 0)
@@ -758,19 +833,24 @@ class _RestoreJob:
             try:
                 from rescueui.core.grow import finish_larger_disk
 
-                self.report.notes += finish_larger_disk(ident.path, plan.image, plan.grow)
+                self.report.notes += finish_larger_disk(
+                    ident.path, plan.image, plan.grow, held=handle
+                )
             except ImportError:
                 self.report.warnings.append(
                     "The partition table was kept exactly as in the image although the target is "
                     "larger; a GPT backup header is then not at the end of the disk. Fix with "
                     f"`sfdisk --relocate gpt-bak-std {ident.path}`."
                 )
+            except TargetChangedError:
+                raise
             except RescueError as exc:
                 self.report.warnings.append(
                     f"The restored data is verified, but fitting the partition table to the "
                     f"larger target failed: {exc}"
                 )
         if ident.kind == "block" and table is not None:
+            handle.ensure("telling the kernel about the new partitions")
             try:
                 parttable.tell_kernel(ident.path)
                 self.report.notes.append(

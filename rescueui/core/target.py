@@ -1,14 +1,17 @@
-"""Restore targets: is this target safe to overwrite, and opening it for writing.
+"""Restore targets: may this target be overwritten, and holding it for the whole job.
 
-Two layers of safety before any write:
-
-1. :func:`check_target_safety` refuses the boot medium, the medium holding the image,
-   mounted / swap / held / read-only devices (the DISKS module's classification when it
-   is available, plus independent checks here from sysfs and /proc, so a bug in one
-   layer does not open the boot disk).
+1. :func:`check_target_safety` asks the target rule (:mod:`rescueui.core.targets.rule`,
+   the one place that decides it: boot medium, the medium holding the image, mounted /
+   swap / held / read-only devices, and every alias of them — loop devices on the same
+   backing file, the backing file itself, hard links) and refuses with its reasons.
 2. :func:`open_target` re-checks the confirmed identity just before opening, then opens
    with ``O_EXCL`` (the kernel refuses a mounted or in-use block device) and ``O_DIRECT``
-   where the target accepts it.
+   where the target accepts it, plus a read-only *guard* descriptor that is held until the
+   job ends. While it is held the kernel keeps the device (a detached loop device stays
+   bound, a pulled disk's name is not given to the next disk), and every later step that
+   writes calls :meth:`TargetHandle.ensure` first: the path must still name the confirmed
+   device, with the same disk sequence number, size and backing file, not scheduled for
+   detaching.
 
 Nothing in this module writes; the restore engine writes through :class:`TargetHandle`.
 """
@@ -22,152 +25,27 @@ import os
 import stat
 from pathlib import Path
 
-from rescueui.core import blockdev, mounts
-from rescueui.core.disks import DEFAULT_LIVE_MOUNTS, Disk, find_disk, whole_disk_devnum
-from rescueui.core.errors import DiskError, RestoreError, UnsafeTargetError
+from rescueui.core import blockdev
+from rescueui.core.disks import DEFAULT_LIVE_MOUNTS, Disk, scan_disks, whole_disk_devnum
+from rescueui.core.errors import DiskError, RestoreError, TargetChangedError, UnsafeTargetError
 from rescueui.core.identity import ConfirmedTarget, DiskIdentity, recheck
+from rescueui.core.targets import rule
 
 LIVE_MOUNTS: tuple[str, ...] = DEFAULT_LIVE_MOUNTS
-
-
-# ---------------------------------------------------------------- sysfs helpers
-
-
-def _sys(devnum: tuple[int, int]) -> Path:
-    return Path(f"/sys/dev/block/{devnum[0]}:{devnum[1]}")
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return ""
-
-
-def _disk_members(disk: tuple[int, int]) -> list[tuple[int, int]]:
-    """The disk and all its partitions, as device numbers."""
-    out = [disk]
-    sysdir = _sys(disk).resolve()
-    with contextlib.suppress(OSError):
-        for child in sysdir.iterdir():
-            if (child / "partition").exists():
-                dev = _read(child / "dev")
-                if dev:
-                    a, b = dev.split(":")
-                    out.append((int(a), int(b)))
-    return out
-
-
-def _devnum_of_fs(path: str | Path) -> tuple[int, int] | None:
-    """Device number of the block device holding ``path``'s filesystem, or None."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return os.major(st.st_dev), os.minor(st.st_dev)
-
-
-def _mounted_devnums() -> dict[tuple[int, int], list[str]]:
-    """Device number -> mountpoints, from /proc/self/mountinfo."""
-    return {
-        dev: [e.mountpoint for e in entries]
-        for dev, entries in mounts.mounts_by_devnum(mounts.read_mountinfo()).items()
-    }
-
-
-def _swap_devnums() -> set[tuple[int, int]]:
-    """Block devices (not the filesystems of swap files) in use as swap."""
-    return mounts.swap_devnums(e for e in mounts.read_swaps() if e.kind == "partition")
-
-
-def _swap_files() -> set[tuple[int, int]]:
-    """(st_dev, st_ino) of the active swap files."""
-    out: set[tuple[int, int]] = set()
-    for entry in mounts.read_swaps():
-        with contextlib.suppress(OSError):
-            st = os.stat(entry.filename)
-            if stat.S_ISREG(st.st_mode):
-                out.add((st.st_dev, st.st_ino))
-    return out
-
-
-def boot_disks(live_mounts: tuple[str, ...] = LIVE_MOUNTS) -> set[tuple[int, int]]:
-    """Whole disks holding the running system (``/`` and the live medium)."""
-    out: set[tuple[int, int]] = set()
-    for mp in live_mounts:
-        dn = _devnum_of_fs(mp)
-        if dn and dn[0] != 0 and _sys(dn).exists():
-            out.add(whole_disk_devnum(dn) or dn)
-    return out
 
 
 # ---------------------------------------------------------------- safety
 
 
-def _own_block_reasons(
-    ident: DiskIdentity, image_dir: Path | None, live_mounts: tuple[str, ...]
-) -> list[str]:
-    """Independent checks from sysfs and /proc (a second layer under disks.scan_disks)."""
-    assert ident.devnum is not None
-    reasons: list[str] = []
-    disk = whole_disk_devnum(ident.devnum) or ident.devnum
-    if disk in boot_disks(live_mounts):
-        reasons.append("it is the boot medium (the running system lives on it)")
-    if image_dir is not None:
-        img = _devnum_of_fs(image_dir)
-        if img and img[0] != 0 and _sys(img).exists() and whole_disk_devnum(img) == disk:
-            reasons.append(f"it holds the image {image_dir}")
-    # For a whole disk, everything on it counts; for a partition, only the partition.
-    members = [ident.devnum] if ident.partition else _disk_members(disk)
-    mounted = _mounted_devnums()
-    swaps = _swap_devnums()
-    for dn in members:
-        name = _sys(dn).resolve().name
-        for mp in mounted.get(dn, []):
-            reasons.append(f"mounted: /dev/{name} on {mp}")
-        if dn in swaps:
-            reasons.append(f"in use as swap: /dev/{name}")
-        with contextlib.suppress(OSError):
-            holders = [h.name for h in (_sys(dn) / "holders").iterdir()]
-            if holders:
-                reasons.append(f"in use by {', '.join(holders)} (/dev/{name} has holders)")
-    if _read(_sys(ident.devnum) / "ro") == "1" or _read(_sys(disk) / "ro") == "1":
-        reasons.append("read-only")
-    return reasons
-
-
-def _disks_module_reasons(
-    ident: DiskIdentity, image_dir: Path | None, live_mounts: tuple[str, ...]
-) -> tuple[list[str], Disk | None]:
-    """Reasons from the disk classification (:mod:`rescueui.core.disks`), and its Disk record."""
-    found = find_disk(
-        ident.path,
-        live_mounts=list(live_mounts),
-        image_paths=[str(image_dir)] if image_dir is not None else [],
+def _refuse(ident: DiskIdentity, reasons: list[str]) -> UnsafeTargetError:
+    what = "partition" if ident.partition else ("file" if ident.kind == "file" else "disk")
+    return UnsafeTargetError(
+        f"Refusing to overwrite {ident.describe()}: this {what} is not a safe target — "
+        + "; ".join(dict.fromkeys(reasons))
+        + ".",
+        hint="Nothing was written. Choose another target (the disk list shows which disks "
+        "can be targets), or unmount what is in use first.",
     )
-    if found is None:
-        return [], None
-    if not ident.partition:
-        return list(found.reasons), found
-    # A partition restore: the parent disk's other partitions being mounted is fine; what
-    # matters is the partition itself and the disk's roles.
-    reasons: list[str] = []
-    if "boot" in found.roles:
-        reasons.append("it is on the boot medium")
-    if "image" in found.roles:
-        reasons.append("it is on the disk that holds the image")
-    for part in found.partitions:
-        if tuple(part.devnum) == ident.devnum:
-            reasons += [f"mounted on {mp}" for mp in part.mountpoints]
-            if part.swap:
-                reasons.append("in use as swap")
-            if part.holders:
-                reasons.append(f"in use by {', '.join(part.holders)}")
-            if part.read_only:
-                reasons.append("read-only")
-    if found.read_only:
-        reasons.append("read-only")
-    return reasons, found
 
 
 def check_target_safety(
@@ -176,51 +54,66 @@ def check_target_safety(
     image_dir: str | Path | None = None,
     live_mounts: tuple[str, ...] = LIVE_MOUNTS,
 ) -> Disk | None:
-    """Refuse (UnsafeTargetError) a target that must not be overwritten; never opens it.
+    """Refuse (UnsafeTargetError) a target the target rule does not allow; never opens it.
 
-    Returns the DISKS module's ``Disk`` record of the target's disk when available
-    (for showing what will be destroyed), else None.
+    Returns the ``Disk`` record of the target's disk (for showing what will be destroyed),
+    or None for a file target. A block device that the disk scan does not find is refused
+    (the rule cannot vouch for what it does not see).
     """
-    image_path = Path(image_dir).resolve() if image_dir is not None else None
+    images = [Path(image_dir)] if image_dir is not None else []
+    ctx = rule.RuleContext.build(image_paths=images, live_mounts=live_mounts)
     if ident.kind == "file":
-        target = Path(ident.path).resolve()
-        if image_path is not None and (target == image_path or image_path in target.parents):
-            raise UnsafeTargetError(
-                f"{ident.path} is inside the image folder {image_path}; it cannot be the target.",
-                hint="Choose a file or disk outside the image folder.",
-            )
-        if ident.inode in _swap_files():
-            raise UnsafeTargetError(
-                f"{ident.path} is an active swap file; it cannot be the target.",
-                hint="Choose another file or disk.",
-            )
+        reasons = rule.file_verdict(ident.path, ctx)
+        if reasons:
+            raise _refuse(ident, reasons)
         return None
     if ident.devnum is None:
         raise UnsafeTargetError(f"{ident.path}: device number unknown; refusing.")
-    reasons, found = _disks_module_reasons(ident, image_path, live_mounts)
-    if not reasons:
-        # Second layer: our own reading of sysfs and /proc, in case the classification
-        # above missed something (or the DISKS module is not available).
-        reasons = _own_block_reasons(ident, image_path, live_mounts)
+    disk_dev = whole_disk_devnum(ident.devnum) or ident.devnum
+    found = next(
+        (d for d in scan_disks(rule_context=ctx, live_mounts=live_mounts) if d.devnum == disk_dev),
+        None,
+    )
+    if found is None:
+        raise _refuse(ident, ["it is not among the disks this machine lists"])
+    if not ident.partition:
+        if found.reasons:
+            raise _refuse(ident, list(found.reasons))
+        return found
+    part = next((p for p in found.partitions if p.devnum == ident.devnum), None)
+    if part is None:
+        raise _refuse(ident, [f"it is not among the partitions listed for {found.path}"])
+    reasons = rule.partition_verdict(found, part, ctx)
     if reasons:
-        what = "partition" if ident.partition else "disk"
-        raise UnsafeTargetError(
-            f"Refusing to overwrite {ident.describe()}: this {what} is not a safe target — "
-            + "; ".join(dict.fromkeys(reasons))
-            + ".",
-            hint="Nothing was written. Choose another target (`rescueui disks` shows which "
-            "disks can be targets), or unmount what is in use first.",
-        )
+        raise _refuse(ident, reasons)
     return found
 
 
 # ---------------------------------------------------------------- opening
 
 
-class TargetHandle:
-    """An open, confirmed target. Writes go through :meth:`pwrite` and :meth:`zero`."""
+def _loop_autoclear(devnum: tuple[int, int] | None) -> str | None:
+    if devnum is None:
+        return None
+    disk = whole_disk_devnum(devnum) or devnum
+    try:
+        return Path(f"/sys/dev/block/{disk[0]}:{disk[1]}/loop/autoclear").read_text().strip()
+    except OSError:
+        return None
 
-    def __init__(self, identity: DiskIdentity, fd: int, direct: bool) -> None:
+
+class TargetHandle:
+    """An open, confirmed target, held until :meth:`close`.
+
+    Writes go through :meth:`pwrite` and :meth:`zero` (the ``O_EXCL`` descriptor). After the
+    data is on the disk, :meth:`close_writer` gives up exclusivity (the steps after the
+    restore mount and check its partitions) but the read-only guard descriptor stays open
+    until :meth:`close`. Every step that acts on the target calls :meth:`ensure` first.
+    """
+
+    def __init__(
+        self, identity: DiskIdentity, fd: int, direct: bool, guard_fd: int | None = None
+    ) -> None:
         self.identity = identity
         self.path = identity.path
         self.fd = fd
@@ -230,11 +123,18 @@ class TargetHandle:
             with contextlib.suppress(OSError, DiskError):
                 self.align = blockdev.logical_sector_size(fd)
         self._buffered_fd: int | None = None
+        if guard_fd is None:
+            # The same open file, read-only: /proc/self/fd/N reopens exactly this device/file.
+            guard_fd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+        self.guard_fd = guard_fd
+        self._autoclear = _loop_autoclear(identity.devnum) if identity.kind == "block" else None
 
     def _buffered(self) -> int:
         if self._buffered_fd is None:
-            # Same device, same exclusivity: this process already holds O_EXCL.
-            self._buffered_fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
+            if self.fd < 0:
+                raise OSError(errno.EBADF, "the target is no longer open for writing")
+            # The same open device, without O_DIRECT: /proc/self/fd/N, never the path again.
+            self._buffered_fd = os.open(f"/proc/self/fd/{self.fd}", os.O_WRONLY | os.O_CLOEXEC)
         return self._buffered_fd
 
     def pwrite(self, view: memoryview, offset: int) -> None:
@@ -266,7 +166,116 @@ class TargetHandle:
             os.fdatasync(self._buffered_fd)
         os.fdatasync(self.fd)
 
-    def close(self) -> None:
+    # -- holding the confirmed target --------------------------------------------
+    def changes(self) -> list[str]:
+        """What no longer matches the confirmed target (empty: it is still the same one)."""
+        ident = self.identity
+        out: list[str] = []
+        try:
+            held = os.fstat(self.guard_fd)
+        except OSError as exc:
+            return [f"it can no longer be read ({exc.strerror})"]
+        if ident.kind == "file":
+            if held.st_nlink == 0:
+                out.append("the file was deleted")
+            try:
+                now = os.stat(ident.path, follow_symlinks=False)
+            except OSError:
+                out.append("no file has its name any more")
+            else:
+                if (now.st_dev, now.st_ino) != ident.inode:
+                    out.append("another file now has its name")
+            return out
+        devnum = ident.devnum
+        if (os.major(held.st_rdev), os.minor(held.st_rdev)) != devnum:
+            out.append("the open device is another one")
+        try:
+            now = os.stat(ident.path)
+        except OSError:
+            out.append(f"{ident.path} no longer exists")
+        else:
+            if (
+                not stat.S_ISBLK(now.st_mode)
+                or (
+                    os.major(now.st_rdev),
+                    os.minor(now.st_rdev),
+                )
+                != devnum
+            ):
+                out.append(f"{ident.path} now names another device")
+        assert devnum is not None
+        sysdir = Path(f"/sys/dev/block/{devnum[0]}:{devnum[1]}")
+        if not sysdir.exists():
+            out.append("the kernel removed the device (unplugged or detached)")
+            return out
+        disk = whole_disk_devnum(devnum) or devnum
+        diskdir = Path(f"/sys/dev/block/{disk[0]}:{disk[1]}")
+        if ident.diskseq is not None:
+            seq = _read_text(diskdir / "diskseq")
+            if seq != str(ident.diskseq):
+                out.append(
+                    f"its disk sequence number changed ({ident.diskseq} -> {seq or 'none'}): "
+                    "the medium was replaced or re-attached"
+                )
+        if ident.backing_file is not None:
+            backing = _read_text(diskdir / "loop" / "backing_file")
+            if backing != ident.backing_file:
+                out.append(f"its backing file is now {backing or 'none'}")
+        autoclear = _loop_autoclear(devnum)
+        if self._autoclear == "0" and autoclear == "1":
+            out.append("it was detached (the loop device is released as soon as rescueui lets go)")
+        try:
+            size = blockdev.device_size(self.guard_fd)
+        except (OSError, DiskError):
+            size = -1
+        if size != ident.size_bytes:
+            out.append(f"its size is now {size} bytes, not {ident.size_bytes}")
+        return out
+
+    def ensure(self, step: str) -> None:
+        """Raise TargetChangedError unless the target is still the confirmed one.
+
+        ``step``: what is about to happen, for the message ("the read-back verify").
+        """
+        problems = self.changes()
+        if problems:
+            raise TargetChangedError(
+                f"The confirmed target {self.identity.describe()} went away or changed before "
+                f"{step}: " + "; ".join(problems) + ". Nothing more is written to it or to "
+                "whatever now has its name.",
+                hint="Check the cabling and the disk list, then select and confirm the target "
+                "again; the restore can be resumed on the same target.",
+            )
+
+    def ensure_partition(self, node: str, number: int, step: str) -> None:
+        """:meth:`ensure`, and ``node`` must be partition ``number`` of the held disk."""
+        self.ensure(step)
+        if self.identity.kind != "block":
+            return
+        try:
+            st = os.stat(node)
+        except OSError as exc:
+            raise TargetChangedError(
+                f"Partition {number} of {self.path} ({node}) is not there before {step}.",
+                hint="The restored data is intact; re-read the partition table (or reboot) "
+                "and finish by hand.",
+            ) from exc
+        dev = (os.major(st.st_rdev), os.minor(st.st_rdev))
+        held = whole_disk_devnum(self.identity.devnum or dev) or self.identity.devnum
+        sysdir = Path(f"/sys/dev/block/{dev[0]}:{dev[1]}")
+        if (
+            not stat.S_ISBLK(st.st_mode)
+            or whole_disk_devnum(dev) != held
+            or _read_text(sysdir / "partition") != str(number)
+        ):
+            raise TargetChangedError(
+                f"{node} is not partition {number} of the confirmed target {self.path}; "
+                f"{step} was not done.",
+                hint="The restored data is intact; check the disk list and finish by hand.",
+            )
+
+    def close_writer(self) -> None:
+        """Give up the exclusive write descriptor; the guard stays until :meth:`close`."""
         for fd in (self._buffered_fd, self.fd):
             if fd is not None and fd >= 0:
                 with contextlib.suppress(OSError):
@@ -274,11 +283,25 @@ class TargetHandle:
         self._buffered_fd = None
         self.fd = -1
 
+    def close(self) -> None:
+        self.close_writer()
+        if self.guard_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.guard_fd)
+        self.guard_fd = -1
+
     def __enter__(self) -> TargetHandle:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _read_text(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
 
 
 BLKROGET = 0x125E  # _IO(0x12, 94)
@@ -356,8 +379,6 @@ def open_target(confirmed: ConfirmedTarget, *, direct: bool = True) -> TargetHan
     )
     if not same:
         os.close(fd)
-        from rescueui.core.errors import TargetChangedError
-
         raise TargetChangedError(
             f"{ident.path} changed while it was being opened.",
             hint="Nothing was written. Select and confirm the target again.",
