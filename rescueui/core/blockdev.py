@@ -237,13 +237,14 @@ def flush_buffers(fd: int) -> None:
             pass
 
 
-def open_direct_read(path: str | Path) -> tuple[int, bool]:
+def open_direct_read(path: str | Path, *, exclusive: bool = False) -> tuple[int, bool]:
     """Open ``path`` read-only, with O_DIRECT where the kernel accepts it.
 
     Returns ``(fd, direct)``. Regular files on tmpfs refuse O_DIRECT; then the
-    fd is a normal buffered one.
+    fd is a normal buffered one. ``exclusive``: a block device is claimed with ``O_EXCL``
+    (nobody may mount it or open it exclusively meanwhile; EBUSY if it is in use).
     """
-    flags = os.O_RDONLY | os.O_CLOEXEC
+    flags = os.O_RDONLY | os.O_CLOEXEC | (os.O_EXCL if exclusive else 0)
     try:
         return os.open(os.fspath(path), flags | os.O_DIRECT), True
     except OSError as exc:

@@ -21,6 +21,7 @@ On failure :func:`capture` raises a :class:`~rescueui.core.errors.RescueError` w
 from __future__ import annotations
 
 import errno
+import fcntl
 import itertools
 import math
 import os
@@ -52,13 +53,16 @@ from rescueui.core.image import (
     write_file_atomic,
     zero_digest,
 )
+from rescueui.core.lock import WriterLock
 from rescueui.core.progress import ChunkEvent, ProgressCallback, ProgressMeter
 from rescueui.core.report import JobReport, now_iso
+from rescueui.core.targets.rule import capture_destination_problem
 from rescueui.core.tools import find_tool
 from rescueui.core.units import human_size
 
 REPORTS_SUBDIR = "reports"
 DEFAULT_WORKERS = max(1, min(3, os.cpu_count() or 2))
+MIN_LEVEL, MAX_LEVEL = 1, 19  # zstd levels offered (20-22 need far more memory to restore)
 
 DevNum = tuple[int, int]
 
@@ -658,7 +662,14 @@ def _open_source(path: str) -> tuple[int, str, bool]:
         ) from exc
     if stat.S_ISBLK(st.st_mode):
         try:
-            fd, direct = blockdev.open_direct_read(path)
+            try:
+                # Held exclusively while it is read: nothing mounts it or restores onto it.
+                fd, direct = blockdev.open_direct_read(path, exclusive=True)
+            except OSError as exc:
+                if exc.errno != errno.EBUSY:
+                    raise
+                # In use (mounted): read it shared; the mounted check decides whether to go on.
+                fd, direct = blockdev.open_direct_read(path)
         except OSError as exc:
             raise CaptureError(
                 f"Cannot open the source {path}: {exc.strerror}.", hint="Are you root?"
@@ -666,9 +677,19 @@ def _open_source(path: str) -> tuple[int, str, bool]:
         return fd, "block", direct
     if stat.S_ISREG(st.st_mode):
         try:
-            return os.open(path, os.O_RDONLY | os.O_CLOEXEC), "file", False
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
             raise CaptureError(f"Cannot open the source {path}: {exc.strerror}.") from exc
+        try:
+            # A restore onto this file takes an exclusive lock on it: refused while read here.
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            raise CaptureError(
+                f"The source {path} is being written by another program (it holds a lock on it).",
+                hint="Wait until that program is done, then capture again.",
+            ) from exc
+        return fd, "file", False
     raise CaptureError(
         f"The source {path} is neither a disk nor a disk image file.",
         hint="Choose a whole disk such as /dev/sda (see 'rescueui disks').",
@@ -686,6 +707,7 @@ def capture(
     cancel: threading.Event | None = None,
     chunk_size: int = CHUNK_SIZE,
     workers: int = DEFAULT_WORKERS,
+    lock_path: str | None = None,
 ) -> JobReport:
     """Capture ``source`` (a block device or a disk image file) into the folder ``image_dir``.
 
@@ -699,32 +721,35 @@ def capture(
     report = JobReport(job="capture", source=src, destination=str(dest), image_dir=str(dest))
     report.details.update({"level": level, "chunk_size": chunk_size, "workers": workers})
     fd = -1
+    lock: WriterLock | None = None
     dest_prepared = False
     try:
-        if not 1 <= level <= 22:
+        if not MIN_LEVEL <= level <= MAX_LEVEL:
             raise CaptureError(
-                f"zstd level {level} is out of range.", hint="Use 1 to 19 (default 3)."
+                f"zstd level {level} is out of range.",
+                hint=f"Use {MIN_LEVEL} to {MAX_LEVEL} (default 3).",
             )
+        # One writer per machine: a capture never reads a disk a restore is writing, and a
+        # restore never starts on a disk being captured (nor anywhere else meanwhile).
+        lock = WriterLock(src, job="capture", path=lock_path).acquire()
         fd, kind, direct = _open_source(src)
         size = blockdev.device_size(fd)
         lss = blockdev.logical_sector_size(fd)
         pss = blockdev.physical_sector_size(fd)
         if size == 0:
             raise CaptureError(f"The source {src} is empty (0 bytes).", hint="Choose another disk.")
+        # Never write the image onto the storage being captured, by any path (the target rule
+        # knows the aliases: partitions, loop devices on the same backing file, hard links).
+        problem = capture_destination_problem(src, dest)
+        if problem:
+            raise CaptureError(
+                problem[0].upper() + problem[1:] + ".",
+                hint="Write the image to another disk (e.g. a USB disk).",
+            )
         warnings: list[str] = []
         if kind == "block":
             rdev = os.fstat(fd).st_rdev
             devnums = source_devnums((os.major(rdev), os.minor(rdev)))
-            # never write the image onto the disk being captured
-            probe = dest if dest.exists() else dest.parent
-            while not probe.exists() and probe != probe.parent:
-                probe = probe.parent
-            dst_dev = os.stat(probe).st_dev
-            if (os.major(dst_dev), os.minor(dst_dev)) in devnums:
-                raise CaptureError(
-                    f"The destination {dest} is on the disk being captured ({src}).",
-                    hint="Write the image to another disk (e.g. a USB disk).",
-                )
             busy = busy_read_write(devnums)
             if busy:
                 if not allow_mounted_rw:
@@ -827,6 +852,8 @@ def capture(
     finally:
         if fd >= 0:
             os.close(fd)
+        if lock is not None:
+            lock.release()
 
 
 def _stream_summary(s: StreamEntry) -> dict[str, Any]:

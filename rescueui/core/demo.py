@@ -252,7 +252,8 @@ def build_demo(cache_dir: Path | None = None, *, force: bool = False) -> DemoBui
             shutil.rmtree(d)
     with tempfile.TemporaryDirectory(prefix="rescueui-demo-", dir=root) as tmp:
         build_sample_disk(paths.sample_disk, Path(tmp))
-    capture(paths.sample_disk, paths.image_dir)
+    # The demo's own writer lock: building it never waits for (or blocks) a real job.
+    capture(paths.sample_disk, paths.image_dir, lock_path=str(root / "writer.lock"))
     corrupt_copy(paths.image_dir, paths.corrupt_image_dir)
     paths.targets_dir.mkdir(parents=True, exist_ok=True)
     paths.stamp.write_text(_stamp_text())

@@ -519,7 +519,10 @@ class Session:
     ) -> Any:
         from rescueui.core.capture import capture
 
-        return capture(source, image_dir, progress=self._pace(progress), cancel=cancel)
+        lock = str(self.demo.build.root / "writer.lock") if self.demo is not None else None
+        return capture(
+            source, image_dir, progress=self._pace(progress), cancel=cancel, lock_path=lock
+        )
 
     def verify(
         self,
