@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,3 +33,14 @@ def loops(tmp_path: Path) -> Iterator[LoopFactory]:
         yield factory
     finally:
         factory.cleanup()
+
+
+@pytest.fixture(autouse=True)
+def private_writer_lock(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each test has its own machine-wide writer lock (RESCUEUI_LOCK), so a test never waits
+    for, nor is refused by, a job of another test process or a real job on this machine.
+    Tests about two jobs at once give both jobs the same lock path themselves."""
+    if "RESCUEUI_LOCK" not in os.environ:
+        monkeypatch.setenv("RESCUEUI_LOCK", str(tmp_path_factory.mktemp("lock") / "rescueui.lock"))
