@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import secrets
+import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -84,6 +87,9 @@ def test_poweroff_always() -> None:
         ("rescueui.unattended=maybe", "expected 1 or 0"),
         ("rescueui.verify=perhaps", "expected 1 or 0"),
         ("rescueui.wait=soon", "expected seconds"),
+        ("rescueui.wait=\u00b2", "rescueui.wait=\u00b2: expected seconds, digits 0-9 only"),
+        ("rescueui.wait=\u0663", "digits 0-9 only"),  # an Arabic-Indic 3: int() reads it
+        ("rescueui.wait=9999999", "at most 86400"),
     ],
 )
 def test_unusable_command_lines_are_refused(line: str, words: str) -> None:
@@ -120,6 +126,8 @@ def test_parse_target() -> None:
         ("serial", "not KEY:VALUE"),
         ("serial:A,serial:B", "given twice"),
         ("serial:A,size:lots", "not a number of bytes"),
+        ("serial:A,size:\u00b2", "rescueui.target: size '\u00b2' is not a number of bytes"),
+        ("serial:A,size:1\u00b2G", "not a number of bytes"),
         ("", "empty"),
     ],
 )
@@ -406,10 +414,11 @@ def test_progress_printer_throttles() -> None:
 
 
 def test_cli_not_requested_and_bad_options(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    run_dirs: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from rescueui.cli.unattended import main
 
+    tmp_path = run_dirs
     log = tmp_path / "run" / "unattended.log"
     assert main(["--cmdline", LIVE, "--log", str(log)]) == 0
     assert (tmp_path / "run" / "unattended.done").read_text() == "not requested\n"
@@ -419,3 +428,90 @@ def test_cli_not_requested_and_bad_options(
     text = log.read_text()
     assert "ABORTED, nothing written: bad kernel options" in text and "rescueui.target" in text
     assert "RESULT aborted" in capsys.readouterr().out
+    # even bad options leave a report, and the log names it
+    reports = sorted((tmp_path / "fallback-reports").glob("restore-*.json"))
+    assert len(reports) == 1 and f"report: {reports[0]}" in text
+
+
+@pytest.fixture
+def keep_signals() -> Iterator[None]:
+    """`rescueui unattended` installs SIGTERM/SIGINT handlers: give pytest its own back."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+@pytest.mark.parametrize(
+    ("option", "words"),
+    [
+        ("rescueui.wait=\u00b2", "rescueui.wait=\u00b2: expected seconds, digits 0-9 only"),
+        ("rescueui.target=serial:A,size:\u00b2", "size '\u00b2' is not a number of bytes"),
+    ],
+)
+def test_cli_non_ascii_digits_are_refused_with_a_report(
+    run_dirs: Path, capsys: pytest.CaptureFixture[str], option: str, words: str
+) -> None:
+    """'\u00b2'.isdigit() is True and int('\u00b2') raises: a clear refusal naming the option,
+    with a report, never a traceback."""
+    from rescueui.cli.unattended import main
+
+    log = run_dirs / "unattended.log"
+    line = f"rescueui.unattended=1 rescueui.image=X:/y rescueui.target=serial:A {option}"
+    assert main(["--cmdline", line, "--log", str(log)]) == 2
+    text = log.read_text()
+    assert words in text and "Traceback" not in text
+    assert "RESULT aborted" in capsys.readouterr().out
+    reports = list((run_dirs / "fallback-reports").glob("restore-*.json"))
+    assert len(reports) == 1
+    data = json.loads(reports[0].read_text())
+    assert data["outcome"] in ("refused", "failed") and words in data["error"]
+    assert data["details"]["written"] is False
+
+
+EVIL = "\x1b]0;pwn\x07\x1b[2J\r[bold red]x[/]\x9b"
+
+
+@pytest.mark.root
+@pytest.mark.udev
+def test_forged_manifest_aborts_with_a_message_and_a_report(  # type: ignore[no-untyped-def]
+    loops, run_dirs: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], keep_signals
+) -> None:
+    """A manifest whose hash is valid but whose values make the planning raise a plain
+    Python error (here ValueError): before, 'RESULT failed: ValueError' and no report."""
+    from rescueui.cli.unattended import main
+    from rescueui.core.image import Image, save_manifest
+
+    source = loops.create(32, table="label: gpt\ntype=L\n", fill="random")
+    label = "RUI" + secrets.token_hex(4).upper()
+    medium = _image_medium(loops, tmp_path, label, with_image_of=source.path)
+    mnt = Path(medium.mount(None, tmp_path / "forge"))
+    with Image.open(mnt / "images" / "demo") as im:
+        manifest = im.manifest
+    manifest.source_disk.update(physical_sector_size="x", model="M" + EVIL)
+    manifest.warnings = ["W" + EVIL]
+    save_manifest(mnt / "images" / "demo", manifest)
+    medium.umount_all()
+    subprocess.run(["udevadm", "settle"], check=False)
+    target = loops.create(32, fill="random")
+    before = _sha(target.backing)
+    log = run_dirs / "run" / "unattended.log"
+    line = (
+        f"rescueui.unattended=1 rescueui.image={label}:/images/demo "
+        f"rescueui.target=path:{target.path},size:{32 * MiB} rescueui.wait=5"
+    )
+    rc = main(["--cmdline", line, "--log", str(log), "--no-poweroff"])
+    out = capsys.readouterr().out
+    text = log.read_text()
+    assert rc == 3, text
+    assert "RESULT aborted: Unexpected error before anything was written" in text
+    assert "ValueError" in text and "rescueui verify" in text
+    assert "RESULT failed" not in text
+    assert _sha(target.backing) == before
+    # the report lies next to the image and the log names it
+    reports = _list_reports(medium, tmp_path)
+    json_name = next(n for n in reports if n.startswith("restore-") and n.endswith(".json"))
+    assert f"images/demo/reports/{json_name}" in text
+    # nothing from the image reached the consoles raw
+    for raw in ("\x1b", "\x07", "\r", "\x9b"):
+        assert raw not in text and raw not in out

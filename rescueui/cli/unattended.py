@@ -4,7 +4,10 @@ Run by the live image's ``rescueui-unattended.service`` when ``rescueui.unattend
 the kernel command line (options: :mod:`rescueui.core.unattended`). Also runnable by hand:
 ``rescueui unattended --cmdline 'rescueui.unattended=1 rescueui.image=... rescueui.target=...'``
 (or ``python -m rescueui.cli.unattended`` where the sub-command is not registered).
-Every line goes to stdout and, with ``--log``, to that file (the live consoles follow it).
+Every line goes to stdout and, with ``--log``, to that file (the live consoles follow it),
+always as one line with its control characters escaped (image text, labels and models from
+udev are quoted in them). Every run that was asked for ends with a ``RESULT`` line and a
+report file (the job's, or a refusal report when it never started), also on bad options.
 """
 
 from __future__ import annotations
@@ -19,13 +22,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
+from rescueui.core import unattended as core_unattended
 from rescueui.core.errors import RescueError
+from rescueui.core.text import safe_text
 from rescueui.core.unattended import (
     UnattendedOptions,
     UnattendedResult,
     parse_cmdline,
     read_cmdline,
     run_unattended,
+    unexpected_error,
+    write_abort_report,
 )
 
 TAG = "rescueui-unattended"
@@ -72,7 +79,8 @@ class Console:
             self.files.append(open(log, "a", encoding="utf-8", buffering=1))
 
     def __call__(self, text: str) -> None:
-        line = f"{TAG} {time.strftime('%H:%M:%S')} {text}\n"
+        # one line, escaped: a line break or ESC in quoted text cannot fake or repaint a line
+        line = f"{TAG} {time.strftime('%H:%M:%S')} {safe_text(text)}\n"
         with self._lock:
             for f in self.files:
                 try:
@@ -94,11 +102,14 @@ def run(args: argparse.Namespace) -> int:
     done_file: Path | None = args.done_file
     if done_file is None and args.log is not None:
         done_file = args.log.with_suffix(".done")
+    text: str | None = None
     try:
         text = args.cmdline if args.cmdline is not None else read_cmdline()
         opts = parse_cmdline(text)
-    except RescueError as exc:
-        say(f"ABORTED, nothing written: bad kernel options: {exc}")
+    except (RescueError, OSError, ValueError) as exc:
+        error = exc if isinstance(exc, RescueError) else unexpected_error(exc, None)
+        say(f"ABORTED, nothing written: bad kernel options: {error}")
+        _report(core_unattended.FALLBACK_REPORT_DIR, None, error, say, cmdline=text)
         say("RESULT aborted")
         _done(done_file, "aborted")
         return 2
@@ -117,9 +128,16 @@ def run(args: argparse.Namespace) -> int:
     say("unattended restore starting")
     try:
         result = run_unattended(opts, say, cancel=cancel)
-    except Exception as exc:  # the consoles must say what happened, whatever it was
-        say(f"FAILED with an unexpected error: {type(exc).__name__}: {exc}")
-        result = UnattendedResult("failed", f"{type(exc).__name__}: {exc}", written=True)
+    except Exception as exc:  # run_unattended reports its own failures; this is a last resort
+        error = RescueError(
+            f"Unexpected error in the unattended run: {type(exc).__name__}: {exc}.",
+            hint="The target may be partly written: do not use it before a restore of it "
+            "succeeds. Report this with the report file.",
+        )
+        say(f"FAILED with an unexpected error: {error}")
+        paths = _report(core_unattended.FALLBACK_REPORT_DIR, opts, error, say, written=None)
+        # it may have failed after writing began: never claim "nothing written"
+        result = UnattendedResult("failed", str(error), paths, written=True)
     say(f"RESULT {result.outcome}: {result.message}")
     _done(done_file, result.outcome)
     # Finished: a SIGTERM from here on (the power-off below) just ends the process.
@@ -139,6 +157,24 @@ def _maybe_poweroff(
         _poweroff(say)
     elif opts.poweroff == "success" and result.outcome != "success":
         say("not powering off: the restore did not succeed (rescueui.poweroff=always would)")
+
+
+def _report(
+    folder: Path,
+    opts: UnattendedOptions | None,
+    error: BaseException,
+    say: Console,
+    *,
+    cmdline: str | None = None,
+    written: bool | None = False,
+) -> list[Path]:
+    """Write the refusal report and name it on the consoles (or say it could not be)."""
+    paths = write_abort_report(folder, opts, None, error, cmdline=cmdline, written=written)
+    for p in paths:
+        say(f"report: {p}")
+    if not paths:
+        say("no report file could be written anywhere (/run, /tmp): this log is all there is")
+    return paths
 
 
 def _done(path: Path | None, outcome: str) -> None:

@@ -57,6 +57,7 @@ PREFIX = "rescueui."
 MEDIA_ROOT = Path("/run/rescueui/media")
 FALLBACK_REPORT_DIR = Path("/run/rescueui/reports")
 DEFAULT_WAIT_SECONDS = 90
+MAX_WAIT_SECONDS = 24 * 3600  # more is a typo, not a slow USB disk
 
 Say = Callable[[str], None]
 
@@ -157,15 +158,22 @@ def _flag(name: str, value: str) -> bool:
     )
 
 
+def ascii_digits(text: str) -> bool:
+    """True for a non-empty run of 0-9 only. ``str.isdigit`` also accepts '²' or Arabic-Indic
+    digits, which ``int`` then refuses or reads as another number."""
+    return bool(text) and text.isascii() and text.isdigit()
+
+
 def parse_size(text: str) -> int:
     """Bytes, as a plain integer (``1073741824``); binary suffixes K/M/G/T(iB) are accepted."""
     t = text.strip().replace("_", "")
     units = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
     low = t.lower().removesuffix("ib").removesuffix("b")
     num, unit = (low[:-1], low[-1]) if low and low[-1] in "kmgt" else (low, "")
-    if not num.isdigit():
+    if not ascii_digits(num):
         raise UnattendedError(
-            f"Target size '{text}' is not a number of bytes.",
+            f"Kernel option {PREFIX}target: size '{text}' is not a number of bytes "
+            "(digits 0-9, optionally followed by K, M, G or T).",
             hint="Give the exact size in bytes, as `rescueui disks --json` shows it (size_bytes).",
         )
     return int(num) * units[unit]
@@ -254,8 +262,13 @@ def parse_cmdline(text: str) -> UnattendedOptions:
     else:
         power = "success" if _flag("poweroff", poweroff) else "no"
     wait = raw.get("wait", str(DEFAULT_WAIT_SECONDS)).strip()
-    if not wait.isdigit():
-        raise UnattendedError(f"Kernel option {PREFIX}wait={wait}: expected seconds (e.g. 90).")
+    if not ascii_digits(wait) or int(wait) > MAX_WAIT_SECONDS:
+        raise UnattendedError(
+            f"Kernel option {PREFIX}wait={wait}: expected seconds, digits 0-9 only, at most "
+            f"{MAX_WAIT_SECONDS} (e.g. {PREFIX}wait=90).",
+            hint=f"Write {PREFIX}wait=90, or leave it out for the default "
+            f"({DEFAULT_WAIT_SECONDS} s).",
+        )
     opts = UnattendedOptions(
         unattended=unattended,
         image_fs=image_fs,
@@ -589,29 +602,70 @@ def _report_dir(image_dir: Path, medium: ImageMedium | None, say: Say) -> Path:
     return FALLBACK_REPORT_DIR
 
 
-def _write_abort_report(
-    report_dir: Path, opts: UnattendedOptions, image_dir: Path, exc: RescueError
+def _refused_outcome() -> str:
+    """The report outcome of a run that stopped before writing ("refused" once report.py
+    knows it; "failed" until then)."""
+    from rescueui.core.report import OUTCOMES
+
+    return "refused" if "refused" in OUTCOMES else "failed"
+
+
+def write_abort_report(
+    report_dir: Path,
+    opts: UnattendedOptions | None,
+    image_dir: Path | None,
+    exc: BaseException,
+    *,
+    cmdline: str | None = None,
+    written: bool | None = False,
 ) -> list[Path]:
-    """The report of an aborted run (nothing written), in the engine's report format."""
+    """The report of an aborted run (nothing written), in the engine's report format; the
+    paths of the files that exist (empty if none could be written anywhere). ``written=None``:
+    the run broke off where it cannot tell whether the target was written."""
     from rescueui.core.report import JobReport
 
-    report = JobReport(job="restore", source=str(image_dir), image_dir=str(image_dir))
-    report.details.update(
-        mode="unattended",
-        written=False,
-        options={
+    where = str(image_dir) if image_dir is not None else None
+    report = JobReport(job="restore", source=where, image_dir=where)
+    options: dict[str, Any] | None = None
+    if opts is not None:
+        options = {
             "image": f"{opts.image_fs}:{opts.image_path}",
             "target": opts.target.describe() if opts.target else None,
             "verify": opts.verify,
             "grow": opts.grow,
             "strict": opts.strict,
-        },
+        }
+    report.details.update(mode="unattended", written=written, options=options)
+    if cmdline is not None:
+        report.details["cmdline"] = cmdline
+    if written is False:
+        report.notes.append("Unattended restore aborted before any write: nothing was written.")
+        report.finish(_refused_outcome(), exc)
+    else:
+        report.notes.append(
+            "The unattended run broke off; the target may be partly written: do not use it "
+            "before a restore of it succeeds."
+        )
+        report.finish("failed", exc)
+    try:
+        report.write(report_dir)
+    except Exception:  # never raises by contract; if it does, the console still says why
+        return []
+    with contextlib.suppress(OSError):
+        os.sync()
+    return [Path(p) for p in report.report_files if Path(p).exists()]
+
+
+def unexpected_error(exc: BaseException, image_dir: Path | None) -> UnattendedError:
+    """A specific message for an error the code did not expect (a bug, or an image whose
+    manifest holds values of a type nobody checked: a forged or damaged image)."""
+    image = f" with the image {image_dir}" if image_dir is not None else ""
+    return UnattendedError(
+        f"Unexpected error before anything was written{image}: {type(exc).__name__}: {exc}.",
+        hint="The image's manifest may hold a value this version cannot "
+        "use (a damaged or forged image): check it with `rescueui verify` and `rescueui "
+        "preflight` on another machine, or use another copy. Report this with the report file.",
     )
-    report.notes.append("Unattended restore aborted before any write: nothing was written.")
-    report.finish("failed", exc)
-    paths = report.write(report_dir)
-    os.sync()
-    return [Path(p) for p in paths if Path(p).exists()]
 
 
 @contextlib.contextmanager
@@ -696,23 +750,31 @@ def run_unattended(
                 result = _plan_and_restore(
                     opts, image_dir, confirmed, medium, say, cancel, progress_interval
                 )
-            except RescueError as exc:
-                reason = _error_text(exc)
-                say(f"ABORTED, nothing written: {reason}")
-                paths = _write_abort_report(
-                    _report_dir(image_dir, medium, say), opts, image_dir, exc
-                )
-                for p in paths:
-                    say(f"report: {p}")
-                return UnattendedResult("aborted", reason, paths)
+            except Exception as exc:  # refused or failed before the restore started
+                error = exc if isinstance(exc, RescueError) else unexpected_error(exc, image_dir)
+                return _aborted(error, _report_dir(image_dir, medium, say), opts, image_dir, say)
             return result
-    except RescueError as exc:  # image medium problems: no report next to the image possible
-        reason = _error_text(exc)
-        say(f"ABORTED, nothing written: {reason}")
-        paths = _write_abort_report(FALLBACK_REPORT_DIR, opts, image_dir, exc)
-        for p in paths:
-            say(f"report: {p}")
-        return UnattendedResult("aborted", reason, paths)
+    except Exception as exc:  # image medium problems: no report next to the image possible
+        error = exc if isinstance(exc, RescueError) else unexpected_error(exc, None)
+        return _aborted(error, FALLBACK_REPORT_DIR, opts, image_dir, say)
+
+
+def _aborted(
+    exc: RescueError, report_dir: Path, opts: UnattendedOptions, image_dir: Path, say: Say
+) -> UnattendedResult:
+    """Nothing was written: say why, write the report, name it (or say it could not be)."""
+    reason = _error_text(exc)
+    say(f"ABORTED, nothing written: {reason}")
+    paths = write_abort_report(report_dir, opts, image_dir, exc)
+    _say_reports(paths, say)
+    return UnattendedResult("aborted", reason, paths)
+
+
+def _say_reports(paths: list[Path], say: Say) -> None:
+    for p in paths:
+        say(f"report: {p}")
+    if not paths:
+        say("no report file could be written anywhere (image medium, /run, /tmp): this log is all")
 
 
 def _error_text(exc: RescueError) -> str:
@@ -745,15 +807,20 @@ def _plan_and_restore(
 
     findings = list(getattr(plan, "findings", []) or [])
     for f in findings:
-        detail = f" ({f.detail})" if getattr(f, "detail", "") else ""
+        # one console line per finding: a line break in the detail (or in image text quoted
+        # by it) must not start a line of its own
+        detail = str(getattr(f, "detail", "") or "").replace("\n", " / ")
+        detail = f" ({detail})" if detail else ""
         say(f"pre-flight {f.level.upper():4} {f.code}: {f.message}{detail}")
     stops = [f for f in findings if f.level == "stop"]
     warns = [f for f in findings if f.level == "warn"]
     if stops:
+        plan.image.close()
         raise UnattendedError(
             f"Pre-flight stop: {'; '.join(f.message for f in stops)}.", hint="Nothing was written."
         )
     if warns and opts.strict:
+        plan.image.close()
         raise UnattendedError(
             f"Pre-flight warnings and {PREFIX}strict=1: {'; '.join(f.message for f in warns)}.",
             hint="Nothing was written.",
@@ -774,6 +841,28 @@ def _plan_and_restore(
         if report is None:
             raise
     elapsed = time.monotonic() - started
+    try:
+        return _restore_result(opts, image_dir, medium, report, elapsed, say)
+    except Exception as exc:  # the restore ran: never "nothing written" from here on
+        msg = (
+            f"restore {getattr(report, 'outcome', 'failed')}, but reporting it failed: "
+            f"{type(exc).__name__}: {exc}; the engine's report: "
+            + (", ".join(getattr(report, "report_files", []) or []) or "none written")
+        )
+        say(msg)
+        outcome = "success" if getattr(report, "outcome", "") == "success" else "failed"
+        return UnattendedResult(outcome, msg, [], written=True)
+
+
+def _restore_result(
+    opts: UnattendedOptions,
+    image_dir: Path,
+    medium: ImageMedium,
+    report: Any,
+    elapsed: float,
+    say: Say,
+) -> UnattendedResult:
+    """Say how the restore ended, put its report next to the image, name the report files."""
     outcome = getattr(report, "outcome", "failed")
     error = getattr(report, "error", None)
     for w in getattr(report, "warnings", []) or []:
@@ -787,8 +876,7 @@ def _plan_and_restore(
         written = [Path(p) for p in report.write(report_dir)]
         os.sync()
     existing = [p for p in written if p.exists()][-2:]
-    for p in existing:
-        say(f"report: {p}")
+    _say_reports(existing, say)
     if outcome == "success":
         msg = f"restore finished and {'verified' if opts.verify else 'NOT verified'} in {human_duration(elapsed)}"
         say(msg)
