@@ -285,3 +285,21 @@ def interrupt_cli(
     if not sent:
         pytest.fail(f"the restore was not interrupted mid-way (rc={proc.returncode})")
     return proc
+
+
+def test_resume_with_a_damaged_journal_starts_again_and_says_why(
+    random_image: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "target.img"
+    target.write_bytes(os.urandom(48 * MiB))
+    cancelled_restore(random_image, target)
+    journals = list(random_image["image"].glob("restore-journal-*.json"))
+    assert len(journals) == 1
+    data = json.loads(journals[0].read_text())
+    data["durable_segments"] = -5  # once an internal IndexError
+    journals[0].write_text(json.dumps(data))
+    report, offsets = resume_restore(random_image, target, monkeypatch)
+    assert report.outcome == "success", report.error
+    assert any(str(journals[0].name) in w and "beginning" in w for w in report.warnings)
+    assert min(offsets) == 0  # everything written again
+    assert target.read_bytes() == random_image["source"].read_bytes()

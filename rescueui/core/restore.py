@@ -47,9 +47,9 @@ from rescueui.core import preflight as preflight_mod
 from rescueui.core.errors import (
     CancelledError,
     ImageError,
+    JournalError,
     RescueError,
     TargetChangedError,
-    TargetTooSmallError,
     UnsafeTargetError,
 )
 from rescueui.core.identity import ConfirmedTarget, DiskIdentity, recheck
@@ -70,6 +70,7 @@ from rescueui.core.pipeline import (
 from rescueui.core.progress import ChunkEvent, ProgressCallback, ProgressMeter
 from rescueui.core.report import JobReport
 from rescueui.core.target import TargetHandle, check_target_safety, open_target
+from rescueui.core.targets.rule import check_fit
 from rescueui.core.units import MiB, human_size
 
 DEFAULT_WORKERS = 2
@@ -169,18 +170,6 @@ def _partition_stream(image: Image, number: int) -> StreamEntry:
             hint=f"It holds partition(s) {', '.join(have) or 'none'}; choose one of those.",
         )
     return s
-
-
-def check_fit(ident: DiskIdentity, needed: int, what: str) -> None:
-    """TargetTooSmallError if ``ident`` cannot hold ``needed`` bytes."""
-    if ident.size_bytes < needed:
-        short = needed - ident.size_bytes
-        raise TargetTooSmallError(
-            f"{ident.path} ({human_size(ident.size_bytes)}, {ident.size_bytes} bytes) is "
-            f"{short} bytes ({human_size(short)}) too small for {what}: it needs at least "
-            f"{needed} bytes ({human_size(needed)}).",
-            hint=f"Nothing was written. Choose a target of at least {human_size(needed)}.",
-        )
 
 
 def run_preflight_hook(
@@ -635,10 +624,18 @@ class _RestoreJob:
         image = plan.image
         mhash = image.manifest.manifest_blake3
         start = 0
-        journal = (
-            find_journal(image.dir, mhash, plan.identity, plan.partition) if plan.resume else None
-        )
-        if plan.resume and journal is None:
+        unusable: JournalError | None = None
+        try:
+            journal = (
+                find_journal(image.dir, mhash, plan.identity, plan.partition)
+                if plan.resume
+                else None
+            )
+        except JournalError as exc:
+            # A damaged or foreign journal: nothing it says is trusted; start again.
+            journal, unusable = None, exc
+            self.report.warnings.append(f"{exc.message} Restoring from the beginning instead.")
+        if plan.resume and journal is None and unusable is None:
             self.report.warnings.append(
                 "No journal of an earlier restore of this image onto this target was found; "
                 "restoring from the beginning."

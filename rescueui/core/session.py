@@ -367,44 +367,34 @@ class Session:
 
     # -- fit, pre-flight, confirmation --------------------------------
     def fit_problem(self, image: ImageSummary, disk: Any) -> str | None:
-        """Why the image cannot go onto this disk at all (None if it can be considered)."""
+        """Why the image cannot go onto this disk at all (None if it can be considered).
+        The target rule decides (:mod:`rescueui.core.targets.rule`)."""
+        from rescueui.core.targets import rule
+
         if not disk.targetable:
             return "; ".join(disk.reasons)
-        if image.extent_bytes > disk.size_bytes:
-            return (
-                f"too small: the image needs {human_size(image.extent_bytes)}, "
-                f"{disk.path} has {human_size(disk.size_bytes)}"
-            )
-        return None
+        return rule.fit_problem(image.extent_bytes, disk.size_bytes, disk.path)
 
     def partition_problem(
         self, image: ImageSummary, disk: Any, part: Any, number: int
     ) -> str | None:
         """Why image partition ``number`` cannot go onto the existing partition ``part``."""
-        if disk.bus == "file":
-            return "partitions of a disk image file have no device of their own; restore the whole disk"
-        if {"boot", "image"} & set(disk.roles):
-            return (
-                "; ".join(r for r in disk.reasons if "boot" in r or "image" in r)
-                or "boot or image medium"
+        from rescueui.core.targets import rule
+
+        if self.demo is None:
+            reasons = rule.partition_verdict(
+                disk, part, rule.RuleContext.build(image_paths=[image.path])
             )
-        if part.read_only or disk.read_only:
-            return "read-only"
-        if part.mountpoints:
-            return f"mounted: {', '.join(part.mountpoints)}"
-        if part.swap:
-            return "in use as swap"
-        if part.holders:
-            return f"in use by {', '.join(part.holders)}"
+        else:  # canned demo disks: their own records are all there is
+            reasons = rule.partition_verdict(disk, part, rule.RuleContext())
+        if reasons:
+            return "; ".join(reasons)
         stream = next((st for st in image.streams if st.partition_number == number), None)
         if stream is None:
             return f"the image has no partition {number}"
-        if stream.size_bytes > part.size_bytes:
-            return (
-                f"too small: image partition {number} needs {human_size(stream.size_bytes)}, "
-                f"{part.path} has {human_size(part.size_bytes)}"
-            )
-        return None
+        return rule.fit_problem(
+            stream.size_bytes, part.size_bytes, part.path, f"image partition {number}"
+        )
 
     def preflight(
         self,

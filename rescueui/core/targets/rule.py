@@ -46,6 +46,8 @@ from rescueui.core.disks import (
     Disk,
     Partition,
 )
+from rescueui.core.errors import TargetTooSmallError
+from rescueui.core.identity import DiskIdentity
 from rescueui.core.units import human_size
 
 Key = tuple[str, int, int]
@@ -422,10 +424,14 @@ def partition_verdict(disk: Disk, part: Partition, ctx: RuleContext) -> list[str
         return [
             "partitions of a disk image file have no device of their own; restore the whole disk"
         ]
+    media = _media(part.devnum, ctx)
+    # Canned disk records (the demo) carry their roles themselves.
+    media += [(role, None) for role in sorted(disk.roles) if role not in {r for r, _ in media}]
     reasons += [
         ("it is on the boot medium" if role == "boot" else "it is on the disk that holds the image")
         + _alias(label)
-        for role, label in _media(part.devnum, ctx)
+        for role, label in media
+        if role in ("boot", "image")
     ]
     if part.read_only or disk.read_only:
         reasons.append(REASON_READ_ONLY)
@@ -478,6 +484,18 @@ def file_verdict(path: str | Path, ctx: RuleContext) -> list[str]:
 
 
 # --------------------------------------------------------------------------- fit
+
+
+def check_fit(ident: DiskIdentity, needed: int, what: str) -> None:
+    """TargetTooSmallError if the target ``ident`` cannot hold ``needed`` bytes."""
+    if ident.size_bytes < needed:
+        short = needed - ident.size_bytes
+        raise TargetTooSmallError(
+            f"{ident.path} ({human_size(ident.size_bytes)}, {ident.size_bytes} bytes) is "
+            f"{short} bytes ({human_size(short)}) too small for {what}: it needs at least "
+            f"{needed} bytes ({human_size(needed)}).",
+            hint=f"Nothing was written. Choose a target of at least {human_size(needed)}.",
+        )
 
 
 def fit_problem(needed: int, have: int, target: str, what: str = "the image") -> str | None:
