@@ -18,7 +18,6 @@ The checks themselves (:func:`check`) are pure logic over :class:`ImageFacts`,
 
 from __future__ import annotations
 
-import io
 import os
 import stat
 from collections.abc import Iterable
@@ -262,9 +261,11 @@ class TargetInfo:
                 f"The target {p} is neither a disk, a partition nor a disk image file.",
                 hint="Give a device such as /dev/sdb (see `rescueui disks`) or a file.",
             )
-        from rescueui.core.disks import find_disk
+        from rescueui.core.disks import find_disk, scan_disks
+        from rescueui.core.targets import rule
 
-        disk = find_disk(p, image_paths=list(image_paths))
+        ctx = rule.RuleContext.build(image_paths=list(image_paths))
+        disk = find_disk(p, scan_disks(rule_context=ctx))
         if disk is None:
             raise PreflightError(
                 f"The target {p} was not found among this machine's disks.",
@@ -284,7 +285,7 @@ class TargetInfo:
                 model=disk.model,
                 serial=disk.serial,
                 is_partition=True,
-                reasons=[r for r in disk.reasons if _reason_concerns(r, part.name, disk)],
+                reasons=rule.partition_verdict(disk, part, ctx),
                 disk_path=disk.path,
             )
         return cls(
@@ -300,14 +301,6 @@ class TargetInfo:
             reasons=list(disk.reasons),
             disk_path=disk.path,
         )
-
-
-def _reason_concerns(reason: str, part_name: str, disk: Any) -> bool:
-    """For a partition target: disk-wide reasons (boot/image medium, read-only) and the
-    partition's own ones count; another partition being mounted does not."""
-    names = [p.name for p in disk.partitions]
-    mentions = [n for n in names if n in reason]
-    return not mentions or part_name in mentions
 
 
 # --------------------------------------------------------------------------- image facts
@@ -433,11 +426,7 @@ def read_first_sector(image: Image) -> tuple[bytes | None, str]:
             first = chunks[0]
         if first.zero:
             return bytes(512), ""
-        import zstandard
-
-        data = image.read_compressed(stream, first)
-        with zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data)) as reader:
-            head = reader.read(512)
+        head = image.read_chunk_prefix(stream, first, 512)  # the one bounded decoder
         if len(head) < 512:
             head = head + bytes(512 - len(head))
         return bytes(head[:512]), ""
