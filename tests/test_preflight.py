@@ -191,7 +191,7 @@ def test_partition_fit() -> None:
     big = run(m, target(300, is_partition=True), partition=2)
     assert "ext4 filesystem will be grown" in big["fit.larger"].message
     big = run(m, target(300, is_partition=True), partition=2, grow=False)
-    assert "--no-grow" in big["fit.larger"].message
+    assert "growing turned off" in big["fit.larger"].message
     missing = run(m, target(100, is_partition=True), partition=7)["fit"]
     assert missing.level == "stop" and "no partition 7" in missing.message
 
@@ -655,7 +655,7 @@ def test_restore_needs_warnings_accepted(captured: dict, loops: LoopFactory) -> 
     plan = plan_restore(d, _confirm(tgt.path), accept_warnings=True)
     try:
         assert [a.code for a in plan.acknowledgements] == ["cpus"]
-        assert plan.acknowledgements[0].by == "--accept-warnings"
+        assert plan.acknowledgements[0].by == "all warnings accepted at once"
         assert any(f.code == "cpus" and f.level == "warn" for f in plan.findings)
     finally:
         plan.image.close()

@@ -106,7 +106,8 @@ def cancelled_restore(random_image: dict[str, Path], target: Path) -> Any:
     report = excinfo.value.report
     assert report.outcome == "cancelled", report.error
     assert report.report_files
-    assert "--resume" in (report.hint or "")
+    assert excinfo.value.action == "resume"  # the front end names its own way to resume
+    assert "Resume" in (report.hint or "")
     return report
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from rescueui.core.disks import scan_disks, whole_disk_devnum
 from rescueui.core.errors import TargetChangedError, UnsafeTargetError
 from rescueui.core.identity import confirm_target, identity_of
-from rescueui.core.disks import scan_disks, whole_disk_devnum
 from rescueui.core.target import check_target_safety, open_target
 from rescueui.core.targets.rule import RuleContext
 from tests.loopdisk import LoopFactory, mkfs_ext4

@@ -171,7 +171,9 @@ def job_failed(
     ``report_dir``, with ``fields`` for :class:`JobReport`). ``after`` may add a sentence
     (what was done about a file the run created). Returns the exit status."""
     report: JobReport | None = getattr(exc, "report", None)
-    refused = report is None  # the engine attaches its report once the job has started
+    # The engine attaches its report once the job has started, and a refusal report when it
+    # refused the job while planning it.
+    refused = report is None or bool(report.details.get("refused_before_writing"))
     if report is None:
         report = refusal_report(job, exc, folder=report_dir, **(fields or {}))
     if as_json:
@@ -181,12 +183,27 @@ def job_failed(
     else:
         state = "refused" if refused else "FAILED"
     msg = report.error or exc.message or "unknown error"
-    parts = [msg, report.hint or exc.hint or ""]
+    parts = [msg, report.hint or exc.hint or "", action_words(exc)]
     if after is not None:
         parts.append(after(exc) or "")
     parts.append(report_where(report))
     say("rescueui {} {}: {}", job, state, " ".join(p for p in parts if p))
     return int(exc.exit_code or 1)
+
+
+CLI_ACTIONS = {
+    "resume": "(run the same command again with --resume)",
+    "accept-warnings": "(--accept-warning CODE for each, or --accept-warnings for all)",
+    "restore-partition": "(--partition N TARGET_PARTITION)",
+    "whole-disk": "(leave out --partition)",
+    "allow-mounted": "(--allow-mounted)",
+}
+"""How the command line offers the engine's next steps (``RescueError.action``)."""
+
+
+def action_words(exc: RescueError) -> str:
+    """The command-line form of the error's next step, or an empty string."""
+    return CLI_ACTIONS.get(getattr(exc, "action", None) or "", "")
 
 
 def run_job(

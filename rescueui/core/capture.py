@@ -95,7 +95,8 @@ def plan_streams(
         if partitions:
             raise CaptureError(
                 f"{source} has no partitions, so partition {partitions[0]} cannot be captured.",
-                hint="Capture the whole disk instead (leave out --partition).",
+                hint="Capture the whole disk instead.",
+                action="whole-disk",
             )
         return [PlannedStream("disk", "disk", 0, disk_size)]
     ss = parttable.sector_size(table)
@@ -757,7 +758,8 @@ def capture(
                         f"Refusing to capture {src}: {'; '.join(busy)}. A filesystem that "
                         "changes while it is read gives an inconsistent image.",
                         hint="Unmount it (or remount it read-only) and try again; to capture "
-                        "anyway, allow mounted sources explicitly (--allow-mounted).",
+                        "anyway, allow mounted sources explicitly.",
+                        action="allow-mounted",
                     )
                 warnings.append(
                     f"The source was in use during capture ({'; '.join(busy)}); the image may "

@@ -6,20 +6,32 @@ device, stream, chunk, offset) and says what to do next.
 
 from __future__ import annotations
 
+ACTIONS = {
+    "resume": "continue the same restore where it stopped (after re-checking what was written)",
+    "accept-warnings": "acknowledge the pre-flight warnings and go ahead",
+    "restore-partition": "restore one image partition onto an existing partition",
+    "whole-disk": "restore or capture the whole disk instead of one partition",
+    "allow-mounted": "capture a mounted source all the same",
+}
+"""Next steps a front end can offer in its own words (``RescueError.action``)."""
+
 
 class RescueError(Exception):
     """Base of all errors the engine raises on purpose.
 
-    ``hint`` is the next step for the operator; it is appended to the message
-    shown on screen.
+    ``hint`` is the next step for the operator, in the engine's words (no command-line
+    flags, no key names); it is appended to the message shown on screen. ``action``, when
+    set, names that step for a front end to render in its own words (one of
+    :data:`ACTIONS`: the CLI shows the option, the TUI the key).
     """
 
     exit_code: int = 1
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(self, message: str, *, hint: str | None = None, action: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.action = action
 
     def __str__(self) -> str:
         if self.hint:

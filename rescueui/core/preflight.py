@@ -166,8 +166,9 @@ def gate(
             f"{len(open_warnings)} pre-flight warning(s) need the operator's acknowledgement: "
             + "; ".join(f.message for f in open_warnings)
             + ".",
-            hint="Nothing was written. Read them (`rescueui preflight IMAGE TARGET`), then run "
-            "again with --accept-warnings if the restore should go ahead anyway.",
+            hint="Nothing was written. Read them, then acknowledge them if the restore should "
+            "go ahead anyway.",
+            action="accept-warnings",
         )
     return acknowledge(findings, codes, by=by)
 
@@ -591,8 +592,7 @@ def check(
                 "stop",
                 "fit",
                 "The image holds only selected partitions, not a whole disk.",
-                "Restore its partitions one by one onto existing partitions "
-                "(--partition N TARGET_PARTITION).",
+                "Restore its partitions one by one onto existing partitions.",
             )
         )
     elif partition is None:
@@ -708,12 +708,12 @@ def _check_fit_disk(facts: ImageFacts, target: Any, *, grow: bool) -> list[Findi
             detail = (
                 "The partition table is written for the real disk size and the last "
                 "partition extended to the end; ext2/3/4, xfs and btrfs are grown, other "
-                "filesystems keep their size. Use --no-grow to keep the original sizes."
+                "filesystems keep their size, unless growing is turned off."
             )
         else:
             message = (
                 f"Target is {human_size(extra)} larger than the source disk: "
-                "the extra space stays unused" + (" (--no-grow)." if not grow else ".")
+                "the extra space stays unused" + (" (growing turned off)." if not grow else ".")
             )
             detail = (
                 "The partition table is written for the real disk size (GPT backup at the end)."
@@ -777,7 +777,7 @@ def _check_fit_partition(
         else:
             message = (
                 f"The target partition is {extra} larger: the filesystem keeps its size "
-                "(--no-grow)."
+                "(growing turned off)."
             )
         out.append(
             Finding(

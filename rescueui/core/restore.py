@@ -187,10 +187,10 @@ def run_preflight_hook(
     A "stop" finding raises PreflightError; a "warn" finding raises it too unless
     ``accept_warnings`` (all of them) or its code is in ``accepted_codes`` (acknowledged one
     by one). ``acknowledged_by`` names who acknowledged them in the report (default
-    ``"--accept-warnings"`` or ``"operator"``). Kept in one place so the front ends can wire
-    it their way.
+    ``"all warnings accepted at once"`` or ``"operator"``). Kept in one place so the front
+    ends can wire it their way.
     """
-    by = acknowledged_by or ("--accept-warnings" if accept_warnings else "operator")
+    by = acknowledged_by or ("all warnings accepted at once" if accept_warnings else "operator")
     info = preflight_mod.TargetInfo.from_path(ident.path, image_paths=[image.dir])
     findings = preflight_mod.run_preflight(image, info, partition=partition, grow=grow)
     try:
@@ -226,7 +226,7 @@ def plan_restore(
     target (whole disk vs partition), the fit, then pre-flight.
 
     Pre-flight warnings must be acknowledged: all at once with ``accept_warnings`` (the
-    CLI's ``--accept-warnings``), or one by one by passing their codes in
+    command line's option), or one by one by passing their codes in
     ``accepted_codes`` (the TUI). A warning whose code is not acknowledged refuses the
     job, as does any stop finding. ``acknowledged_by`` is recorded with each
     acknowledgement (who), with the warning (what) and the time (when), in
@@ -307,7 +307,8 @@ def _plan_restore(
                 raise ImageError(
                     f"The image {image.dir} holds only selected partitions ({have}), not a "
                     "whole disk.",
-                    hint="Restore them one by one with --partition N onto existing partitions.",
+                    hint="Restore them one by one onto existing partitions.",
+                    action="restore-partition",
                 )
             needed = image.extent_bytes
             check_fit(ident, needed, f"the image {image.dir.name}")
@@ -315,10 +316,11 @@ def _plan_restore(
             stream = _partition_stream(image, partition)
             if ident.kind == "block" and not ident.partition:
                 raise UnsafeTargetError(
-                    f"{ident.path} is a whole disk; --partition {partition} writes one partition "
+                    f"{ident.path} is a whole disk; restoring image partition {partition} writes "
+                    "one partition "
                     "and needs a partition as target (e.g. /dev/sdb2).",
-                    hint="Give the target partition, or leave out --partition to restore the "
-                    "whole disk.",
+                    hint="Give the target partition, or restore the whole disk instead.",
+                    action="whole-disk",
                 )
             needed = stream.size_bytes
             check_fit(ident, needed, f"partition {partition} of the image")
@@ -451,7 +453,7 @@ def restore(
     ]
     if not plan.verify:
         report.warnings.append(
-            "Read-back verification was skipped (--no-verify): each chunk was checked against "
+            "Read-back verification was turned off: each chunk was checked against "
             "the image before it was written, but the disk was not read back."
         )
     job = _RestoreJob(plan, segments, report, progress, cancel)
@@ -526,7 +528,7 @@ class _RestoreJob:
         if not self.plan.grow:
             self.report.notes.append(
                 f"{ident.path} is {human_size(ident.size_bytes - stream.size_bytes)} larger than "
-                "the image partition; --no-grow left the filesystem at its image size."
+                "the image partition; growing was turned off, so the filesystem keeps its image size."
             )
             return
         if ident.kind != "block":
@@ -670,7 +672,8 @@ class _RestoreJob:
             if self.cancelled():
                 raise CancelledError(
                     "Restore cancelled while re-checking the interrupted restore.",
-                    hint="Nothing new was written. Run it again with --resume.",
+                    hint="Nothing new was written. Resume the restore to go on.",
+                    action="resume",
                 )
             start = mismatch.index if mismatch is not None else durable
             # The bytes from ``start`` are written again: count them in the job total once.
@@ -777,8 +780,9 @@ class _RestoreJob:
                 f"Restore cancelled by the operator before {nxt.where()}; "
                 f"{human_size(int(state['bytes_before']) + result.bytes_written)} of "
                 f"{human_size(self.write_total)} are on {handle.path}.",
-                hint="The target holds a partial image and will not boot as it is. Run the "
-                "same restore with --resume to continue where it stopped.",
+                hint="The target holds a partial image and will not boot as it is. Resume the "
+                "same restore to continue where it stopped.",
+                action="resume",
             )
 
     def _verify(self, pool: BufferPool) -> None:
@@ -806,8 +810,8 @@ class _RestoreJob:
         if self.cancelled():
             raise CancelledError(
                 "Read-back verify cancelled by the operator: all data was written but not checked.",
-                hint="Run the same restore with --resume to verify it (nothing is rewritten "
-                "if it matches).",
+                action="resume",
+                hint="Resume the same restore to verify it (nothing is rewritten if it matches).",
             )
 
     def _after(self, handle: TargetHandle) -> None:
