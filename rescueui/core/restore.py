@@ -597,6 +597,9 @@ class _RestoreJob:
         plan = self.plan
         ident = plan.identity
         with WriterLock(ident.path, job="restore", path=plan.lock_path):
+            # The rule again, right before the open: what was planned may be stale (a
+            # filesystem mounted meanwhile through another loop device on the same file).
+            check_target_safety(recheck(plan.target), image_dir=plan.image.dir)
             # Re-check identity, O_EXCL, O_DIRECT; the handle (its guard descriptor) is held
             # until the job ends, and every step re-checks it before acting.
             handle = open_target(plan.target)
