@@ -115,6 +115,13 @@ class RescueApp(App[int]):
                 refresh(message.event)
 
 
+def _count(text: str | None) -> int:
+    """A positive whole number from the environment, else 0 (ASCII digits only: a broken
+    COLUMNS=80x or '²' must not stop the app from starting)."""
+    value = (text or "").strip()
+    return int(value) if value.isascii() and value.isdigit() and len(value) < 6 else 0
+
+
 def ensure_terminal_size(env: dict[str, str] | None = None) -> tuple[int, int]:
     """A serial console reports 0x0: fall back to 80x24 (env COLUMNS/LINES win if set)."""
     env = os.environ if env is None else env
@@ -125,8 +132,8 @@ def ensure_terminal_size(env: dict[str, str] | None = None) -> tuple[int, int]:
         cols, lines = 0, 0
     if cols > 0 and lines > 0:
         return cols, lines
-    cols = int(env.get("COLUMNS") or 0) or DEFAULT_COLUMNS
-    lines = int(env.get("LINES") or 0) or DEFAULT_LINES
+    cols = _count(env.get("COLUMNS")) or DEFAULT_COLUMNS
+    lines = _count(env.get("LINES")) or DEFAULT_LINES
     env["COLUMNS"] = str(cols)
     env["LINES"] = str(lines)
     try:  # tell the tty too (what `stty rows 24 cols 80` does), so resizes stay sane

@@ -19,6 +19,10 @@ def test_size_fallback_when_the_terminal_reports_nothing(monkeypatch: pytest.Mon
     assert env == {"COLUMNS": "80", "LINES": "24"}
     env = {"COLUMNS": "132", "LINES": "50"}
     assert ensure_terminal_size(env) == (132, 50)
+    # a broken environment (not ASCII digits, absurd) falls back instead of crashing
+    for cols, lines in (("80x", "\u00b2"), ("\u0663", "-5"), ("99999999", "")):
+        env = {"COLUMNS": cols, "LINES": lines}
+        assert ensure_terminal_size(env) == (DEFAULT_COLUMNS, DEFAULT_LINES)
 
 
 def test_real_size_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,6 +13,7 @@ from textual.widgets import Footer, Input, Static
 
 from rescueui.core.errors import RescueError
 from rescueui.core.units import human_size
+from rescueui.tui.text import esc, plain
 from rescueui.tui.widgets.disktable import part_text
 
 
@@ -28,7 +29,7 @@ class PathDialog(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
-            yield Static(self.prompt)
+            yield Static(plain(self.prompt))  # names a disk (its model): never markup
             yield Input(value=self.default, id="path")
             yield Static("Enter: OK   Esc: cancel", classes="dim")
         yield Footer()
@@ -44,16 +45,18 @@ def destroyed_text(disk: Any) -> Text:
     """What a whole-disk restore onto ``disk`` overwrites, from the core's description of it."""
     text = Text()
     text.append("Target: ", style="bold")
-    text.append(f"{disk.path}  {disk.model or ''}  serial {disk.serial or '-'}  ")
+    text.append(f"{esc(disk.path)}  {esc(disk.model or '')}  serial {esc(disk.serial or '-')}  ")
     text.append(human_size(disk.size_bytes))
     text.append("\nEVERYTHING ON THIS DISK WILL BE OVERWRITTEN:", style="bold")
     if not disk.partitions:
         text.append(
-            f"\n  no partitions found (table: {disk.table_type or 'none'}); all data on it is lost"
+            f"\n  no partitions found (table: {esc(disk.table_type or 'none')}); "
+            "all data on it is lost"
         )
     for p in disk.partitions:
         text.append(
-            f"\n  {p.name:<14} {human_size(p.size_bytes):>10}  {part_text(p) or 'unknown contents'}"
+            f"\n  {esc(p.name):<14} {human_size(p.size_bytes):>10}  "
+            f"{part_text(p) or 'unknown contents'}"
         )
     return text
 
@@ -74,14 +77,19 @@ class PartitionPickDialog(ModalScreen[int | None]):
 
         with Vertical(classes="dialog", id="pick-box"):
             yield Static(
-                f"Restore which image partition onto {self.part.path} "
-                f"({human_size(self.part.size_bytes)} {part_text(self.part)})?"
+                Text(
+                    f"Restore which image partition onto {esc(self.part.path)} "
+                    f"({human_size(self.part.size_bytes)} {part_text(self.part)})?"
+                )
             )
             yield OptionList(
                 *[
                     Option(
-                        f"{s.partition_number}: {s.name:<6} {human_size(s.size_bytes):>10}  "
-                        f"{' '.join(x for x in (s.fs_type, s.label) if x)}",
+                        Text(
+                            f"{s.partition_number}: {esc(s.name):<6} "
+                            f"{human_size(s.size_bytes):>10}  "
+                            f"{' '.join(esc(x) for x in (s.fs_type, s.label) if x)}"
+                        ),
                         id=str(s.partition_number),
                     )
                     for s in self.streams
@@ -98,7 +106,8 @@ class PartitionPickDialog(ModalScreen[int | None]):
         self.dismiss(int(event.option.id))
 
     def on_key(self, event: Any) -> None:
-        if event.character and event.character.isdigit():
+        # ASCII digits only: '²'.isdigit() is True, and int('²') raises
+        if event.character and event.character in "0123456789":
             n = int(event.character)
             if any(s.partition_number == n for s in self.streams):
                 event.stop()
@@ -112,11 +121,13 @@ def destroyed_partition_text(disk: Any, part: Any) -> Text:
     text = Text()
     text.append("Target partition: ", style="bold")
     text.append(
-        f"{part.path}  {human_size(part.size_bytes)}  on {disk.path} {disk.model or ''} serial {disk.serial or '-'}"
+        f"{esc(part.path)}  {human_size(part.size_bytes)}  on {esc(disk.path)} "
+        f"{esc(disk.model or '')} serial {esc(disk.serial or '-')}"
     )
     text.append("\nEVERYTHING ON THIS PARTITION WILL BE OVERWRITTEN:", style="bold")
     text.append(
-        f"\n  {part.name:<14} {human_size(part.size_bytes):>10}  {part_text(part) or 'unknown contents'}"
+        f"\n  {esc(part.name):<14} {human_size(part.size_bytes):>10}  "
+        f"{part_text(part) or 'unknown contents'}"
     )
     text.append("\n(the partition table and the other partitions are not touched)")
     return text
@@ -145,7 +156,7 @@ class ConfirmTargetDialog(ModalScreen[Any]):
             )
             yield Static(what, id="destroyed")
             prompt = Text("\nTo confirm, type the code ")
-            prompt.append(f" {self.code} ", style="bold reverse")
+            prompt.append(f" {esc(self.code)} ", style="bold reverse")
             prompt.append(" (the end of the disk's identity above) and press Enter:")
             yield Static(prompt)
             yield Input(placeholder="confirmation code", id="code")
@@ -160,7 +171,7 @@ class ConfirmTargetDialog(ModalScreen[Any]):
         try:
             confirmed = self.confirm(self.part or self.disk, event.value.strip())
         except RescueError as exc:
-            self.query_one("#error", Static).update(Text(f"REFUSED: {exc}", style="bold reverse"))
+            self.query_one("#error", Static).update(plain(f"REFUSED: {exc}", style="bold reverse"))
             self.query_one(Input).value = ""
             self.app.bell()
             return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
@@ -12,6 +13,7 @@ from textual.widgets import DataTable, Footer, Static
 
 from rescueui.tui.messages import DiskHotplug
 from rescueui.tui.screens.base import StepScreen
+from rescueui.tui.text import esc
 from rescueui.tui.widgets.disktable import DiskTable, disk_details
 from rescueui.tui.widgets.steps import StepsBar
 
@@ -69,7 +71,7 @@ class DisksScreen(StepScreen):
         what = {"add": "appeared", "remove": "disappeared", "change": "changed"}.get(
             event.action, event.action
         )
-        self.query_one("#status", Static).update(f"{event.path} {what}")
+        self.query_one("#status", Static).update(Text(f"{esc(event.path)} {esc(what)}"))
         self.rescan()
 
     def on_disk_hotplug(self, message: DiskHotplug) -> None:

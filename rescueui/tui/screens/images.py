@@ -13,33 +13,39 @@ from textual.widgets import DataTable, Footer, Static
 
 from rescueui.core.units import human_size
 from rescueui.tui.screens.base import StepScreen
+from rescueui.tui.text import esc, plain
 from rescueui.tui.widgets.steps import StepsBar
 from rescueui.tui.widgets.tablefill import fill_table
 
 
 def image_layout(img: Any) -> Text:
+    """The selected image's details. Everything from the image (path, source, machine,
+    warnings, labels) is outside text: shown escaped, never read as markup."""
     text = Text()
-    text.append(str(img.path), style="bold")
+    text.append(esc(img.path), style="bold")
     if not img.ok:
         text.append("\nCannot be used: ", style="bold reverse")
-        text.append(img.error or "unreadable")
+        text.append(esc(img.error or "unreadable"))
         return text
-    text.append(f"\nFrom {img.source} ({human_size(img.source_size)}), machine: {img.machine}")
     text.append(
-        f"\nCreated {img.created}; needs {human_size(img.extent_bytes)} on the target; "
-        f"{human_size(img.stored_bytes)} stored; table {img.table_type or 'none'}"
+        f"\nFrom {esc(img.source)} ({human_size(img.source_size)}), machine: {esc(img.machine)}"
+    )
+    text.append(
+        f"\nCreated {esc(img.created)}; needs {human_size(img.extent_bytes)} on the target; "
+        f"{human_size(img.stored_bytes)} stored; table {esc(img.table_type or 'none')}"
     )
     if not img.complete:
         text.append("\nINCOMPLETE IMAGE (capture did not finish)", style="bold reverse")
     for w in img.warnings:
-        text.append(f"\nWarning: {w}")
+        text.append(f"\nWarning: {esc(w)}")
     text.append("\nLayout:", style="bold")
     for s in img.streams:
         where = f"at {human_size(s.start_bytes)}"
-        what = " ".join(x for x in (s.fs_type, s.label) if x)
+        what = " ".join(esc(x) for x in (s.fs_type, s.label) if x)
         num = f"#{s.partition_number}" if s.partition_number else ""
         text.append(
-            f"\n  {s.name:<10} {s.kind:<9} {num:<3} {human_size(s.size_bytes):>10} {where:<14} {what}"
+            f"\n  {esc(s.name):<10} {esc(s.kind):<9} {num:<3} {human_size(s.size_bytes):>10} "
+            f"{where:<14} {what}"
         )
     return text
 
@@ -96,11 +102,11 @@ class ImageScreen(StepScreen):
             (
                 str(img.path),
                 [
-                    Text(img.name, style="bold"),
-                    img.source[:20] if img.ok else Text("UNUSABLE", style="bold"),
+                    plain(img.name, style="bold"),
+                    plain(esc(img.source)[:20]) if img.ok else Text("UNUSABLE", style="bold"),
                     Text(human_size(img.extent_bytes) if img.ok else "-", justify="right"),
-                    img.created[:10] if img.ok else "",
-                    img.machine[:16] if img.ok else (img.error or "")[:40],
+                    plain(esc(img.created)[:10] if img.ok else ""),
+                    plain(esc(img.machine)[:16] if img.ok else esc(img.error or "")[:40]),
                 ],
             )
             for img in images
@@ -133,7 +139,7 @@ class ImageScreen(StepScreen):
             return
         if not img.ok:
             self.query_one("#status", Static).update(
-                Text(f"Cannot use it: {img.error}", style="bold")
+                Text(f"Cannot use it: {esc(img.error)}", style="bold")
             )
             self.app.bell()
             return

@@ -24,6 +24,7 @@ from rescueui.core.errors import CancelledError, CorruptImageError, RescueError,
 from rescueui.core.progress import Progress
 from rescueui.core.units import human_duration, human_size
 from rescueui.tui.screens.base import StepScreen
+from rescueui.tui.text import esc, plain
 from rescueui.tui.widgets.bars import BlockBar
 from rescueui.tui.widgets.bignum import BigNumber
 from rescueui.tui.widgets.checksums import checksum_text
@@ -145,7 +146,8 @@ class JobScreen(StepScreen):
     def compose(self) -> ComposeResult:
         g = self.glyphs
         yield StepsBar(self.STEP, demo=self.session.is_demo)
-        yield Static(Text(self.title_text, style="bold"), id="job-title")
+        # the title names the image and the target (outside text): shown escaped
+        yield Static(plain(self.title_text, style="bold"), id="job-title")
         yield Static("Starting...", id="phase")
         yield BlockBar(g, id="bar-total")
         yield BlockBar(g, id="bar-phase")
@@ -225,7 +227,10 @@ class JobScreen(StepScreen):
         )
         msg = str(error) if error else (report_error or "")
         line.update(
-            Text(f" {label} {('- ' + msg) if msg else ''}  Enter: report ", style="bold reverse")
+            Text(
+                f" {label} {('- ' + esc(msg)) if msg else ''}  Enter: report ",
+                style="bold reverse",
+            )
         )
         self.refresh_bindings()
 
@@ -248,9 +253,9 @@ class JobScreen(StepScreen):
             "write": "Writing (each chunk checked before it is written)",
             "verify": "Read-back verify of the target",
         }.get(p.phase, p.phase)
-        stream = f"  stream {p.stream}" if p.stream else ""
-        msg = f"  {p.message}" if p.message else ""
-        self.query_one("#phase", Static).update(Text(f"Phase: {phase}{stream}{msg}"))
+        stream = f"  stream {esc(p.stream)}" if p.stream else ""
+        msg = f"  {esc(p.message)}" if p.message else ""
+        self.query_one("#phase", Static).update(Text(f"Phase: {esc(phase)}{stream}{msg}"))
         total = self.query_one("#bar-total", BlockBar)
         total.fraction = p.fraction
         total.label = "job"
@@ -272,9 +277,12 @@ class JobScreen(StepScreen):
     def _alarm_text(self) -> Text:
         m = self.mismatch
         if isinstance(m, BaseException) or isinstance(m, str):
-            detail = str(m)
+            detail = esc(m)
         else:
-            detail = f"stream {m.stream}, chunk {m.index}, offset {m.offset}: BLAKE3 {m.blake3[:16]}... does not match the image index"
+            detail = (
+                f"stream {esc(m.stream)}, chunk {m.index}, offset {m.offset}: BLAKE3 "
+                f"{esc(m.blake3[:16])}... does not match the image index"
+            )
         return Text(
             f"!!! CHECKSUM MISMATCH - THE IMAGE IS DAMAGED - RESTORE STOPPED !!!\n{detail}\n"
             "Do not use this target. Use another copy of the image.",

@@ -20,6 +20,7 @@ from textual.widgets import Footer, Static
 
 from rescueui.core.units import human_size
 from rescueui.tui.screens.base import StepScreen
+from rescueui.tui.text import esc, plain
 from rescueui.tui.widgets.findings import LEVEL_TAGS, FindingRow, level_tag
 from rescueui.tui.widgets.steps import StepsBar
 
@@ -59,15 +60,15 @@ class PreflightScreen(StepScreen):
         yield StepsBar(self.STEP, demo=self.session.is_demo)
         if part is not None:
             what = (
-                f"Partition {self.flow.partition} of {img.name} -> {part.path} "
-                f"({human_size(part.size_bytes)}) on {disk.model or disk.name}"
+                f"Partition {self.flow.partition} of {esc(img.name)} -> {esc(part.path)} "
+                f"({human_size(part.size_bytes)}) on {esc(disk.model or disk.name)}"
             )
         else:
             what = (
-                f"{img.name} ({human_size(img.extent_bytes)}) -> {disk.path} "
-                f"({disk.model or disk.name}, {human_size(disk.size_bytes)})"
+                f"{esc(img.name)} ({human_size(img.extent_bytes)}) -> {esc(disk.path)} "
+                f"({esc(disk.model or disk.name)}, {human_size(disk.size_bytes)})"
             )
-        yield Static(what, id="hint")
+        yield Static(Text(what), id="hint")
         with FindingsBox(id="findings-box"):
             yield Static("Checking...", id="findings")
         yield Static("", id="verdict")
@@ -104,7 +105,7 @@ class PreflightScreen(StepScreen):
         self.acknowledged = set()
         box = self.query_one("#findings", Static)
         if error:
-            box.update(Text(f"[STOP] {error}", style="bold"))
+            box.update(Text(f"[STOP] {esc(error)}", style="bold"))
         else:
             box.display = False
             # on a stop nothing can be acknowledged past: the rows do not ask for it
@@ -241,7 +242,7 @@ class PreflightScreen(StepScreen):
         try:
             code = self.session.confirmation_code(part or disk)
         except Exception as exc:  # identity cannot be read: the core says why
-            self.query_one("#verdict", Static).update(Text(f" {exc} ", style="bold reverse"))
+            self.query_one("#verdict", Static).update(plain(f" {exc} ", style="bold reverse"))
             return
         accepted = tuple(f.code for f in self._warnings() if f.code in self.acknowledged)
 

@@ -11,6 +11,7 @@ from textual.containers import VerticalScroll
 from textual.widgets import Footer, Static
 
 from rescueui.tui.screens.base import StepScreen
+from rescueui.tui.text import esc, plain
 from rescueui.tui.widgets.steps import StepsBar
 
 BANNERS = {
@@ -21,20 +22,21 @@ BANNERS = {
 
 
 def report_body(report: Any, error: BaseException | None, width: int = 80) -> Text:
-    """The report's text, laid out for ``width`` columns (the report box's inside)."""
+    """The report's text, laid out for ``width`` columns (the report box's inside). It quotes
+    the image and the disks: control characters are shown escaped (line breaks kept)."""
     text = Text()
     if report is not None and hasattr(report, "to_text"):
         files = getattr(report, "report_files", None) or []
         if files:
             text.append("Report written to:\n", style="bold")
             for f in files:
-                text.append(f"  {f}\n")
+                text.append(f"  {esc(f)}\n")
         else:
             text.append("No report file could be written.\n", style="bold")
         text.append("\n")
-        text.append(report.to_text(width=width))
+        text.append_text(plain(report.to_text(width=width), newlines=True))
     elif error is not None:
-        text.append(f"Error: {error}\n")
+        text.append(f"Error: {esc(error)}\n")
     return text
 
 

@@ -14,6 +14,7 @@ from textual.widgets import DataTable, Footer, Static
 from rescueui.core.units import human_size
 from rescueui.tui.messages import DiskHotplug
 from rescueui.tui.screens.base import StepScreen
+from rescueui.tui.text import esc
 from rescueui.tui.widgets.disktable import DiskTable, disk_details
 from rescueui.tui.widgets.steps import StepsBar
 
@@ -30,8 +31,10 @@ class TargetScreen(StepScreen):
         img = self.flow.image
         yield StepsBar(self.STEP, demo=self.session.is_demo)
         yield Static(
-            f"Image {img.name} needs {human_size(img.extent_bytes)}. Choose the disk to restore "
-            "onto (or a partition, for one image partition).",
+            Text(
+                f"Image {esc(img.name)} needs {human_size(img.extent_bytes)}. Choose the disk "
+                "to restore onto (or a partition, for one image partition)."
+            ),
             id="hint",
         )
         yield DiskTable(id="targets", extra=("Fit", self._fit))
@@ -73,7 +76,7 @@ class TargetScreen(StepScreen):
         if problem is None:
             text.append("Fit: the image fits on this disk.\n", style="bold")
         else:
-            text.append(f"REFUSED: {problem}\n", style="bold reverse")
+            text.append(f"REFUSED: {esc(problem)}\n", style="bold reverse")
         text.append_text(disk_details(disk))
         self.query_one("#details", Static).update(text)
 
@@ -100,7 +103,7 @@ class TargetScreen(StepScreen):
         problem = self.session.fit_problem(self.flow.image, disk)
         if problem is not None:
             self.query_one("#status", Static).update(
-                Text(f"Refused: {disk.name}: {problem}", style="bold reverse")
+                Text(f"Refused: {esc(disk.name)}: {esc(problem)}", style="bold reverse")
             )
             self.app.bell()
             return
@@ -120,7 +123,7 @@ class TargetScreen(StepScreen):
             if problem is not None:
                 self.query_one("#status", Static).update(
                     Text(
-                        f"Refused: partition {number} onto {part.path}: {problem}",
+                        f"Refused: partition {number} onto {esc(part.path)}: {esc(problem)}",
                         style="bold reverse",
                     )
                 )

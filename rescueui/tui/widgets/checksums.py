@@ -6,6 +6,8 @@ from typing import Any
 
 from rich.text import Text
 
+from rescueui.tui.text import esc
+
 
 def checksum_text(p: Any, expected_roots: dict[str, str], mismatch: Any, width: int) -> Text:
     """Lines for the checksum panel from a Progress snapshot (None before the first one)."""
@@ -17,13 +19,13 @@ def checksum_text(p: Any, expected_roots: dict[str, str], mismatch: Any, width: 
     text.append("Chunks verified ", style="bold")
     text.append(f"{p.chunks_done} / {p.chunks_total}")
     if p.stream:
-        text.append(f"   stream {p.stream}: {p.stream_chunks_done} / {p.stream_chunks_total}")
+        text.append(f"   stream {esc(p.stream)}: {p.stream_chunks_done} / {p.stream_chunks_total}")
     chunk = p.last_chunk
     text.append("\nChunk BLAKE3    ", style="bold")
     if chunk is not None:
         text.append(chunk.blake3[:hexw])
         text.append(
-            f"\n  {chunk.stream} #{chunk.index} at {chunk.offset}"
+            f"\n  {esc(chunk.stream)} #{chunk.index} at {chunk.offset}"
             f"{' (zero chunk)' if chunk.zero else ''} "
         )
         text.append("OK" if chunk.ok else "MISMATCH", style="bold" if chunk.ok else "bold reverse")

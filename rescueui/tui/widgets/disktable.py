@@ -1,4 +1,8 @@
-"""Disks and their partitions as table rows; what the core says about each, shown as is."""
+"""Disks and their partitions as table rows; what the core says about each, shown as is.
+
+Models, serials, labels, mount points and reasons quote udev and the disks themselves:
+every one is shown escaped (:mod:`rescueui.tui.text`) and every cell is a ``Text`` (a ``str``
+cell would be read as markup)."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from rich.text import Text
 from textual.widgets import DataTable
 
 from rescueui.core.units import human_size
+from rescueui.tui.text import esc, plain
 from rescueui.tui.widgets.tablefill import fill_table
 
 
@@ -21,7 +26,7 @@ def disk_status(disk: Any) -> Text:
         return Text("BOOT MEDIUM", style="bold")
     if "image" in disk.roles:
         return Text("IMAGE MEDIUM", style="bold")
-    return Text(f"no: {disk.reasons[0]}"[:26] if disk.reasons else "not a target")
+    return Text(f"no: {esc(disk.reasons[0])}"[:26] if disk.reasons else "not a target")
 
 
 def collapsed(disk: Any) -> bool:
@@ -36,32 +41,33 @@ def partitions_note(disk: Any) -> Text:
 
 
 def part_text(p: Any) -> str:
-    bits = [p.fs_type or "", p.label or p.part_label or ""]
+    """Filesystem, label and mount points of a partition, escaped (for a ``Text``)."""
+    bits = [esc(p.fs_type or ""), esc(p.label or p.part_label or "")]
     if p.mountpoints:
-        bits.append("on " + ",".join(p.mountpoints))
+        bits.append("on " + ",".join(esc(m) for m in p.mountpoints))
     return " ".join(b for b in bits if b)
 
 
 def disk_details(disk: Any) -> Text:
     """Everything about one disk, for the panel under the table."""
     text = Text()
-    text.append(f"{disk.path}", style="bold")
-    text.append(f"  {disk.model or '?'}  serial {disk.serial or '-'}")
+    text.append(esc(disk.path), style="bold")
+    text.append(f"  {esc(disk.model or '?')}  serial {esc(disk.serial or '-')}")
     if disk.wwn:
-        text.append(f"  WWN {disk.wwn}")
+        text.append(f"  WWN {esc(disk.wwn)}")
     text.append(
-        f"\n{human_size(disk.size_bytes)} ({disk.size_bytes} bytes), bus {disk.bus}, "
+        f"\n{human_size(disk.size_bytes)} ({disk.size_bytes} bytes), bus {esc(disk.bus)}, "
         f"sectors {disk.logical_sector_size}/{disk.physical_sector_size}, "
-        f"table {disk.table_type or 'none'}"
+        f"table {esc(disk.table_type or 'none')}"
         f"{', removable' if disk.removable else ''}{', read-only' if disk.read_only else ''}"
     )
     if disk.reasons:
         text.append("\nNot a target: ", style="bold")
-        text.append("; ".join(disk.reasons))
+        text.append("; ".join(esc(r) for r in disk.reasons))
     else:
         text.append("\nCan be chosen as a restore target.")
     for p in disk.partitions:
-        text.append(f"\n  {p.name:<12} {human_size(p.size_bytes):>10}  {part_text(p)}")
+        text.append(f"\n  {esc(p.name):<12} {human_size(p.size_bytes):>10}  {part_text(p)}")
     if not disk.partitions:
         text.append("\n  (no partitions)")
     return text
@@ -109,10 +115,10 @@ class DiskTable(DataTable[Any]):
                 (
                     d.path,
                     [
-                        Text(d.name[:14], style="bold"),
-                        (d.model or "")[:20],
+                        plain(esc(d.name)[:14], style="bold"),
+                        plain(esc(d.model or "")[:20]),
                         Text(human_size(d.size_bytes), justify="right"),
-                        d.bus,
+                        plain(d.bus),
                         status,
                     ],
                 )
@@ -126,7 +132,7 @@ class DiskTable(DataTable[Any]):
                     (
                         p.path,
                         [
-                            Text("  " + p.name[-12:], style="dim"),
+                            Text("  " + esc(p.name)[-12:], style="dim"),
                             Text(part_text(p)[:20], style="dim"),
                             Text(human_size(p.size_bytes), justify="right", style="dim"),
                             "",

@@ -15,6 +15,8 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
+from rescueui.tui.text import esc
+
 LEVEL_TAGS = {"ok": "[ OK ]", "info": "[INFO]", "warn": "[WARN]", "stop": "[STOP]"}
 LEVEL_STYLES = {"stop": "bold reverse", "warn": "bold", "info": "", "ok": ""}
 ACK_WORD = "[ACK]"
@@ -34,11 +36,13 @@ def finding_renderable(
     grid.add_column(width=1, no_wrap=True)  # the cursor mark
     grid.add_column(width=6, no_wrap=True)  # the level word
     grid.add_column(ratio=1)  # message, detail, acknowledgement
-    body = Text(str(finding.message))
+    # message and detail quote the image (models, labels, warnings): shown escaped, each
+    # line of the detail on a line of its own
+    body = Text(esc(finding.message))
     detail = str(getattr(finding, "detail", "") or "")
     if detail:
         body.append("\n")
-        body.append(detail, style="dim")
+        body.append("\n".join(esc(line) for line in detail.split("\n")), style="dim")
     if needs_ack:
         body.append("\n")
         if acked:
