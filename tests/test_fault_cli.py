@@ -285,6 +285,19 @@ def test_create_refused_at_the_prompt_removes_its_file(image: Path, tmp_path: Pa
     named_report(last)
 
 
+def test_create_refused_by_the_preflight_removes_its_file(evil: Path, tmp_path: Path) -> None:
+    """Warnings not acknowledged (the forged image claims 64 CPUs): refused while planning."""
+    target = tmp_path / "vm.img"
+    rc, _, err = run_cli(
+        "restore", str(evil), str(target), "--create", "64M", "--yes", "--quiet", tmp=tmp_path
+    )
+    assert rc != 0 and not target.exists()
+    last = err.splitlines()[-1]
+    assert "refused" in last and "nothing was written to it" in last, err
+    assert_no_raw_controls(err)
+    named_report(last)
+
+
 def test_create_never_removes_a_file_it_did_not_make(image: Path, tmp_path: Path) -> None:
     target = tmp_path / "precious.img"
     target.write_bytes(b"keep me")

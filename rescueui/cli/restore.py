@@ -284,7 +284,8 @@ def _created_note(created: CreatedFile | None, exc: RescueError | None, image_di
             f"{created.path} (made by --create) is kept: the image was written to it and "
             "verified; only the step after the restore failed."
         )
-    if report is None and created.remove():  # refused before the job started
+    refused = report is None or bool(getattr(report, "details", {}).get("refused_before_writing"))
+    if refused and created.remove():  # refused before the job started
         return (
             f"{created.path} was removed again: this run created it (--create) and nothing "
             "was written to it."
