@@ -28,9 +28,12 @@ from pathlib import Path
 from typing import Any
 
 import blake3
-import zstandard
 
+from rescueui.core import chunkcodec
+from rescueui.core.chunkcodec import ChunkPlace
 from rescueui.core.errors import CorruptImageError, ImageError, UnsupportedImageError
+from rescueui.core.safefile import UnsafeFileError, open_regular
+from rescueui.core.text import safe_text
 
 MiB = 1024 * 1024
 
@@ -249,7 +252,113 @@ class IndexBuilder:
         return header + bytes(self._records)
 
 
+# ---- opening the files of an image (the one place) -------------------------------------
+_DAMAGED_HINT = "The image is incomplete or damaged; use another copy of it."
+_FORGED_HINT = "The manifest is damaged or forged; do not use this image."
+
+
+def _link_message(path: Path, what: str) -> str:
+    try:
+        target = os.readlink(path)
+    except OSError:
+        target = "?"
+    where = Path(os.path.abspath(path.parent / target))
+    outside = where.parent != Path(os.path.abspath(path.parent))
+    return (
+        f"The {what} {path} is a symbolic link to {safe_text(target)}"
+        + (", outside the image folder" if outside else "")
+        + "; links are not followed: every file of an image must be a real file inside the "
+        "image folder."
+    )
+
+
+def open_image_file(path: str | Path, *, what: str, of: str = "") -> int:
+    """Open one file of an image folder for reading: **the** way image files are opened.
+
+    The file must be a regular file reached without following a symlink in its last
+    component (the folder itself may be reached through one: the operator named it), and
+    it is opened without blocking, so a FIFO or device in its place is refused at once.
+    ``what`` names the file in messages ("index file"), ``of`` says whose ("stream 'p1'").
+    Raises :class:`ImageError` naming the file. The caller closes the descriptor.
+    """
+    p = Path(path)
+    owner = f" of {of}" if of else ""
+    try:
+        return open_regular(p, what=what)
+    except FileNotFoundError as exc:
+        raise ImageError(f"The {what} {p}{owner} is missing.", hint=_DAMAGED_HINT) from exc
+    except UnsafeFileError as exc:
+        if os.path.islink(p):
+            raise ImageError(
+                _link_message(p, what),
+                hint="Copy the image with its files, not links (cp -rL), or use another copy.",
+            ) from exc
+        raise ImageError(
+            exc.message,
+            hint="Every file of an image must be a regular file; use another copy of the image.",
+        ) from exc
+
+
+def _read_fd(fd: int, path: Path, limit: int, what: str) -> bytes:
+    """Up to ``limit + 1`` bytes from ``fd`` (one more tells a file larger than allowed)."""
+    parts: list[bytes] = []
+    total = 0
+    try:
+        while total <= limit:
+            data = os.read(fd, min(1 << 20, limit + 1 - total))
+            if not data:
+                break
+            parts.append(data)
+            total += len(data)
+    except OSError as exc:
+        raise ImageError(
+            f"Cannot read the {what} {path}: {exc.strerror}.",
+            hint="The image medium may be failing; try another copy of the image.",
+        ) from exc
+    return b"".join(parts)
+
+
+def _file_size(fd: int) -> int:
+    return os.fstat(fd).st_size
+
+
 # ---- reading and validation -----------------------------------------------------------
+MAX_JSON_DEPTH = 32  # sfdisk's table is 4 deep; anything far deeper is forged
+MAX_TEXT = 4096  # one free-text value (model, path, created, ...)
+MAX_WARNING_TEXT = 16384
+MAX_WARNINGS = 1000
+MAX_LIST = 1024  # partitions, NICs, disks, controllers
+MAX_PARTITION_NAME = 256
+MAX_SECTORS = MAX_STREAM_BYTES  # bound for LBAs and sector counts
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# Characters refused in the table fields that go into an sfdisk script inside quotes.
+_QUOTED_BAD_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\"'`\\]")
+_TABLE_TOKEN_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z-]{0,63}$")  # type, uuid, label-id
+_TABLE_LABEL_RE = re.compile(r"^[a-z0-9]{1,16}$")  # gpt, dos, sun, sgi, ...
+_TABLE_UNIT_RE = re.compile(r"^[a-z]{1,16}$")
+_TABLE_ATTRS_RE = re.compile(r"^[0-9A-Za-z_:, ]{0,256}$")
+_NODE_NUMBER_RE = re.compile(r"(\d+)$")
+FS_TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,31}$")
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "a number"
+    if isinstance(value, float):
+        return "a number with a fraction"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
 def _req(d: dict[str, Any], key: str, types: type | tuple[type, ...], where: str) -> Any:
     if not isinstance(d, dict):
         raise ImageError(f"{where} is not a JSON object.", hint="The image is damaged.")
@@ -264,7 +373,7 @@ def _req(d: dict[str, Any], key: str, types: type | tuple[type, ...], where: str
         raise ImageError(f"The field '{key}' in {where} has the wrong type (a boolean).")
     if not isinstance(value, types):
         raise ImageError(
-            f"The field '{key}' in {where} has the wrong type ({type(value).__name__}).",
+            f"The field '{key}' in {where} has the wrong type ({_type_name(value)}).",
             hint="The image is damaged.",
         )
     return value
@@ -283,17 +392,242 @@ def _int_in(d: dict[str, Any], key: str, where: str, lo: int, hi: int) -> int:
     return v
 
 
+class _Fields:
+    """Checks of the free-form parts of a manifest (source disk, table, host), one message
+    style: the field by its dotted name (``partition_table.partitions[0].name``) and the file."""
+
+    def __init__(self, mpath: str) -> None:
+        self.mpath = mpath
+
+    def wrong(self, field_name: str, value: Any, want: str) -> ImageError:
+        return ImageError(
+            f"The field '{field_name}' in {self.mpath} has the wrong type "
+            f"({_type_name(value)}): it must be {want}.",
+            hint=_FORGED_HINT,
+        )
+
+    def bad(self, field_name: str, why: str) -> CorruptImageError:
+        return CorruptImageError(
+            f"The field '{field_name}' in {self.mpath} {why}.", hint=_FORGED_HINT
+        )
+
+    def obj(self, value: Any, field_name: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.wrong(field_name, value, "an object")
+        return value
+
+    def integer(
+        self, d: dict[str, Any], key: str, prefix: str, lo: int, hi: int, *, required: bool = False
+    ) -> int | None:
+        name = f"{prefix}.{key}"
+        v = d.get(key)
+        if v is None:
+            if required:
+                raise ImageError(
+                    f"The field '{name}' is missing in {self.mpath}.", hint=_FORGED_HINT
+                )
+            return None
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise self.wrong(name, v, "a whole number")
+        if not lo <= v <= hi:
+            raise self.bad(name, f"is out of range ({v}; allowed {lo} to {hi})")
+        return v
+
+    def sector_size(self, d: dict[str, Any], key: str, prefix: str, *, zero: bool) -> None:
+        v = self.integer(d, key, prefix, 0, 1 << 16)
+        if v is None or (zero and v == 0):
+            return
+        if v < 512 or v & (v - 1):
+            raise self.bad(
+                f"{prefix}.{key}", f"is {v}, not a sector size (512 to 65536, a power of two)"
+            )
+
+    def text(
+        self,
+        d: dict[str, Any],
+        key: str,
+        prefix: str,
+        *,
+        limit: int = MAX_TEXT,
+        bad_chars: re.Pattern[str] | None = None,
+        pattern: re.Pattern[str] | None = None,
+        required: bool = False,
+    ) -> str | None:
+        name = f"{prefix}.{key}" if prefix else key
+        v = d.get(key)
+        if v is None:
+            if required:
+                raise ImageError(
+                    f"The field '{name}' is missing in {self.mpath}.", hint=_FORGED_HINT
+                )
+            return None
+        if not isinstance(v, str):
+            raise self.wrong(name, v, "text")
+        if len(v) > limit:
+            raise self.bad(name, f"is {len(v)} characters long (at most {limit})")
+        if bad_chars is not None and bad_chars.search(v):
+            raise self.bad(
+                name,
+                f"holds control characters, quotes or backslashes ({safe_text(v[:80])!r}); "
+                "they are refused in values that are written back to a disk",
+            )
+        if pattern is not None and not pattern.match(v):
+            raise self.bad(name, f"holds an impossible value ({safe_text(v[:80])!r})")
+        return v
+
+    def flag(self, d: dict[str, Any], key: str, prefix: str) -> None:
+        v = d.get(key)
+        if v is not None and not isinstance(v, bool):
+            raise self.wrong(f"{prefix}.{key}", v, "true or false")
+
+    def items(self, d: dict[str, Any], key: str, prefix: str) -> list[Any]:
+        name = f"{prefix}.{key}"
+        v = d.get(key)
+        if v is None:
+            return []
+        if not isinstance(v, list):
+            raise self.wrong(name, v, "a list")
+        if len(v) > MAX_LIST:
+            raise self.bad(name, f"lists {len(v)} entries (at most {MAX_LIST})")
+        return v
+
+    def no_control(self, value: Any, field_name: str) -> None:
+        """Every string inside ``value`` (any depth) free of control characters."""
+        stack: list[tuple[Any, str]] = [(value, field_name)]
+        while stack:
+            v, name = stack.pop()
+            if isinstance(v, str):
+                if _CONTROL_RE.search(v):
+                    raise self.bad(
+                        name,
+                        f"holds control characters ({safe_text(v[:80])!r}); they are refused "
+                        "in a partition table",
+                    )
+            elif isinstance(v, dict):
+                stack.extend((x, f"{name}.{k}") for k, x in v.items())
+            elif isinstance(v, list):
+                stack.extend((x, f"{name}[{i}]") for i, x in enumerate(v))
+
+
+def _check_depth(raw: Any, mpath: str) -> None:
+    """Refuse JSON nested deeper than :data:`MAX_JSON_DEPTH` (no recursion: it is untrusted)."""
+    stack: list[tuple[Any, int]] = [(raw, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise CorruptImageError(
+                f"{mpath} is nested more than {MAX_JSON_DEPTH} levels deep: it is not a "
+                "manifest rescueui writes.",
+                hint=_FORGED_HINT,
+            )
+        if isinstance(v, dict):
+            stack.extend((x, depth + 1) for x in v.values() if isinstance(x, dict | list))
+        elif isinstance(v, list):
+            stack.extend((x, depth + 1) for x in v if isinstance(x, dict | list))
+
+
+def check_source_disk(source_disk: Any, mpath: str) -> dict[str, Any]:
+    """The ``source_disk`` object: types of every field the program reads."""
+    f = _Fields(mpath)
+    d = f.obj(source_disk, "source_disk")
+    f.integer(d, "size_bytes", "source_disk", 0, MAX_STREAM_BYTES, required=True)
+    f.sector_size(d, "logical_sector_size", "source_disk", zero=True)
+    f.sector_size(d, "physical_sector_size", "source_disk", zero=True)
+    for key in ("path", "kind", "model", "vendor", "serial", "wwn", "bus", "name"):
+        f.text(d, key, "source_disk")
+    return d
+
+
+def check_partition_table(table: Any, mpath: str) -> dict[str, Any]:
+    """The ``partition_table`` (sfdisk's JSON): every value :mod:`parttable`, pre-flight and
+    the grow step read, with the right type and within bounds, and nothing in it that could
+    change the meaning of the sfdisk script the grow step writes from it."""
+    f = _Fields(mpath)
+    t = f.obj(table, "partition_table")
+    p = "partition_table"
+    f.no_control(t, p)
+    f.text(t, "label", p, pattern=_TABLE_LABEL_RE, required=True)
+    f.text(t, "id", p, pattern=_TABLE_TOKEN_RE)
+    f.text(t, "unit", p, pattern=_TABLE_UNIT_RE)
+    f.text(t, "device", p)
+    f.sector_size(t, "sectorsize", p, zero=False)
+    f.integer(t, "firstlba", p, 0, MAX_SECTORS)
+    f.integer(t, "lastlba", p, 0, MAX_SECTORS)
+    f.integer(t, "table-length", p, 1, 1 << 16)
+    numbers: set[int] = set()
+    for i, part in enumerate(f.items(t, "partitions", p)):
+        q = f"{p}.partitions[{i}]"
+        f.obj(part, q)
+        node = f.text(part, "node", q, bad_chars=_QUOTED_BAD_RE, required=True)
+        m = _NODE_NUMBER_RE.search(node or "")
+        number = int(m.group(1)) if m and len(m.group(1)) <= 4 else 0
+        if not 1 <= number <= 9999:
+            raise f.bad(f"{q}.node", "does not end in a partition number (1 to 9999)")
+        if number in numbers:
+            raise f.bad(f"{q}.node", f"repeats partition number {number}")
+        numbers.add(number)
+        f.integer(part, "start", q, 0, MAX_SECTORS, required=True)
+        f.integer(part, "size", q, 0, MAX_SECTORS, required=True)
+        f.text(part, "type", q, pattern=_TABLE_TOKEN_RE)
+        f.text(part, "uuid", q, pattern=_TABLE_TOKEN_RE)
+        f.text(part, "name", q, limit=MAX_PARTITION_NAME, bad_chars=_QUOTED_BAD_RE)
+        f.text(part, "attrs", q, pattern=_TABLE_ATTRS_RE)
+        f.flag(part, "bootable", q)
+    return t
+
+
+def check_host(host: Any, mpath: str) -> dict[str, Any]:
+    """The source ``host`` profile: the fields pre-flight and the front ends read."""
+    f = _Fields(mpath)
+    h = f.obj(host, "host")
+    f.integer(h, "cpus", "host", 0, 1 << 20)
+    f.integer(h, "memory_bytes", "host", 0, 1 << 62)
+    for key in (
+        "firmware",
+        "dmi_vendor",
+        "dmi_product",
+        "dmi_version",
+        "board_vendor",
+        "board_name",
+        "virtual",
+    ):
+        f.text(h, key, "host")
+    for i, c in enumerate(f.items(h, "storage_controllers", "host")):
+        if not isinstance(c, str):
+            raise f.wrong(f"host.storage_controllers[{i}]", c, "text")
+        if len(c) > MAX_TEXT:
+            raise f.bad(f"host.storage_controllers[{i}]", "is too long")
+    for i, disk in enumerate(f.items(h, "disks", "host")):
+        q = f"host.disks[{i}]"
+        f.obj(disk, q)
+        for key in ("name", "path", "bus", "model"):
+            f.text(disk, key, q)
+        f.integer(disk, "size_bytes", q, 0, 1 << 62)
+        f.sector_size(disk, "logical_sector_size", q, zero=True)
+        f.sector_size(disk, "physical_sector_size", q, zero=True)
+        f.flag(disk, "rotational", q)
+    for i, nic in enumerate(f.items(h, "nics", "host")):
+        q = f"host.nics[{i}]"
+        f.obj(nic, q)
+        for key in ("name", "mac", "driver"):
+            f.text(nic, key, q)
+        f.flag(nic, "physical", q)
+    return h
+
+
 def _safe_file(image_dir: Path, name: str, where: str) -> Path:
+    """A plain file name inside the image folder (whether it is a real file, not a link or a
+    FIFO, is checked when it is opened: :func:`open_image_file`)."""
     if not FILE_NAME_RE.match(name) or ".." in name or name in (MANIFEST_NAME, INCOMPLETE_MARKER):
         raise ImageError(
-            f"Refusing the file name {name!r} in {where}: only plain names inside the image "
-            "folder are allowed.",
-            hint="The manifest is damaged or forged; do not use this image.",
+            f"Refusing the file name {safe_text(name)!r} in {where}: only plain names inside "
+            "the image folder are allowed.",
+            hint=_FORGED_HINT,
         )
-    path = (image_dir / name).resolve()
-    if path.parent != image_dir.resolve():
-        raise ImageError(f"The file {name!r} in {where} points outside the image folder.")
-    return path
+    return image_dir / name
+
+
+_NAME_KINDS = {"head": "head", "tail": "tail", "disk": "disk"}
 
 
 def parse_stream(d: Any, n: int, image_dir: Path, mpath: str) -> StreamEntry:
@@ -301,17 +635,28 @@ def parse_stream(d: Any, n: int, image_dir: Path, mpath: str) -> StreamEntry:
     name = _req(d, "name", str, where)
     if not STREAM_NAME_RE.match(name):
         raise ImageError(
-            f"Refusing the stream name {name!r} in {mpath}: stream names are head, tail, disk, "
-            "p<N> or gap-<offset>.",
-            hint="The manifest is damaged or forged; do not use this image.",
+            f"Refusing the stream name {safe_text(name)!r} in {mpath}: stream names are head, "
+            "tail, disk, p<N> or gap-<offset>.",
+            hint=_FORGED_HINT,
         )
     where = f"stream '{name}' of {mpath}"
     kind = _req(d, "kind", str, where)
     if kind not in STREAM_KINDS:
-        raise ImageError(f"Unknown stream kind {kind!r} in {where}.")
+        raise ImageError(f"Unknown stream kind {safe_text(kind)!r} in {where}.")
+    expected_kind = _NAME_KINDS.get(name, "gap" if name.startswith("gap-") else "partition")
+    if kind != expected_kind:
+        raise ImageError(
+            f"The field 'kind' in {where} is {kind!r}; a stream named {name!r} is a "
+            f"{expected_kind} stream.",
+            hint=_FORGED_HINT,
+        )
     pnum = _opt(d, "partition_number", int, where)
     if kind == "partition" and (pnum is None or not 1 <= pnum <= 9999 or name != f"p{pnum}"):
         raise ImageError(f"Partition stream {where} has a bad partition_number ({pnum}).")
+    if kind != "partition" and pnum is not None:
+        raise ImageError(
+            f"The field 'partition_number' in {where} must be null: it is not a partition."
+        )
     chunk_size = _req(d, "chunk_size", int, where)
     if chunk_size not in ALLOWED_CHUNK_SIZES:
         raise ImageError(
@@ -320,6 +665,12 @@ def parse_stream(d: Any, n: int, image_dir: Path, mpath: str) -> StreamEntry:
         )
     size = _int_in(d, "size_bytes", where, 1, MAX_STREAM_BYTES)
     start = _int_in(d, "start_bytes", where, 0, MAX_STREAM_BYTES)
+    if kind == "gap" and name != f"gap-{start}":
+        raise ImageError(
+            f"The stream {name!r} of {mpath} starts at byte {start}; a gap stream is named "
+            "by its start.",
+            hint=_FORGED_HINT,
+        )
     count = _int_in(d, "chunk_count", where, 1, MAX_STREAM_BYTES // min(ALLOWED_CHUNK_SIZES))
     if count != math.ceil(size / chunk_size):
         raise ImageError(
@@ -338,6 +689,16 @@ def parse_stream(d: Any, n: int, image_dir: Path, mpath: str) -> StreamEntry:
     _safe_file(image_dir, index_file, where)
     if data_file == index_file:
         raise ImageError(f"{where} uses the same file for data and index.")
+    fs_type = _opt(d, "fs_type", str, where)
+    if fs_type is not None and not FS_TYPE_RE.match(fs_type):
+        raise CorruptImageError(
+            f"The field 'fs_type' in {where} is not a filesystem name "
+            f"({safe_text(fs_type[:80])!r}).",
+            hint=_FORGED_HINT,
+        )
+    label = _opt(d, "label", str, where)
+    if label is not None and len(label) > MAX_TEXT:
+        raise ImageError(f"The field 'label' in {where} is too long ({len(label)} characters).")
     return StreamEntry(
         name=name,
         kind=kind,
@@ -348,8 +709,8 @@ def parse_stream(d: Any, n: int, image_dir: Path, mpath: str) -> StreamEntry:
         index_file=index_file,
         root_blake3=root,
         chunk_size=chunk_size,
-        fs_type=_opt(d, "fs_type", str, where),
-        label=_opt(d, "label", str, where),
+        fs_type=fs_type,
+        label=label,
         chunk_count=count,
         index_blake3=idx_hash,
         compressed_bytes=_int_in(d, "compressed_bytes", where, 0, MAX_STREAM_BYTES * 2)
@@ -360,13 +721,18 @@ def parse_stream(d: Any, n: int, image_dir: Path, mpath: str) -> StreamEntry:
 
 
 def parse_manifest(raw: dict[str, Any], image_dir: Path, mpath: str) -> ImageManifest:
-    """Turn untrusted manifest JSON into an :class:`ImageManifest` (checks types and bounds)."""
+    """Turn untrusted manifest JSON into an :class:`ImageManifest`.
+
+    The one schema check: the type and bounds of every field the rest of the program reads
+    (streams, source disk, partition table, host profile, texts), naming the field.
+    """
     if not isinstance(raw, dict):
         raise ImageError(f"{mpath} is not a JSON object.", hint="The image is damaged.")
+    _check_depth(raw, mpath)
     fmt = raw.get("format")
     if fmt != FORMAT_NAME:
         raise UnsupportedImageError(
-            f"{mpath} is not a rescueui image manifest (format {fmt!r}).",
+            f"{mpath} is not a rescueui image manifest (format {safe_text(fmt)!r}).",
             hint="Choose the folder of an image made by 'rescueui capture'.",
         )
     version = _req(raw, "version", int, mpath)
@@ -390,6 +756,7 @@ def parse_manifest(raw: dict[str, Any], image_dir: Path, mpath: str) -> ImageMan
         raise ImageError(f"{mpath} lists the same stream or file twice.")
     source_disk = _req(raw, "source_disk", dict, mpath)
     src_size = _int_in(source_disk, "size_bytes", f"'source_disk' of {mpath}", 0, MAX_STREAM_BYTES)
+    check_source_disk(source_disk, mpath)
     ordered = sorted(streams, key=lambda s: s.start_bytes)
     for a, b in itertools.pairwise(ordered):
         if b.start_bytes < a.end_bytes:
@@ -401,68 +768,122 @@ def parse_manifest(raw: dict[str, Any], image_dir: Path, mpath: str) -> ImageMan
                 f"({src_size} bytes) in {mpath}."
             )
     table = _opt(raw, "partition_table", dict, mpath)
+    if table is not None:
+        check_partition_table(table, mpath)
+    host = _req(raw, "host", dict, mpath)
+    check_host(host, mpath)
     warnings = _req(raw, "warnings", list, mpath) if "warnings" in raw else []
-    if not all(isinstance(w, str) for w in warnings):
-        raise ImageError(f"The field 'warnings' in {mpath} must be a list of strings.")
+    if len(warnings) > MAX_WARNINGS or not all(
+        isinstance(w, str) and len(w) <= MAX_WARNING_TEXT for w in warnings
+    ):
+        raise ImageError(
+            f"The field 'warnings' in {mpath} must be a list of at most {MAX_WARNINGS} texts "
+            f"of at most {MAX_WARNING_TEXT} characters.",
+            hint=_FORGED_HINT,
+        )
+    texts = _Fields(mpath)
+    created = texts.text(raw, "created", "", required=True)
+    tool_version = texts.text(raw, "tool_version", "", required=True)
+    finished = texts.text(raw, "finished", "")
+    manifest_blake3 = _req(raw, "manifest_blake3", str, mpath)
+    if not HEX64_RE.match(manifest_blake3):
+        raise ImageError(f"The field 'manifest_blake3' in {mpath} is not a BLAKE3 hex digest.")
     return ImageManifest(
         version=version,
-        created=_req(raw, "created", str, mpath),
-        tool_version=_req(raw, "tool_version", str, mpath),
+        created=created or "",
+        tool_version=tool_version or "",
         source_disk=source_disk,
         partition_table=table,
-        host=_req(raw, "host", dict, mpath),
+        host=host,
         streams=streams,
         complete=complete,
         warnings=list(warnings),
         whole_disk=bool(_req(raw, "whole_disk", bool, mpath)) if "whole_disk" in raw else True,
-        finished=_opt(raw, "finished", str, mpath),
-        manifest_blake3=_req(raw, "manifest_blake3", str, mpath),
+        finished=finished,
+        manifest_blake3=manifest_blake3,
     )
 
 
-def read_manifest_raw(image_dir: Path) -> dict[str, Any]:
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def read_manifest_bytes(image_dir: Path) -> bytes:
+    """The bytes of ``manifest.json`` (a regular file of at most 16 MiB, never waited on)."""
     mpath = image_dir / MANIFEST_NAME
-    try:
-        size = mpath.stat().st_size
-        if size > MAX_MANIFEST_BYTES:
-            raise ImageError(f"{mpath} is {size} bytes, too large for a manifest.")
-        with open(mpath, "rb") as f:
-            data = f.read(MAX_MANIFEST_BYTES + 1)
-    except FileNotFoundError as exc:
+    if not os.path.lexists(mpath):
         raise ImageError(
             f"{image_dir} holds no {MANIFEST_NAME}: it is not a rescueui image.",
             hint="Choose the folder that 'rescueui capture' wrote.",
-        ) from exc
-    except OSError as exc:
-        raise ImageError(f"Cannot read {mpath}: {exc.strerror}.") from exc
+        )
+    fd = open_image_file(mpath, what="image manifest")
     try:
-        raw = json.loads(data.decode("utf-8"))
+        size = _file_size(fd)
+        if size > MAX_MANIFEST_BYTES:
+            raise ImageError(
+                f"{mpath} is {size} bytes, too large for a manifest (at most "
+                f"{MAX_MANIFEST_BYTES}).",
+                hint="The image is damaged; do not use it.",
+            )
+        data = _read_fd(fd, mpath, MAX_MANIFEST_BYTES, "image manifest")
+    finally:
+        os.close(fd)
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ImageError(f"{mpath} grew beyond {MAX_MANIFEST_BYTES} bytes while it was read.")
+    return data
+
+
+def parse_manifest_json(data: bytes, mpath: str) -> dict[str, Any]:
+    """Untrusted manifest bytes to a JSON object (no NaN/Infinity, bounded nesting)."""
+    try:
+        raw = json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
+    except RecursionError as exc:
+        raise CorruptImageError(
+            f"{mpath} is nested too deeply to be a manifest rescueui writes.",
+            hint=_FORGED_HINT,
+        ) from exc
     except (UnicodeDecodeError, ValueError) as exc:
         raise ImageError(
             f"{mpath} is not valid JSON ({exc}).", hint="The image is damaged; do not use it."
         ) from exc
     if not isinstance(raw, dict):
         raise ImageError(f"{mpath} is not a JSON object.", hint="The image is damaged.")
+    _check_depth(raw, mpath)
     return raw
+
+
+def read_manifest_raw(image_dir: Path) -> dict[str, Any]:
+    return parse_manifest_json(read_manifest_bytes(image_dir), str(image_dir / MANIFEST_NAME))
 
 
 def is_incomplete_image(image_dir: str | Path) -> bool:
     """True for a folder left by a capture that did not finish (ours, marked incomplete)."""
-    return (Path(image_dir) / INCOMPLETE_MARKER).exists()
+    return os.path.lexists(Path(image_dir) / INCOMPLETE_MARKER)
 
 
 class Image:
     """A validated, opened image folder. Nothing in it is trusted until :meth:`open` passes.
 
     ``open`` reads the manifest and every index (small) and checks them, and the sizes of
-    the data files; it does not read chunk data. Chunk data is checked against the
-    index hashes by whoever reads it (restore, :func:`rescueui.core.verify.verify_image`).
+    the data files; it does not read chunk data. Chunk data is decoded by
+    :mod:`rescueui.core.chunkcodec` (bounded) and checked against the index hashes by
+    whoever reads it (restore, :func:`rescueui.core.verify.verify_image`).
     """
 
-    def __init__(self, image_dir: Path, manifest: ImageManifest, indexes: dict[str, bytes]) -> None:
+    def __init__(
+        self,
+        image_dir: Path,
+        manifest: ImageManifest,
+        indexes: dict[str, bytes],
+        data_sizes: dict[str, int] | None = None,
+        manifest_file_blake3: str = "",
+    ) -> None:
         self.dir = image_dir
         self.manifest = manifest
         self._indexes = indexes  # stream name -> raw index records (after the header)
+        self._data_sizes = data_sizes or {}  # stream name -> size of its data file
+        #: BLAKE3 of the manifest.json bytes as read by :meth:`open` (binds a journal).
+        self.manifest_file_blake3 = manifest_file_blake3
         self._fds: dict[str, int] = {}
         self._lock = threading.Lock()
 
@@ -475,14 +896,15 @@ class Image:
                 f"{image_dir} is not a folder.",
                 hint="An image made by 'rescueui capture' is a folder with a manifest.json.",
             )
-        if (image_dir / INCOMPLETE_MARKER).exists():
+        if is_incomplete_image(image_dir):
             raise ImageError(
                 f"{image_dir} is an incomplete image: its capture did not finish "
                 "(cancelled, out of space, or interrupted).",
                 hint="It cannot be restored. Capture the disk again (into this folder or a new one).",
             )
-        raw = read_manifest_raw(image_dir)
+        data = read_manifest_bytes(image_dir)
         mpath = str(image_dir / MANIFEST_NAME)
+        raw = parse_manifest_json(data, mpath)
         manifest = parse_manifest(raw, image_dir, mpath)
         expected = manifest_hash(raw)
         if manifest.manifest_blake3 != expected:
@@ -499,8 +921,11 @@ class Image:
             )
         if not manifest.streams:
             raise ImageError(f"{mpath} lists no streams: there is nothing to restore.")
-        indexes = {s.name: _load_index(image_dir, s) for s in manifest.streams}
-        return cls(image_dir, manifest, indexes)
+        indexes: dict[str, bytes] = {}
+        sizes: dict[str, int] = {}
+        for s in manifest.streams:
+            indexes[s.name], sizes[s.name] = _load_index(image_dir, s)
+        return cls(image_dir, manifest, indexes, sizes, blake3.blake3(data).hexdigest())
 
     def close(self) -> None:
         with self._lock:
@@ -535,6 +960,11 @@ class Image:
         """Raw bytes over all streams (what a restore writes)."""
         return sum(s.size_bytes for s in self.manifest.streams)
 
+    @property
+    def stored_bytes(self) -> int:
+        """Bytes of all data files (as checked by :meth:`open`)."""
+        return sum(self._data_sizes.values())
+
     def stream(self, name: str) -> StreamEntry:
         return self.manifest.stream(name)
 
@@ -563,25 +993,41 @@ class Image:
         index = chunk if isinstance(chunk, int) else chunk.index
         return stream.start_bytes + index * stream.chunk_size
 
-    def _fd(self, stream: StreamEntry) -> int:
+    def chunk_place(self, stream: StreamEntry, chunk: ChunkRecord) -> ChunkPlace:
+        """Where a chunk lives, for the decoder's messages."""
+        return ChunkPlace(
+            stream.name,
+            chunk.index,
+            self.chunk_disk_offset(stream, chunk),
+            str(self.data_path(stream)),
+            chunk.offset,
+        )
+
+    def open_data(self, stream: StreamEntry) -> int:
+        """The (shared, cached) descriptor of ``stream``'s data file, opened through
+        :func:`open_image_file` and still of the size :meth:`open` checked."""
         fd = self._fds.get(stream.name)
         if fd is None:
             with self._lock:
                 fd = self._fds.get(stream.name)
                 if fd is None:
-                    try:
-                        fd = os.open(self.data_path(stream), os.O_RDONLY | os.O_CLOEXEC)
-                    except OSError as exc:
-                        raise ImageError(
-                            f"Cannot open {self.data_path(stream)}: {exc.strerror}.",
-                            hint="Check the image medium (is it still attached?).",
-                        ) from exc
+                    path = self.data_path(stream)
+                    fd = open_image_file(path, what="data file", of=f"stream '{stream.name}'")
+                    want = self._data_sizes.get(stream.name)
+                    size = _file_size(fd)
+                    if want is not None and size != want:
+                        os.close(fd)
+                        raise CorruptImageError(
+                            f"The data file {path} of stream '{stream.name}' changed since the "
+                            f"image was opened ({size} bytes, it had {want}).",
+                            hint="Make sure nothing writes to the image, then start again.",
+                        )
                     self._fds[stream.name] = fd
         return fd
 
     def read_compressed(self, stream: StreamEntry, chunk: ChunkRecord) -> bytes:
         """The compressed zstd frame of one chunk (thread-safe, positional read)."""
-        fd = self._fd(stream)
+        fd = self.open_data(stream)
         try:
             data = os.pread(fd, chunk.length, chunk.offset)
         except OSError as exc:
@@ -600,49 +1046,56 @@ class Image:
 
     def read_chunk(self, stream: StreamEntry, chunk: ChunkRecord) -> bytes:
         """The decompressed bytes of one chunk (not hash-checked: the caller checks)."""
-        return decompress_chunk(self.read_compressed(stream, chunk), chunk, stream)
+        return decompress_chunk(self.read_compressed(stream, chunk), chunk, stream, self)
 
-
-_dctx_local = threading.local()
-
-
-def decompress_chunk(frame: bytes, chunk: ChunkRecord, stream: StreamEntry) -> bytes:
-    """Decompress one frame; a frame that is not exactly ``raw_length`` bytes is corrupt."""
-    d = getattr(_dctx_local, "d", None)
-    if d is None:
-        d = _dctx_local.d = zstandard.ZstdDecompressor()
-    try:
-        out = d.decompress(frame, max_output_size=chunk.raw_length)
-    except zstandard.ZstdError as exc:
-        raise CorruptImageError(
-            f"Chunk {chunk.index} of stream '{stream.name}' (disk offset "
-            f"{stream.start_bytes + chunk.index * stream.chunk_size}) does not decompress: {exc}.",
-            hint="The image is damaged; use another copy of it.",
-        ) from exc
-    if len(out) != chunk.raw_length:
-        raise CorruptImageError(
-            f"Chunk {chunk.index} of stream '{stream.name}' decompresses to {len(out)} bytes, "
-            f"expected {chunk.raw_length}.",
-            hint="The image is damaged; use another copy of it.",
+    def read_chunk_prefix(self, stream: StreamEntry, chunk: ChunkRecord, length: int) -> bytes:
+        """The first ``length`` bytes of one chunk (its whole frame checked, only that much
+        decompressed; not hash-checked)."""
+        return chunkcodec.decode_prefix(
+            self.read_compressed(stream, chunk),
+            chunk.raw_length,
+            length,
+            self.chunk_place(stream, chunk),
         )
-    return out
 
 
-def _load_index(image_dir: Path, s: StreamEntry) -> bytes:
-    """Read and check one stream's index against the manifest and its data file size."""
+def decompress_chunk(
+    frame: bytes, chunk: ChunkRecord, stream: StreamEntry, image: Image | None = None
+) -> bytes:
+    """Decode one frame with the one bounded decoder (:func:`chunkcodec.decode`)."""
+    place = (
+        image.chunk_place(stream, chunk)
+        if image is not None
+        else ChunkPlace(
+            stream.name,
+            chunk.index,
+            stream.start_bytes + chunk.index * stream.chunk_size,
+            stream.data_file,
+            chunk.offset,
+        )
+    )
+    return chunkcodec.decode(frame, chunk.raw_length, place)
+
+
+def _load_index(image_dir: Path, s: StreamEntry) -> tuple[bytes, int]:
+    """Read and check one stream's index against the manifest and its data file size.
+
+    Returns the index records and the size of the data file."""
     ipath = image_dir / s.index_file
     dpath = image_dir / s.data_file
     expected_len = INDEX_HEADER.size + s.chunk_count * INDEX_RECORD.size
+    fd = open_image_file(ipath, what="index file", of=f"stream '{s.name}'")
     try:
-        with open(ipath, "rb") as f:
-            data = f.read(expected_len + 1)
-    except FileNotFoundError as exc:
-        raise ImageError(
-            f"The index file {ipath} of stream '{s.name}' is missing.",
-            hint="The image is incomplete or damaged; use another copy of it.",
-        ) from exc
-    except OSError as exc:
-        raise ImageError(f"Cannot read {ipath}: {exc.strerror}.") from exc
+        size = _file_size(fd)
+        if size != expected_len:
+            raise CorruptImageError(
+                f"The index file {ipath} has {size} bytes, expected {expected_len} "
+                f"for {s.chunk_count} chunks.",
+                hint="The image is damaged; use another copy of it.",
+            )
+        data = _read_fd(fd, ipath, expected_len, "index file")
+    finally:
+        os.close(fd)
     if len(data) != expected_len:
         raise CorruptImageError(
             f"The index file {ipath} has {len(data)} bytes, expected {expected_len} "
@@ -662,13 +1115,11 @@ def _load_index(image_dir: Path, s: StreamEntry) -> bytes:
     if (chunk_size, size, count) != (s.chunk_size, s.size_bytes, s.chunk_count):
         raise CorruptImageError(f"The header of {ipath} disagrees with the manifest.")
     records = data[INDEX_HEADER.size :]
+    dfd = open_image_file(dpath, what="data file", of=f"stream '{s.name}'")
     try:
-        file_size = dpath.stat().st_size
-    except FileNotFoundError as exc:
-        raise ImageError(
-            f"The data file {dpath} of stream '{s.name}' is missing.",
-            hint="The image is incomplete or damaged; use another copy of it.",
-        ) from exc
+        file_size = _file_size(dfd)
+    finally:
+        os.close(dfd)
     pos = 0
     digests = bytearray()
     zeros = 0
@@ -711,4 +1162,4 @@ def _load_index(image_dir: Path, s: StreamEntry) -> bytes:
             f"(recorded {s.root_blake3[:16]}…, computed {root[:16]}…).",
             hint="The image was edited or damaged; use another copy of it.",
         )
-    return records
+    return records, file_size

@@ -27,11 +27,11 @@ from functools import lru_cache
 from pathlib import Path
 
 import blake3
-import zstandard
 
 from rescueui.core import blockdev
+from rescueui.core.chunkcodec import ChunkPlace, decode_into
 from rescueui.core.errors import CorruptImageError, ImageError, RestoreError, VerifyError
-from rescueui.core.image import Image, StreamEntry
+from rescueui.core.image import Image, StreamEntry, open_image_file
 from rescueui.core.target import TargetHandle
 from rescueui.core.units import MiB
 
@@ -266,27 +266,20 @@ class Decoder:
             with self._lock:
                 fd = self._fds.get(path)
                 if fd is None:
-                    try:
-                        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                    except OSError as exc:
-                        raise ImageError(
-                            f"Cannot open the image data file {path}: {exc.strerror}.",
-                            hint="Check that the image medium is still attached.",
-                        ) from exc
+                    fd = open_image_file(path, what="image data file")
                     self._fds[path] = fd
         return fd
 
-    def _state(self) -> tuple[zstandard.ZstdDecompressor, bytearray]:
-        st = getattr(self._local, "st", None)
-        if st is None:
-            st = self._local.st = (zstandard.ZstdDecompressor(), bytearray(self._max_comp))
-        return st
+    def _comp_buffer(self) -> bytearray:
+        buf = getattr(self._local, "comp", None)
+        if buf is None:
+            buf = self._local.comp = bytearray(self._max_comp)
+        return buf
 
     def decode(self, seg: Segment, out: memoryview) -> memoryview:
         """Fill ``out[:seg.length]`` with the chunk's raw bytes, checked against its BLAKE3."""
         assert seg.data_file is not None
-        dctx, comp = self._state()
-        cview = memoryview(comp)[: seg.comp_length]
+        cview = memoryview(self._comp_buffer())[: seg.comp_length]
         try:
             n = os.preadv(self._fd(seg.data_file), [cview], seg.file_offset)
         except OSError as exc:
@@ -300,29 +293,14 @@ class Decoder:
                 f"expected {seg.comp_length} bytes at file offset {seg.file_offset}, got {n}.",
                 hint="Nothing from this chunk on was written. Use another copy of the image.",
             )
-        dst = out[: seg.length]
-        got = 0
-        try:
-            reader = dctx.stream_reader(cview, read_across_frames=False)
-            while got < seg.length:
-                k = reader.readinto(dst[got:])
-                if not k:
-                    break
-                got += k
-            extra = reader.read(1) if got == seg.length else b""
-        except zstandard.ZstdError as exc:
-            raise CorruptImageError(
-                f"{seg.where()} of the image does not decompress: {exc}.",
-                hint="Nothing from this chunk on was written. The image is damaged; use "
-                "another copy of it.",
-            ) from exc
-        if got != seg.length or extra:
-            raise CorruptImageError(
-                f"{seg.where()} decompresses to the wrong size "
-                f"({got if not extra else 'more than ' + str(got)} bytes, expected {seg.length}).",
-                hint="Nothing from this chunk on was written. The image is damaged; use "
-                "another copy of it.",
-            )
+        # The one bounded decoder: never more than seg.length bytes, into the pooled buffer.
+        dst = decode_into(
+            cview,
+            out[: seg.length],
+            ChunkPlace(seg.stream, seg.index, seg.disk_offset, seg.data_file, seg.file_offset),
+            hint="Nothing from this chunk on was written. The image is damaged or was "
+            "altered; use another copy of it.",
+        )
         actual = blake3.blake3(dst).hexdigest()
         if actual != seg.blake3:
             raise CorruptImageError(

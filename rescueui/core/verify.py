@@ -1,11 +1,13 @@
 """Verify an image without a target: every chunk decompressed and hashed, roots and manifest.
 
 ``Image.open`` already checks the manifest hash, every index hash and that the chunk
-digests add up to each stream root. This module reads every frame, decompresses it
-(limited to its raw length) and compares the BLAKE3 of the bytes with the index; the
-digests actually computed are combined again into each stream's root. Work runs on a
-small thread pool (pread, zstd and BLAKE3 release the GIL); results are consumed in
-order so progress and the first mismatch are reported in disk order.
+digests add up to each stream root. This module reads every frame, decodes it with the
+one bounded decoder (:mod:`rescueui.core.chunkcodec`: a forged frame is reported as a bad
+chunk, never decompressed beyond the chunk's raw length) and compares the BLAKE3 of the
+bytes with the index; the digests actually computed are combined again into each
+stream's root. Work runs on a small thread pool (pread, zstd and BLAKE3 release the GIL);
+results are consumed in order so progress and the first mismatch are reported in disk
+order.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from functools import lru_cache
 from pathlib import Path
 
 import blake3
-import zstandard
 
+from rescueui.core.chunkcodec import BadFrameError, decode_into
 from rescueui.core.errors import (
     CancelledError,
     CorruptImageError,
@@ -42,9 +44,12 @@ class ChunkMismatch:
     index: int
     disk_offset: int
     expected: str
-    actual: str  # hex digest, or a reason ("does not decompress: ...")
+    actual: str  # hex digest, or the decoder's reason ("its zstd frame declares ...")
+    refused: str = ""  # where and why, when the decoder refused the stored frame itself
 
     def describe(self) -> str:
+        if self.refused:
+            return self.refused
         return (
             f"stream '{self.stream}' chunk {self.index} (disk offset {self.disk_offset}): "
             f"expected BLAKE3 {self.expected}, got {self.actual}"
@@ -59,29 +64,42 @@ def _zeros(n: int) -> bytes:
     return bytes(n)
 
 
-def _dctx() -> zstandard.ZstdDecompressor:
-    d = getattr(_local, "d", None)
-    if d is None:
-        d = _local.d = zstandard.ZstdDecompressor()
-    return d
+def _buffer(n: int) -> bytearray:
+    """This thread's decode buffer of exactly ``n`` bytes (reused: a full and a last chunk)."""
+    bufs: dict[int, bytearray] | None = getattr(_local, "bufs", None)
+    if bufs is None:
+        bufs = _local.bufs = {}
+    buf = bufs.get(n)
+    if buf is None:
+        if len(bufs) >= 2:
+            bufs.clear()
+        buf = bufs[n] = bytearray(n)
+    return buf
 
 
-def _check_chunk(image: Image, stream: StreamEntry, chunk: ChunkRecord) -> tuple[bytes, str | None]:
-    """(actual digest or b'', problem) for one chunk; problem is None when it matches."""
+def _check_chunk(
+    image: Image, stream: StreamEntry, chunk: ChunkRecord
+) -> tuple[bytes, str | None, BadFrameError | None]:
+    """(actual digest or b'', problem, refusal) for one chunk; problem is None when it
+    matches. The frame is decoded by the one bounded decoder into a reused buffer."""
     frame = image.read_compressed(stream, chunk)
+    data = _buffer(chunk.raw_length)
     try:
-        data = _dctx().decompress(frame, max_output_size=chunk.raw_length)
-    except zstandard.ZstdError as exc:
-        return b"", f"a frame that does not decompress ({exc})"
-    if len(data) != chunk.raw_length:
-        return b"", f"{len(data)} bytes instead of {chunk.raw_length}"
+        decode_into(
+            frame,
+            memoryview(data),
+            image.chunk_place(stream, chunk),
+            hint="Do not restore this copy; use another copy of the image (or capture again).",
+        )
+    except BadFrameError as exc:
+        return b"", exc.problem, exc
     if chunk.zero and data == _zeros(chunk.raw_length):
         digest = zero_digest(chunk.raw_length)  # known hash: no need to hash zeros
     else:
         digest = blake3.blake3(data).digest()
     if digest.hex() != chunk.blake3:
-        return digest, digest.hex()
-    return digest, None
+        return digest, digest.hex(), None
+    return digest, None, None
 
 
 class _Verifier:
@@ -100,16 +118,23 @@ class _Verifier:
         stream: StreamEntry,
         digests: bytearray,
         chunk: ChunkRecord,
-        fut: Future[tuple[bytes, str | None]],
+        fut: Future[tuple[bytes, str | None, BadFrameError | None]],
     ) -> None:
-        digest, problem = fut.result()
+        digest, problem, refusal = fut.result()
         digests.extend(digest if len(digest) == 32 else bytes(32))
         offset = self.image.chunk_disk_offset(stream, chunk)
         if problem is not None:
             self.bad_count += 1
             if len(self.mismatches) < MAX_LISTED_MISMATCHES:
                 self.mismatches.append(
-                    ChunkMismatch(stream.name, chunk.index, offset, chunk.blake3, problem)
+                    ChunkMismatch(
+                        stream.name,
+                        chunk.index,
+                        offset,
+                        chunk.blake3,
+                        problem,
+                        refusal.detail if refusal is not None else "",
+                    )
                 )
         self.chunks_done += 1
         self.meter.advance(
@@ -162,7 +187,9 @@ def verify_image(
         try:
             for stream in image.streams:
                 digests = bytearray()
-                pending: deque[tuple[ChunkRecord, Future[tuple[bytes, str | None]]]] = deque()
+                pending: deque[
+                    tuple[ChunkRecord, Future[tuple[bytes, str | None, BadFrameError | None]]]
+                ] = deque()
                 bad_before = v.bad_count
                 for chunk in image.iter_chunks(stream):
                     if cancel.is_set():
@@ -210,9 +237,19 @@ def verify_image(
                 else f"the root hash of stream '{first.stream}'"
             )
             report.details["mismatches"] = [m.__dict__ for m in mismatches]
+            if first.refused:  # the decoder refused the stored frame itself
+                text = (
+                    f"The image {image_dir} is damaged: {bad_count} chunk(s) are bad. "
+                    f"First: {first.refused}."
+                )
+            else:
+                text = (
+                    f"The image {image_dir} is damaged: {bad_count} chunk(s) do not match "
+                    f"their hashes. First: {where}: expected BLAKE3 {first.expected}, got "
+                    f"{first.actual}."
+                )
             err = CorruptImageError(
-                f"The image {image_dir} is damaged: {bad_count} chunk(s) do not match their "
-                f"hashes. First: {where}: expected BLAKE3 {first.expected}, got {first.actual}.",
+                text,
                 hint="Do not restore this copy; use another copy of the image (or capture again).",
             )
             err.mismatches = mismatches  # type: ignore[attr-defined]
