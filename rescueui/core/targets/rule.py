@@ -319,10 +319,14 @@ def _alias(label: str | None) -> str:
 
 
 def _match(keys: set[Key], protected: Protected) -> tuple[bool, str | None]:
-    for k in keys:
-        if k in protected.keys:
-            return True, protected.keys[k]
-    return False, None
+    """Whether ``keys`` meet what ``protected`` rests on, and through what (None: directly,
+    which is preferred when both hold)."""
+    labels = [protected.keys[k] for k in keys if k in protected.keys]
+    if not labels:
+        return False, None
+    if None in labels:
+        return True, None
+    return True, sorted(str(x) for x in labels)[0]
 
 
 def _mounted_reason(points: list[str], who: str | None) -> str:
