@@ -25,7 +25,7 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rescueui.core import chunkcodec, parttable
+from rescueui.core import chunkcodec, grow, parttable
 from rescueui.core.chunkcodec import BadFrameError, ChunkPlace
 from rescueui.core.errors import CorruptImageError, ImageError, RescueError
 from rescueui.core.host import HostProfile
@@ -486,6 +486,9 @@ FORGED_FIELDS = [
     (table(sectorsize="abc"), "partition_table.sectorsize", "wrong type"),
     (table(sectorsize=1000), "partition_table.sectorsize", "not a sector size"),
     (table(partitions="x"), "partition_table.partitions", "wrong type"),
+    (table(partitions=None), "partition_table.partitions", "wrong type (null)"),
+    (table(sectorsize=None), "partition_table.sectorsize", "wrong type (null)"),
+    (part(0, type=None), "partition_table.partitions[0].type", "wrong type (null)"),
     (table(partitions=[{"node": "x1"}] * 2000), "partition_table.partitions", "at most"),
     (table(label="gpt\nstart=0"), "partition_table.label", "control characters"),
     (table(id='X" , type=83'), "partition_table.id", "impossible value"),
@@ -655,6 +658,11 @@ def _consume(img: Image) -> None:
     check(facts, target, host=here)
     table_ = img.manifest.partition_table
     if table_:
+        for size in (1 * MiB, 8 * MiB, 1 << 34):  # the grow step's table fitting
+            try:
+                grow.adapt_table(table_, size, grow=True)
+            except RescueError:
+                pass
         try:
             script = parttable.table_to_script(table_, "/dev/sdz")
         except RescueError:
@@ -796,3 +804,37 @@ def test_decoder_of_the_pipeline_is_the_bounded_one(good: dict[str, Path], tmp_p
         finally:
             dec.close()
     assert bytes(out[:16]) == bytes(16)
+
+
+PLAUSIBLE = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-5, max_value=1 << 20)
+    | st.sampled_from([0, 1, 512, 4096, 65536, 1 << 40, 1 << 62])
+    | st.text(alphabet="ab1 -_:,=\"'\\\n\r\x1b\x9bé/", max_size=12)
+    | st.sampled_from(["gpt", "dos", "sun", "0x1234", "83", "5", "/dev/sda1", "x9999", "uefi"])
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_fuzz_table_and_host_values(
+    good: dict[str, Path], fuzz_dir: Path, data: st.DataObject
+) -> None:
+    """Plausible values in the parts pre-flight and the grow step read: either refused at
+    open, or every consumer copes (and the sfdisk script keeps one line per partition)."""
+    raw = load_manifest(good["image"])
+    sections = [raw["partition_table"], *raw["partition_table"]["partitions"], raw["host"]]
+    sections += [raw["source_disk"], *raw["host"]["nics"], *raw["host"]["disks"]]
+    for _ in range(data.draw(st.integers(1, 4))):
+        section = data.draw(st.sampled_from(sections))
+        keys = [*section.keys(), "table-length", "bootable", "attrs", "name", "id"]
+        section[data.draw(st.sampled_from(keys))] = data.draw(PLAUSIBLE)
+    raw["manifest_blake3"] = manifest_hash(raw)
+    (fuzz_dir / MANIFEST_NAME).write_text(json.dumps(raw))
+    try:
+        img = Image.open(fuzz_dir)
+    except RescueError:
+        return
+    with img:
+        _consume(img)

@@ -394,10 +394,25 @@ def _int_in(d: dict[str, Any], key: str, where: str, lo: int, hi: int) -> int:
 
 class _Fields:
     """Checks of the free-form parts of a manifest (source disk, table, host), one message
-    style: the field by its dotted name (``partition_table.partitions[0].name``) and the file."""
+    style: the field by its dotted name (``partition_table.partitions[0].name``) and the file.
 
-    def __init__(self, mpath: str) -> None:
+    With ``null_ok=False`` a field that is present must not be null either (the partition
+    table: its readers take a present key for a value, as sfdisk writes it)."""
+
+    def __init__(self, mpath: str, *, null_ok: bool = True) -> None:
         self.mpath = mpath
+        self.null_ok = null_ok
+
+    def _absent(self, d: dict[str, Any], key: str, name: str, want: str, required: bool) -> bool:
+        """True when ``key`` has no value; refuses a missing required one and a null one
+        where null is not allowed."""
+        if d.get(key) is not None:
+            return False
+        if required and key not in d:
+            raise ImageError(f"The field '{name}' is missing in {self.mpath}.", hint=_FORGED_HINT)
+        if required or (key in d and not self.null_ok):
+            raise self.wrong(name, None, want)
+        return True
 
     def wrong(self, field_name: str, value: Any, want: str) -> ImageError:
         return ImageError(
@@ -420,13 +435,9 @@ class _Fields:
         self, d: dict[str, Any], key: str, prefix: str, lo: int, hi: int, *, required: bool = False
     ) -> int | None:
         name = f"{prefix}.{key}"
-        v = d.get(key)
-        if v is None:
-            if required:
-                raise ImageError(
-                    f"The field '{name}' is missing in {self.mpath}.", hint=_FORGED_HINT
-                )
+        if self._absent(d, key, name, "a whole number", required):
             return None
+        v = d[key]
         if isinstance(v, bool) or not isinstance(v, int):
             raise self.wrong(name, v, "a whole number")
         if not lo <= v <= hi:
@@ -454,13 +465,9 @@ class _Fields:
         required: bool = False,
     ) -> str | None:
         name = f"{prefix}.{key}" if prefix else key
-        v = d.get(key)
-        if v is None:
-            if required:
-                raise ImageError(
-                    f"The field '{name}' is missing in {self.mpath}.", hint=_FORGED_HINT
-                )
+        if self._absent(d, key, name, "text", required):
             return None
+        v = d[key]
         if not isinstance(v, str):
             raise self.wrong(name, v, "text")
         if len(v) > limit:
@@ -476,15 +483,15 @@ class _Fields:
         return v
 
     def flag(self, d: dict[str, Any], key: str, prefix: str) -> None:
-        v = d.get(key)
-        if v is not None and not isinstance(v, bool):
-            raise self.wrong(f"{prefix}.{key}", v, "true or false")
+        name = f"{prefix}.{key}"
+        if not self._absent(d, key, name, "true or false", False) and not isinstance(d[key], bool):
+            raise self.wrong(name, d[key], "true or false")
 
     def items(self, d: dict[str, Any], key: str, prefix: str) -> list[Any]:
         name = f"{prefix}.{key}"
-        v = d.get(key)
-        if v is None:
+        if self._absent(d, key, name, "a list", False):
             return []
+        v = d[key]
         if not isinstance(v, list):
             raise self.wrong(name, v, "a list")
         if len(v) > MAX_LIST:
@@ -542,7 +549,7 @@ def check_partition_table(table: Any, mpath: str) -> dict[str, Any]:
     """The ``partition_table`` (sfdisk's JSON): every value :mod:`parttable`, pre-flight and
     the grow step read, with the right type and within bounds, and nothing in it that could
     change the meaning of the sfdisk script the grow step writes from it."""
-    f = _Fields(mpath)
+    f = _Fields(mpath, null_ok=False)
     t = f.obj(table, "partition_table")
     p = "partition_table"
     f.no_control(t, p)
