@@ -291,7 +291,8 @@ def open_image_file(path: str | Path, *, what: str, of: str = "") -> int:
         if os.path.islink(p):
             raise ImageError(
                 _link_message(p, what),
-                hint="Copy the image with its files, not links (cp -rL), or use another copy.",
+                hint="Copy the image folder with the files themselves, not links to them, or "
+                "use another copy of the image.",
             ) from exc
         raise ImageError(
             exc.message,
@@ -475,11 +476,11 @@ class _Fields:
         if bad_chars is not None and bad_chars.search(v):
             raise self.bad(
                 name,
-                f"holds control characters, quotes or backslashes ({safe_text(v[:80])!r}); "
+                f"holds control characters, quotes or backslashes ('{safe_text(v[:80])}'); "
                 "they are refused in values that are written back to a disk",
             )
         if pattern is not None and not pattern.match(v):
-            raise self.bad(name, f"holds an impossible value ({safe_text(v[:80])!r})")
+            raise self.bad(name, f"holds an impossible value ('{safe_text(v[:80])}')")
         return v
 
     def flag(self, d: dict[str, Any], key: str, prefix: str) -> None:
@@ -507,7 +508,7 @@ class _Fields:
                 if _CONTROL_RE.search(v):
                     raise self.bad(
                         name,
-                        f"holds control characters ({safe_text(v[:80])!r}); they are refused "
+                        f"holds control characters ('{safe_text(v[:80])}'); they are refused "
                         "in a partition table",
                     )
             elif isinstance(v, dict):
@@ -627,7 +628,7 @@ def _safe_file(image_dir: Path, name: str, where: str) -> Path:
     FIFO, is checked when it is opened: :func:`open_image_file`)."""
     if not FILE_NAME_RE.match(name) or ".." in name or name in (MANIFEST_NAME, INCOMPLETE_MARKER):
         raise ImageError(
-            f"Refusing the file name {safe_text(name)!r} in {where}: only plain names inside "
+            f"Refusing the file name '{safe_text(name)}' in {where}: only plain names inside "
             "the image folder are allowed.",
             hint=_FORGED_HINT,
         )
@@ -642,14 +643,14 @@ def parse_stream(d: Any, n: int, image_dir: Path, mpath: str) -> StreamEntry:
     name = _req(d, "name", str, where)
     if not STREAM_NAME_RE.match(name):
         raise ImageError(
-            f"Refusing the stream name {safe_text(name)!r} in {mpath}: stream names are head, "
+            f"Refusing the stream name '{safe_text(name)}' in {mpath}: stream names are head, "
             "tail, disk, p<N> or gap-<offset>.",
             hint=_FORGED_HINT,
         )
     where = f"stream '{name}' of {mpath}"
     kind = _req(d, "kind", str, where)
     if kind not in STREAM_KINDS:
-        raise ImageError(f"Unknown stream kind {safe_text(kind)!r} in {where}.")
+        raise ImageError(f"Unknown stream kind '{safe_text(kind)}' in {where}.")
     expected_kind = _NAME_KINDS.get(name, "gap" if name.startswith("gap-") else "partition")
     if kind != expected_kind:
         raise ImageError(
@@ -700,7 +701,7 @@ def parse_stream(d: Any, n: int, image_dir: Path, mpath: str) -> StreamEntry:
     if fs_type is not None and not FS_TYPE_RE.match(fs_type):
         raise CorruptImageError(
             f"The field 'fs_type' in {where} is not a filesystem name "
-            f"({safe_text(fs_type[:80])!r}).",
+            f"('{safe_text(fs_type[:80])}').",
             hint=_FORGED_HINT,
         )
     label = _opt(d, "label", str, where)
@@ -739,7 +740,7 @@ def parse_manifest(raw: dict[str, Any], image_dir: Path, mpath: str) -> ImageMan
     fmt = raw.get("format")
     if fmt != FORMAT_NAME:
         raise UnsupportedImageError(
-            f"{mpath} is not a rescueui image manifest (format {safe_text(fmt)!r}).",
+            f"{mpath} is not a rescueui image manifest (format '{safe_text(fmt)}').",
             hint="Choose the folder of an image made by 'rescueui capture'.",
         )
     version = _req(raw, "version", int, mpath)
