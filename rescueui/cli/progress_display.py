@@ -123,7 +123,7 @@ def cancel_on_interrupt() -> Iterator[threading.Event]:
 
 
 # The outcome of a job refused before it started; report.py may not know it yet.
-REFUSED = "refused" if "refused" in report_mod.OUTCOMES else "failed"
+REFUSED = "refused"
 
 
 def refusal_report(
@@ -173,7 +173,7 @@ def job_failed(
     report: JobReport | None = getattr(exc, "report", None)
     # The engine attaches its report once the job has started, and a refusal report when it
     # refused the job while planning it.
-    refused = report is None or bool(report.details.get("refused_before_writing"))
+    refused = report is None or report.outcome == "refused"
     if report is None:
         report = refusal_report(job, exc, folder=report_dir, **(fields or {}))
     if as_json:

@@ -284,7 +284,7 @@ def _created_note(created: CreatedFile | None, exc: RescueError | None, image_di
             f"{created.path} (made by --create) is kept: the image was written to it and "
             "verified; only the step after the restore failed."
         )
-    refused = report is None or bool(getattr(report, "details", {}).get("refused_before_writing"))
+    refused = report is None or getattr(report, "outcome", None) == "refused"
     if refused and created.remove():  # refused before the job started
         return (
             f"{created.path} was removed again: this run created it (--create) and nothing "

@@ -42,7 +42,7 @@ FALLBACK_DIR = Path("/tmp/rescueui-reports")
 TEXT_WIDTH = 80  # the text report fits an 80-column console
 LABEL_WIDTH = 13  # "Destination: "
 
-OUTCOMES = ("running", "success", "failed", "cancelled")
+OUTCOMES = ("running", "success", "failed", "cancelled", "refused")  # refused: nothing written
 NOTE_PREFIX = "Report could not be written"  # unattended drops these notes when it re-writes
 MAX_NAME_TRIES = 1000
 
@@ -168,6 +168,7 @@ class JobReport:
             "failed": "FAILED",
             "cancelled": "CANCELLED",
             "running": "RUNNING",
+            "refused": "REFUSED (nothing was written)",
         }.get(self.outcome, _safe(self.outcome).upper())
         lines = [f"rescueui {_safe(self.job)}: {title}"]
 

@@ -268,7 +268,7 @@ def _refusal_report(
     if findings:
         report.findings = list(findings)
     report.notes.append("The restore was refused while it was planned; nothing was written.")
-    report.finish("failed", exc)
+    report.finish("refused", exc)
     folder = Path(image_dir)
     report.write(folder / "reports" if folder.is_dir() else None)
     exc.report = report  # type: ignore[attr-defined]

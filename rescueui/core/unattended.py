@@ -602,14 +602,6 @@ def _report_dir(image_dir: Path, medium: ImageMedium | None, say: Say) -> Path:
     return FALLBACK_REPORT_DIR
 
 
-def _refused_outcome() -> str:
-    """The report outcome of a run that stopped before writing ("refused" once report.py
-    knows it; "failed" until then)."""
-    from rescueui.core.report import OUTCOMES
-
-    return "refused" if "refused" in OUTCOMES else "failed"
-
-
 def write_abort_report(
     report_dir: Path,
     opts: UnattendedOptions | None,
@@ -640,7 +632,7 @@ def write_abort_report(
         report.details["cmdline"] = cmdline
     if written is False:
         report.notes.append("Unattended restore aborted before any write: nothing was written.")
-        report.finish(_refused_outcome(), exc)
+        report.finish("refused", exc)
     else:
         report.notes.append(
             "The unattended run broke off; the target may be partly written: do not use it "
