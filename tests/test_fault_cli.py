@@ -393,7 +393,7 @@ def test_quota_and_full_messages_only_for_regular_files(tmp_path: Path) -> None:
     assert "the first 4.0 MiB (4194304 bytes)" in quota.message
     # a block device (or anything not a regular file) keeps the device wording
     dev = device_error(OSError(errno.ENOSPC, "No space left"), "/dev/null", 512, "writing")
-    assert "smaller than it claimed" in str(dev)
+    assert "ENOSPC" in str(dev) and "backing file" in str(dev) and dev.action == "resume"
 
 
 # ------------------------------------------------------------------ no tracebacks

@@ -196,7 +196,7 @@ def test_corrupt_chunk_in_a_file_target(file_image: dict[str, Path], tmp_path: P
 
 @pytest.mark.parametrize(
     ("err", "words"),
-    [(errno.EIO, ["I/O error", "dmesg"]), (errno.ENODEV, ["disappeared", "--resume"])],
+    [(errno.EIO, ["I/O error", "dmesg"]), (errno.ENODEV, ["disappeared", "resume the restore"])],
 )
 def test_io_error_mid_write_names_device_and_offset(
     file_image: dict[str, Path],

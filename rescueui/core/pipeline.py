@@ -350,13 +350,14 @@ def _file_full_error(exc: OSError, path: str, offset: int, action: str) -> Resto
         else ""
     )
     folder = os.path.dirname(os.path.abspath(path))
-    again = "then run the restore again (or continue it with --resume once there is room)."
+    again = "then run the restore again (or resume it once there is room)."
     if exc.errno == errno.ENOSPC:
         return RestoreError(
             f"The filesystem holding the target file {path} is full (no space left on it, "
             f"ENOSPC) while {action} at byte {offset}{done}.",
             hint=f"Free space there (see `df -h {folder}`) or put the target file on a "
             f"filesystem with room for the whole disk image, {again}",
+            action="resume",
         )
     if exc.errno == errno.EDQUOT:
         return RestoreError(
@@ -364,6 +365,7 @@ def _file_full_error(exc: OSError, path: str, offset: int, action: str) -> Resto
             f"(EDQUOT) while {action} at byte {offset}{done}.",
             hint=f"Free space within the quota or have it raised (see `quota`), or put the "
             f"target file elsewhere, {again}",
+            action="resume",
         )
     if exc.errno == errno.EFBIG:
         return RestoreError(
@@ -381,22 +383,29 @@ def device_error(exc: OSError, path: str, offset: int, action: str) -> RestoreEr
         full = _file_full_error(exc, path, offset, action)
         if full is not None:
             return full
+    next_step: str | None = None
     if exc.errno in DEVICE_GONE:
         what = f"{path} disappeared while {action} at byte {offset} ({exc.strerror})"
         hint = (
-            "The disk was removed or its controller reset. Reconnect it, then run the restore "
-            "again with --resume; the journal lets it continue after re-checking what was written."
+            "The disk was removed or its controller reset. Reconnect it, then resume the "
+            "restore; the journal lets it continue after re-checking what was written."
         )
+        next_step = "resume"
     elif exc.errno == errno.ENOSPC:
-        what = f"{path} is full at byte {offset} while {action}"
-        hint = "The target is smaller than it claimed; choose a larger target."
+        what = f"{path} could store no more data at byte {offset} while {action} (ENOSPC)"
+        hint = (
+            "The device ran out of space below it: for a loop device the filesystem holding "
+            "its backing file is full; a thin-provisioned or failing disk does the same. Free "
+            "space there and resume the restore, or choose another target."
+        )
+        next_step = "resume"
     else:
         what = f"I/O error on {path} at byte {offset} while {action}: {exc.strerror}"
         hint = (
             "The disk may be failing (see `dmesg`). Replace it or try another target; a "
             "restore to it cannot be trusted."
         )
-    return RestoreError(what + ".", hint=hint)
+    return RestoreError(what + ".", hint=hint, action=next_step)
 
 
 # ------------------------------------------------------------------ the writer

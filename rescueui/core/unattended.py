@@ -174,7 +174,8 @@ def parse_size(text: str) -> int:
         raise UnattendedError(
             f"Kernel option {PREFIX}target: size '{text}' is not a number of bytes "
             "(digits 0-9, optionally followed by K, M, G or T).",
-            hint="Give the exact size in bytes, as `rescueui disks --json` shows it (size_bytes).",
+            hint="Give the exact size in bytes, as the disk list shows it in JSON form "
+            "(size_bytes).",
         )
     return int(num) * units[unit]
 
