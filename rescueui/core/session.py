@@ -88,12 +88,8 @@ def summarize_image(path: str | Path) -> ImageSummary:
         extras.append(human_size(int(host["memory_bytes"])))
     if extras:
         machine = f"{machine} ({', '.join(extras)})" if machine else ", ".join(extras)
-    stored = 0
-    for s in m.streams:
-        try:
-            stored += (p / s.data_file).stat().st_size
-        except OSError:
-            pass
+    stored = image.stored_bytes  # sizes of the data files as Image.open checked them
+    image.close()
     source = " ".join(
         str(x) for x in (src.get("model"), src.get("serial") and f"serial {src['serial']}") if x
     )
