@@ -269,8 +269,10 @@ def _refusal_report(
         report.findings = list(findings)
     report.notes.append("The restore was refused while it was planned; nothing was written.")
     report.finish("refused", exc)
+    # Next to the image only when the folder is one (holds a manifest); else the fallback folder.
     folder = Path(image_dir)
-    report.write(folder / "reports" if folder.is_dir() else None)
+    is_image = (folder / "manifest.json").is_file() and not (folder / "manifest.json").is_symlink()
+    report.write(folder / "reports" if is_image else None)
     exc.report = report  # type: ignore[attr-defined]
     return report
 
