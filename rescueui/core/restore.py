@@ -613,7 +613,6 @@ class _RestoreJob:
                 if plan.verify:
                     handle.ensure("the read-back verify")
                     self._verify(pool)
-                pool.close()
                 handle.ensure("the steps after the restore")
                 # The steps after the restore mount and check partitions: they need the
                 # exclusive claim released. The guard stays open until the end.
@@ -622,6 +621,7 @@ class _RestoreJob:
                 if self.journal is not None:
                     self.journal.remove()
             finally:
+                pool.close()
                 handle.close()
             self.phases.stop()
             self.meter.update(phase="done", message="restore complete")
