@@ -43,6 +43,7 @@ from rescueui.core.errors import (
     LockError,
     RescueError,
     RestoreError,
+    TargetChangedError,
     UnsafeTargetError,
 )
 from rescueui.core.image import INCOMPLETE_MARKER, MANIFEST_NAME
@@ -811,3 +812,86 @@ def test_resume_finds_a_durable_region_changed(
     assert offsets and min(offsets) <= where, "the changed chunk was not written again"
     r = subprocess.run(["cmp", str(target), str(random_image["source"])])
     assert r.returncode == 0, "the target differs from the source after the resume"
+
+
+# ================================================================== found by a hostile re-test
+
+
+@pytest.mark.root
+def test_capture_of_a_disk_being_restored_refused_even_with_another_lock(
+    gpt_image: Path, loops: LoopFactory, tmp_path: Path
+) -> None:
+    """Two rescueui with different writer locks (another environment): the restore's
+    exclusive hold on its target alone keeps a capture of it from mixing old and new data."""
+    t = loops.create(32)
+    dest = tmp_path / "capture-of-t"
+    with first_job(restore_job(gpt_image, t.path), "write") as first:
+        out = try_capture(t.path, dest, lock_path=str(tmp_path / "another.lock"))
+        report = first.finish()
+    assert isinstance(out.error, RescueError), out.describe()
+    assert "held exclusively by another program" in str(out.error), str(out.error)
+    failed_report(out.error)
+    assert no_complete_image(dest)
+    assert report.outcome == "success", report.error
+
+
+@pytest.mark.root
+def test_capture_of_a_loop_whose_alias_is_being_restored_refused(
+    gpt_image: Path, loops: LoopFactory, tmp_path: Path
+) -> None:
+    """The restore writes loop Y; the capture reads loop X on the same backing file."""
+    y = loops.create(32)
+    x = alias_of(loops, y)
+    dest = tmp_path / "capture-of-x"
+    with first_job(restore_job(gpt_image, y.path), "write") as first:
+        out = try_capture(x.path, dest, lock_path=str(tmp_path / "another.lock"))
+        report = first.finish()
+    assert isinstance(out.error, RescueError), out.describe()
+    assert y.name in str(out.error) and "same storage" in str(out.error), str(out.error)
+    assert no_complete_image(dest)
+    assert report.outcome == "success", report.error
+
+
+@pytest.mark.root
+def test_restore_onto_an_alias_of_a_disk_being_captured_refused(
+    gpt_image: Path, loops: LoopFactory, tmp_path: Path
+) -> None:
+    """The capture reads loop X and claims its alias Y: a restore onto Y (another lock) fails."""
+    x = loops.create(32, fill="random")
+    y = alias_of(loops, x)
+    before = sha(x.backing)
+    plan = plan_restore(gpt_image, confirmed(y.path), accept_warnings=True)
+    plan.lock_path = str(tmp_path / "another.lock")
+    with first_job(capture_job(x.path, tmp_path / "capture-of-x"), "capture") as first:
+        try:
+            restore(plan)
+            error: RescueError | None = None
+        except RescueError as exc:
+            error = exc
+        first.finish()
+    assert isinstance(error, UnsafeTargetError) and "in use" in str(error), error
+    assert sha(x.backing) == before
+
+
+@pytest.mark.root
+def test_target_shrunk_mid_write_is_named_as_a_changed_target(
+    random_image: dict[str, Path], loops: LoopFactory
+) -> None:
+    """A target that gets smaller while it is written (losetup -c after truncate): the
+    message says the target changed, not that a filesystem is full."""
+    t = loops.create(64)
+    plan = plan_restore(random_image["image"], confirmed(t.path), accept_warnings=True)
+    shrunk = threading.Event()
+
+    def shrink(p: Progress) -> None:
+        if p.phase == "write" and p.bytes_done > 4 * MiB and not shrunk.is_set():
+            shrunk.set()
+            os.truncate(t.backing, 8 * MiB)
+            subprocess.run(["losetup", "-c", t.path], check=True)
+
+    with pytest.raises(RescueError) as exc:
+        restore(plan, progress=shrink)
+    assert shrunk.is_set()
+    assert isinstance(exc.value, TargetChangedError), exc.value
+    assert "size" in str(exc.value), str(exc.value)
+    failed_report(exc.value)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import re
 
+from rescueui.cli.output import partition_number
+
 MIN_LEVEL, MAX_LEVEL = 1, 19
 
 
@@ -45,7 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     )
     p.add_argument(
         "--partition",
-        type=int,
+        type=partition_number,
         action="append",
         metavar="N",
         help="capture only partition N (repeatable); default: the whole disk",

@@ -88,3 +88,16 @@ class SafeConsole(Console):
 
 def console(*, stderr: bool = False, **kwargs: Any) -> SafeConsole:
     return SafeConsole(stderr=stderr, **kwargs)
+
+
+def partition_number(text: str) -> int:
+    """``--partition N``: a partition number, ASCII digits only (``int`` would also read
+    Arabic-Indic or other Unicode digits), 1 to 9999."""
+    import argparse
+
+    value = text.strip()
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= 9999:
+        raise argparse.ArgumentTypeError(
+            f"{safe_text(repr(text))} is not a partition number; give 1 to 9999 in digits 0-9"
+        )
+    return int(value)

@@ -15,7 +15,7 @@ import sys
 from rich.text import Text
 
 from rescueui.cli.output import console as safe_console
-from rescueui.cli.output import echo_json, plain
+from rescueui.cli.output import echo_json, partition_number, plain
 from rescueui.core.image import Image
 from rescueui.core.preflight import Finding, TargetInfo, preflight_report, run_preflight, stops
 
@@ -42,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     )
     p.add_argument(
         "--partition",
-        type=int,
+        type=partition_number,
         metavar="N",
         help="check restoring only image partition N onto the partition TARGET",
     )

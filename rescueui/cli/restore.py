@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rescueui.cli.output import say
+from rescueui.cli.output import partition_number, say
 from rescueui.cli.progress_display import ProgressDisplay, chunk_text
 from rescueui.core.errors import (
     CancelledError,
@@ -63,7 +63,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("target", metavar="TARGET", help="target disk, partition or disk image file")
     p.add_argument(
         "--partition",
-        type=int,
+        type=partition_number,
         metavar="N",
         help="restore only image partition N onto TARGET, an existing partition",
     )

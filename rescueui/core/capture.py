@@ -20,6 +20,7 @@ On failure :func:`capture` raises a :class:`~rescueui.core.errors.RescueError` w
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import itertools
@@ -56,7 +57,7 @@ from rescueui.core.image import (
 from rescueui.core.lock import WriterLock
 from rescueui.core.progress import ChunkEvent, ProgressCallback, ProgressMeter
 from rescueui.core.report import JobReport, now_iso
-from rescueui.core.targets.rule import capture_destination_problem
+from rescueui.core.targets.rule import capture_destination_problem, loop_aliases
 from rescueui.core.tools import find_tool
 from rescueui.core.units import human_size
 
@@ -520,8 +521,11 @@ class _Capture:
         st = r.st
         if st.fd < 0:
             try:
+                # A new file (prepare_destination removed ours): never through a link.
                 st.fd = os.open(
-                    st.data_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644
+                    st.data_path,
+                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    0o644,
                 )
             except OSError as exc:
                 raise self._dest_error(exc, st.data_path) from exc
@@ -652,6 +656,55 @@ class _Capture:
 
 
 # ---- public entry point ---------------------------------------------------------------
+def _mounted(devnums: dict[DevNum, str]) -> bool:
+    """Whether any of these devices is mounted (read-only or read-write)."""
+    from rescueui.core import mounts
+
+    with contextlib.suppress(OSError):
+        return any(d in devnums for d in mounts.mounts_by_devnum(mounts.read_mountinfo()))
+    return False
+
+
+def _held_by_another(src: str, name: str, via: str) -> CaptureError:
+    return CaptureError(
+        f"Refusing to capture {src}: {name} is held exclusively by another program{via} and "
+        "not mounted — most likely a restore is writing it. An image read while the disk "
+        "changes mixes old and new data.",
+        hint="Wait until that program is done (the disk list shows what is in use), then "
+        "capture again.",
+    )
+
+
+def _claim_aliases(src: str) -> tuple[list[int], list[str]]:
+    """Claim (O_EXCL, read-only) every other loop device on the source's storage for the
+    whole capture, so nothing restores onto the source through it meanwhile. Returns the held
+    descriptors and the read-write mounts/swap found on such aliases (a capture of a source
+    in use needs the operator's consent). Raises when an alias is held by a writer."""
+    fds: list[int] = []
+    busy: list[str] = []
+    try:
+        for devnum, name in loop_aliases(src):
+            members = source_devnums(devnum)
+            if _mounted(members):
+                busy += [
+                    f"{b} (another path to the same storage)" for b in busy_read_write(members)
+                ]
+                continue
+            try:
+                fds.append(os.open(f"/dev/{name}", os.O_RDONLY | os.O_EXCL | os.O_CLOEXEC))
+            except OSError as exc:
+                if exc.errno == errno.EBUSY:
+                    raise _held_by_another(
+                        src, f"/dev/{name}", " (another loop device on the same storage)"
+                    ) from exc
+                # gone meanwhile, or not openable: nothing holds it through us either
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return fds, busy
+
+
 def _open_source(path: str) -> tuple[int, str, bool]:
     """(fd, kind, direct) — block devices with O_DIRECT where possible, files buffered."""
     try:
@@ -669,7 +722,11 @@ def _open_source(path: str) -> tuple[int, str, bool]:
             except OSError as exc:
                 if exc.errno != errno.EBUSY:
                     raise
-                # In use (mounted): read it shared; the mounted check decides whether to go on.
+                # In use. Mounted: read it shared, the mounted check decides whether to go on.
+                # Not mounted: another program holds it exclusively (a restore): refuse.
+                rdev = st.st_rdev
+                if not _mounted(source_devnums((os.major(rdev), os.minor(rdev)))):
+                    raise _held_by_another(path, path, "") from exc
                 fd, direct = blockdev.open_direct_read(path)
         except OSError as exc:
             raise CaptureError(
@@ -722,6 +779,7 @@ def capture(
     report = JobReport(job="capture", source=src, destination=str(dest), image_dir=str(dest))
     report.details.update({"level": level, "chunk_size": chunk_size, "workers": workers})
     fd = -1
+    alias_fds: list[int] = []
     lock: WriterLock | None = None
     dest_prepared = False
     try:
@@ -748,23 +806,24 @@ def capture(
                 hint="Write the image to another disk (e.g. a USB disk).",
             )
         warnings: list[str] = []
+        alias_fds, busy = _claim_aliases(src)
         if kind == "block":
             rdev = os.fstat(fd).st_rdev
             devnums = source_devnums((os.major(rdev), os.minor(rdev)))
-            busy = busy_read_write(devnums)
-            if busy:
-                if not allow_mounted_rw:
-                    raise CaptureError(
-                        f"Refusing to capture {src}: {'; '.join(busy)}. A filesystem that "
-                        "changes while it is read gives an inconsistent image.",
-                        hint="Unmount it (or remount it read-only) and try again; to capture "
-                        "anyway, allow mounted sources explicitly.",
-                        action="allow-mounted",
-                    )
-                warnings.append(
-                    f"The source was in use during capture ({'; '.join(busy)}); the image may "
-                    "be inconsistent."
+            busy = busy_read_write(devnums) + busy
+        if busy:
+            if not allow_mounted_rw:
+                raise CaptureError(
+                    f"Refusing to capture {src}: {'; '.join(busy)}. A filesystem that "
+                    "changes while it is read gives an inconsistent image.",
+                    hint="Unmount it (or remount it read-only) and try again; to capture "
+                    "anyway, allow mounted sources explicitly.",
+                    action="allow-mounted",
                 )
+            warnings.append(
+                f"The source was in use during capture ({'; '.join(busy)}); the image may "
+                "be inconsistent."
+            )
         try:
             table = parttable.read_table(src)
         except DiskError as exc:
@@ -852,8 +911,9 @@ def capture(
         _fail(report, err, dest if dest_prepared else None)
         raise err from exc
     finally:
-        if fd >= 0:
-            os.close(fd)
+        for held in [fd, *alias_fds]:
+            if held >= 0:
+                os.close(held)
         if lock is not None:
             lock.release()
 

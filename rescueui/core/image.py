@@ -32,7 +32,7 @@ import blake3
 from rescueui.core import chunkcodec
 from rescueui.core.chunkcodec import ChunkPlace
 from rescueui.core.errors import CorruptImageError, ImageError, UnsupportedImageError
-from rescueui.core.safefile import UnsafeFileError, open_regular
+from rescueui.core.safefile import SafeDir, UnsafeFileError, open_regular
 from rescueui.core.text import safe_text
 
 MiB = 1024 * 1024
@@ -167,33 +167,11 @@ def manifest_hash(d: dict[str, Any]) -> str:
     return blake3.blake3(canonical_manifest_bytes(d)).hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_file_atomic(path: Path, data: bytes) -> None:
-    """Write via a temporary file, fsync, rename over ``path``, fsync the folder."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    """Write via a temporary file, fsync, rename over ``path``, fsync the folder — inside the
+    folder only, never through a symbolic link (:class:`~rescueui.core.safefile.SafeDir`)."""
+    with SafeDir.open(path.parent) as folder:
+        folder.replace(path.name, data, tmp=f".{path.name}.tmp")
 
 
 def save_manifest(image_dir: str | Path, manifest: ImageManifest) -> None:
@@ -841,10 +819,20 @@ def read_manifest_bytes(image_dir: Path) -> bytes:
     return data
 
 
+def _bounded_int(text: str) -> int:
+    """JSON integers of at most 40 digits (a manifest needs 20); Python's own limit would
+    otherwise speak of interpreter settings."""
+    if len(text.lstrip("-")) > 40:
+        raise ValueError(f"a number with {len(text.lstrip('-'))} digits, more than any field holds")
+    return int(text)
+
+
 def parse_manifest_json(data: bytes, mpath: str) -> dict[str, Any]:
     """Untrusted manifest bytes to a JSON object (no NaN/Infinity, bounded nesting)."""
     try:
-        raw = json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
+        raw = json.loads(
+            data.decode("utf-8"), parse_constant=_refuse_constant, parse_int=_bounded_int
+        )
     except RecursionError as exc:
         raise CorruptImageError(
             f"{mpath} is nested too deeply to be a manifest rescueui writes.",

@@ -49,6 +49,7 @@ from rescueui.core.errors import (
     ImageError,
     JournalError,
     RescueError,
+    RestoreError,
     TargetChangedError,
     UnsafeTargetError,
 )
@@ -775,6 +776,12 @@ class _RestoreJob:
                 checkpoint_bytes=plan.checkpoint_bytes,
                 zero_ranges=plan.zero_ranges,
             )
+        except RestoreError as exc:
+            # A write error on a target that changed under us (shrunk, detached, replaced)
+            # is that change, not a full or failing disk: say so.
+            if handle.changes():
+                handle.ensure("the rest of the data")
+            raise exc
         finally:
             decoder.close()
         self.report.details["zero_range_calls"] = result.zero_calls

@@ -198,12 +198,16 @@ class SafeDir:
         os.close(fd)
         return self.path / name
 
-    def replace(self, name: str, data: bytes, *, mode: int = 0o644) -> Path:
+    def replace(self, name: str, data: bytes, *, mode: int = 0o644, tmp: str | None = None) -> Path:
         """Atomically put ``data`` at ``name``: a new temporary file (O_EXCL) in this folder,
         fsync, rename over ``name``, fsync the folder. A symlink at ``name`` is replaced,
-        never written through."""
+        never written through. ``tmp``: a fixed temporary name (whatever is there is removed
+        first, a link included, never followed); default a fresh random one."""
         _check_name(name)
-        tmp = f".{name}.{secrets.token_hex(6)}.tmp"
+        if tmp is None:
+            tmp = f".{name}.{secrets.token_hex(6)}.tmp"
+        else:
+            self.unlink(tmp)
         self.create(tmp, data, mode=mode)
         try:
             os.rename(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)

@@ -560,3 +560,33 @@ def _partitions_of(disk: DevNum) -> list[DevNum]:
                 if dn is not None:
                     out.append(dn)
     return out
+
+
+def loop_aliases(path: str | Path) -> list[tuple[DevNum, str]]:
+    """Other loop devices that reach the storage of the disk or file at ``path`` (a second
+    loop on the same backing file, a loop over the disk or one of its partitions, a loop over
+    the file): ``(device number, kernel name)``."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return []
+    if stat.S_ISBLK(st.st_mode):
+        dev = (os.major(st.st_rdev), os.minor(st.st_rdev))
+        whole = _whole(dev)
+        keys = touched_by_device(dev) | touched_by_device(whole)
+        keys |= {dev_key(p) for p in _partitions_of(whole)}
+        own = {whole, dev}
+    elif stat.S_ISREG(st.st_mode):
+        keys, own = {file_key(st)}, set()
+    else:
+        return []
+    out: list[tuple[DevNum, str]] = []
+    for sysdir in sorted(Path("/sys/block").glob("loop*")):
+        if not (sysdir / "loop").is_dir():
+            continue  # not bound to a file
+        loop = dsk._devnum_of_sysdir(sysdir)
+        if loop is None or loop in own:
+            continue
+        if touched_by_device(loop) & keys:
+            out.append((loop, sysdir.name))
+    return out
