@@ -16,7 +16,7 @@ from rich.text import Text
 
 from rescueui.cli.output import console as safe_console
 from rescueui.cli.output import echo_json, partition_number, plain
-from rescueui.core.image import Image
+from rescueui.core.images import open_image
 from rescueui.core.preflight import Finding, TargetInfo, preflight_report, run_preflight, stops
 
 EXIT_STOP = 3
@@ -84,8 +84,8 @@ def summary(findings: list[Finding]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    with Image.open(args.image_dir) as image:
-        target = TargetInfo.from_path(args.target, image_paths=[image.dir])
+    with open_image(args.image_dir) as image:
+        target = TargetInfo.from_path(args.target, image_paths=[image.path])
         findings = run_preflight(image, target, partition=args.partition, grow=not args.no_grow)
     code = EXIT_STOP if stops(findings) else 0
     if args.json:

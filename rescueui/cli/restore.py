@@ -166,9 +166,9 @@ def create_file_target(path: str, size_text: str, image_dir: str) -> CreatedFile
     if not size_text.strip():
         raise RescueError("--create needs a size; it was given an empty one.", hint=SIZE_HINT)
     if size_text.strip().lower() == "image":
-        from rescueui.core.image import Image
+        from rescueui.core.images import open_image
 
-        with Image.open(image_dir) as image:
+        with open_image(image_dir) as image:
             size = int(image.manifest.source_disk.get("size_bytes") or image.extent_bytes)
         check_size(size, size_text)
     else:

@@ -941,6 +941,49 @@ class Image:
         except Exception:
             pass
 
+    # -- the image-source seam (rescueui.core.images.source) ---------------------------
+    kind = "rescueui"
+    sequential = False  # chunks are independent: decoded in parallel, in any order
+    supports_resume = True  # every chunk's BLAKE3 is in the index
+
+    @property
+    def path(self) -> Path:
+        return self.dir
+
+    @property
+    def integrity(self) -> Any:
+        from rescueui.core.images.source import Integrity
+
+        return Integrity(
+            "chunk-blake3",
+            "every chunk's BLAKE3 was checked against the image's index before it was written",
+        )
+
+    def describe(self) -> str:
+        from rescueui.core.units import human_size
+
+        return (
+            f"rescueui image (format {self.manifest.version}), {len(self.streams)} stream(s), "
+            f"{human_size(self.extent_bytes)} of disk"
+        )
+
+    def segment_table(self, partition: int | None = None) -> Any:
+        """The restore's work in disk order (whole disk, or one partition at offset 0)."""
+        from rescueui.core import pipeline
+
+        if partition is None:
+            return pipeline.whole_disk_segments(self)
+        stream = self.manifest.partition_stream(partition)
+        if stream is None:
+            raise ImageError(f"The image {self.dir} has no partition {partition}.")
+        return pipeline.partition_segments(self, stream)
+
+    def decoder(self, table: Any) -> Any:
+        """Reads, decodes (the one bounded chunk decoder) and BLAKE3-checks chunks."""
+        from rescueui.core import pipeline
+
+        return pipeline.Decoder(table.max_chunk() + MAX_FRAME_OVERHEAD)
+
     # -- access ---------------------------------------------------------------------
     @property
     def streams(self) -> list[StreamEntry]:

@@ -410,6 +410,12 @@ def read_first_sector(image: Image) -> tuple[bytes | None, str]:
     Cheap: one chunk, decompressed only up to 512 bytes. Never raises; on trouble the
     reason comes back instead (pre-flight then says the boot code was not checked).
     """
+    first_sector = getattr(image, "first_sector", None)
+    if callable(first_sector):  # a foreign image kind reads its own (rescueui.core.images)
+        try:
+            return first_sector(), ""
+        except Exception as exc:
+            return None, f"could not read the image's first sector: {exc}"
     try:
         stream = next(
             (s for s in image.manifest.streams if int(s.start_bytes) == 0 and s.size_bytes > 0),

@@ -54,18 +54,15 @@ from rescueui.core.errors import (
     UnsafeTargetError,
 )
 from rescueui.core.identity import ConfirmedTarget, DiskIdentity, recheck
-from rescueui.core.image import MAX_FRAME_OVERHEAD, Image, StreamEntry
+from rescueui.core.image import Image, StreamEntry
+from rescueui.core.images import ForeignImage, open_image
 from rescueui.core.journal import Journal, find_journal
 from rescueui.core.lock import WriterLock
 from rescueui.core.pipeline import (
-    FILL_SEGMENT,
     BufferPool,
-    Decoder,
     Segment,
     SegmentTable,
-    partition_segments,
     verify_segments,
-    whole_disk_segments,
     write_segments,
 )
 from rescueui.core.progress import ChunkEvent, ProgressCallback, ProgressMeter
@@ -83,7 +80,7 @@ POOL_EXTRA = 2  # buffers beyond one per worker, so the writer never waits for a
 class RestorePlan:
     """Everything decided before the first write. Built by :func:`plan_restore`."""
 
-    image: Image
+    image: Image | ForeignImage
     target: ConfirmedTarget
     partition: int | None = None
     verify: bool = True
@@ -158,7 +155,7 @@ def describe_destroyed(ident: DiskIdentity, disk: Any) -> list[str]:
     return lines
 
 
-def _partition_stream(image: Image, number: int) -> StreamEntry:
+def _partition_stream(image: Image | ForeignImage, number: int) -> StreamEntry:
     s = image.manifest.partition_stream(number)
     if s is None:
         have = [
@@ -167,14 +164,14 @@ def _partition_stream(image: Image, number: int) -> StreamEntry:
             if x.kind == "partition" and x.partition_number is not None
         ]
         raise ImageError(
-            f"The image {image.dir} has no partition {number}.",
+            f"The image {image.path} has no partition {number}.",
             hint=f"It holds partition(s) {', '.join(have) or 'none'}; choose one of those.",
         )
     return s
 
 
 def run_preflight_hook(
-    image: Image,
+    image: Image | ForeignImage,
     ident: DiskIdentity,
     *,
     partition: int | None,
@@ -192,7 +189,7 @@ def run_preflight_hook(
     ends can wire it their way.
     """
     by = acknowledged_by or ("all warnings accepted at once" if accept_warnings else "operator")
-    info = preflight_mod.TargetInfo.from_path(ident.path, image_paths=[image.dir])
+    info = preflight_mod.TargetInfo.from_path(ident.path, image_paths=[image.path])
     findings = preflight_mod.run_preflight(image, info, partition=partition, grow=grow)
     try:
         acks = preflight_mod.gate(
@@ -292,10 +289,10 @@ def _plan_restore(
     preflight: bool,
 ) -> RestorePlan:
     accepted = accepted_codes
-    image = Image.open(image_dir)
+    image = open_image(image_dir)  # any kind: our folders, VM disks, raw images
     try:
         ident = recheck(target)
-        disk = check_target_safety(ident, image_dir=image.dir)
+        disk = check_target_safety(ident, image_dir=image.path)
         stream: StreamEntry | None = None
         if partition is None:
             if ident.partition:
@@ -308,13 +305,13 @@ def _plan_restore(
             if not image.manifest.whole_disk:
                 have = ", ".join(str(s.partition_number) for s in image.streams)
                 raise ImageError(
-                    f"The image {image.dir} holds only selected partitions ({have}), not a "
+                    f"The image {image.path} holds only selected partitions ({have}), not a "
                     "whole disk.",
                     hint="Restore them one by one onto existing partitions.",
                     action="restore-partition",
                 )
             needed = image.extent_bytes
-            check_fit(ident, needed, f"the image {image.dir.name}")
+            check_fit(ident, needed, f"the image {image.path.name}")
         else:
             stream = _partition_stream(image, partition)
             if ident.kind == "block" and not ident.partition:
@@ -392,18 +389,11 @@ class _Phases:
 
 
 def _segments(plan: RestorePlan) -> SegmentTable:
-    if plan.partition is None:
-        return whole_disk_segments(plan.image)
-    assert plan.stream is not None
-    return partition_segments(plan.image, plan.stream)
+    """The work, in disk order, from the image's own kind (the seam)."""
+    return plan.image.segment_table(plan.partition)
 
 
-def _max_chunk(plan: RestorePlan) -> int:
-    streams = [plan.stream] if plan.stream is not None else plan.image.streams
-    return max([s.chunk_size for s in streams if s is not None] + [FILL_SEGMENT])
-
-
-def _report_dir(image: Image) -> Path:
+def _report_dir(image: Any) -> Path:
     return image.dir / "reports"
 
 
@@ -440,7 +430,11 @@ def restore(
         verify=plan.verify,
         resume=plan.resume,
         grow=plan.grow,
+        image_kind=image.kind,
+        image_description=image.describe(),
+        source_checks=image.integrity.words,
     )
+    checked = image.integrity.checked_at_source
     streams = [plan.stream] if plan.stream is not None else image.streams
     report.streams = [
         {
@@ -456,17 +450,24 @@ def restore(
     ]
     if not plan.verify:
         report.warnings.append(
-            "Read-back verification was turned off: each chunk was checked against "
-            "the image before it was written, but the disk was not read back."
+            "Read-back verification was turned off: the disk was not read back"
+            + (
+                "; each piece was checked against the image before it was written."
+                if checked
+                else ", and this image carries no checksums: nothing was verified at all."
+            )
         )
+    if not checked:
+        report.notes.append(f"Source checks: {image.integrity.words}.")
     job = _RestoreJob(plan, segments, report, progress, cancel)
     outcome: str = "success"
     error: RescueError | None = None
     cause: BaseException | None = None
     try:
         job.run()
+        done = "written and verified" if checked else "written and read back"
         for s in report.streams:
-            s["status"] = "written and verified" if plan.verify else "written (not read back)"
+            s["status"] = done if plan.verify else "written (not read back)"
     except CancelledError as exc:
         outcome, error = "cancelled", exc
     except RescueError as exc:
@@ -509,6 +510,9 @@ class _RestoreJob:
         self.segments = segments
         self.report = report
         self.cancel = cancel
+        # Readers of sequential images (compressed streams) take segments in order, one
+        # thread; the read-back verify reads the target and may use them all.
+        self.workers = 1 if plan.image.sequential else plan.workers
         self.phases = _Phases()
         self.write_total = segments.total_bytes
         total = self.write_total * (2 if plan.verify else 1)
@@ -602,12 +606,12 @@ class _RestoreJob:
         with WriterLock(ident.path, job="restore", path=plan.lock_path):
             # The rule again, right before the open: what was planned may be stale (a
             # filesystem mounted meanwhile through another loop device on the same file).
-            check_target_safety(recheck(plan.target), image_dir=plan.image.dir)
+            check_target_safety(recheck(plan.target), image_dir=plan.image.path)
             # Re-check identity, O_EXCL, O_DIRECT; the handle (its guard descriptor) is held
             # until the job ends, and every step re-checks it before acting.
             handle = open_target(plan.target)
             self.report.details["direct_io"] = handle.direct
-            pool = BufferPool(plan.workers + POOL_EXTRA, _max_chunk(plan))
+            pool = BufferPool(self.workers + POOL_EXTRA, self.segments.max_chunk())
             try:
                 start = self._start_position(pool)
                 self._write(handle, pool, start)
@@ -632,6 +636,14 @@ class _RestoreJob:
         image = plan.image
         mhash = image.manifest.manifest_blake3
         start = 0
+        if not image.supports_resume:
+            if plan.resume:
+                self.report.warnings.append(
+                    f"This kind of image ({image.kind}) cannot be resumed: what an interrupted "
+                    "restore wrote cannot be re-checked against it. Restoring from the beginning."
+                )
+            self.report.details["resumed_at_segment"] = 0
+            return 0
         unusable: JournalError | None = None
         try:
             journal = (
@@ -670,7 +682,7 @@ class _RestoreJob:
                 0,
                 durable,
                 pool=pool,
-                workers=plan.workers,
+                workers=self.workers,
                 on_progress=on_ok,
                 cancelled=self.cancelled,
                 first_mismatch_only=True,
@@ -730,7 +742,7 @@ class _RestoreJob:
             else segs.bytes_between(start, len(segs)),
         )
         state = {"phase": first_phase, "bytes_before": segs.bytes_before(start)}
-        decoder = Decoder(segs.max_chunk() + MAX_FRAME_OVERHEAD)
+        decoder = plan.image.decoder(segs)
 
         def on_progress(seg: Segment, idx: int) -> None:
             if seg.phase != state["phase"]:
@@ -769,7 +781,7 @@ class _RestoreJob:
                 start,
                 pool=pool,
                 decoder=decoder,
-                workers=plan.workers,
+                workers=self.workers,
                 on_progress=on_progress,
                 on_checkpoint=on_checkpoint,
                 cancelled=self.cancelled,

@@ -1,0 +1,462 @@
+"""The image-source seam: one interface every kind of image implements.
+
+The engine (plan, restore, verify), the pre-flight and the front ends use an image through
+these few things, without asking which kind it is:
+
+* ``kind`` and ``describe()`` — what it is, in words ("qcow2 VM disk", "raw disk image,
+  zstd-compressed");
+* ``manifest`` — the facts, in the shape of our own manifest
+  (:class:`~rescueui.core.image.ImageManifest`): source disk (size, sector size), partition
+  table (``sfdisk --json``), source machine where known, one stream per partition;
+* ``extent_bytes`` — how many bytes of the target the image covers;
+* ``segment_table(partition)`` — the work, in disk order: data segments and zero segments
+  (zero and unallocated ranges cost nothing: they are made zero on the target the fast way);
+* ``decoder()`` — reads a segment's bytes into a buffer and checks what the kind allows;
+* ``integrity`` — what the kind carries to check against (:class:`Integrity`);
+* ``sequential`` — whether segments must be read in order by one thread;
+* ``supports_resume`` and ``manifest.manifest_blake3`` — an identity for the resume journal;
+* ``dir`` — the folder reports go to (next to the image).
+
+Our own folders (:class:`rescueui.core.image.Image`) implement it with their chunk index
+and the one chunk decoder. Foreign kinds derive from :class:`ForeignImage`: they give the
+extents and a reader; the BLAKE3 of every segment is computed as it is read, so the
+read-back verify compares the target with what was read.
+
+:func:`open_image` detects the kind by content (never by file name) and opens it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import stat
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import blake3
+
+from rescueui.core import parttable
+from rescueui.core.errors import CorruptImageError, ImageError, UnsupportedImageError
+from rescueui.core.image import CHUNK_SIZE, FORMAT_VERSION, ImageManifest, StreamEntry
+from rescueui.core.pipeline import Segment, zero_hash
+
+SEGMENT = CHUNK_SIZE  # foreign data is cut into pieces of this size (4 MiB)
+
+
+@dataclass(frozen=True)
+class Integrity:
+    """What an image kind carries to check its data against, in words for the report."""
+
+    code: str  # "chunk-blake3" | "range-sha256" | "block-checksums" | "none"
+    words: str  # e.g. "every 4 MiB chunk's BLAKE3 is checked before it is written"
+
+    @property
+    def checked_at_source(self) -> bool:
+        return self.code != "none"
+
+
+NO_SOURCE_CHECKS = Integrity(
+    "none",
+    "the image carries no checksums: nothing could be checked against the source; the BLAKE3 "
+    "of every piece was computed as it was read and the read-back verify compares the disk "
+    "with that",
+)
+
+
+@dataclass(frozen=True)
+class Extent:
+    """A range of the image's disk: ``data`` is read; ``zero`` reads as zeros (holes,
+    unallocated clusters, zero clusters) and costs nothing."""
+
+    start: int
+    length: int
+    kind: str  # "data" | "zero"
+    sha256: str | None = None  # bmap: the range's expected SHA-256
+
+    @property
+    def end(self) -> int:
+        return self.start + self.length
+
+
+class ForeignManifest(ImageManifest):
+    """Facts of a foreign image: our manifest's shape, its extent the virtual disk size."""
+
+    virtual_size: int = 0
+
+    @property
+    def extent_bytes(self) -> int:  # type: ignore[override]
+        return self.virtual_size
+
+
+def foreign_manifest(
+    *,
+    virtual_size: int,
+    sector_size: int,
+    partition_table: dict[str, Any] | None,
+    identity: str,
+    source_disk: dict[str, Any] | None = None,
+    host: dict[str, Any] | None = None,
+    created: str = "",
+    warnings: Sequence[str] = (),
+    fs_types: dict[int, tuple[str | None, str | None]] | None = None,
+) -> ForeignManifest:
+    """Facts in our manifest's shape: one stream per partition of ``partition_table``
+    (for pre-flight, display and partition restores); ``identity`` binds a journal."""
+    streams: list[StreamEntry] = []
+    if partition_table:
+        ss = int(partition_table.get("sectorsize") or sector_size)
+        for part in partition_table.get("partitions", []):
+            number = parttable.partition_number(part)
+            start, size = int(part.get("start", 0)) * ss, int(part.get("size", 0)) * ss
+            fs, label = (fs_types or {}).get(number, (None, None))
+            streams.append(
+                StreamEntry(
+                    name=f"p{number}",
+                    kind="partition",
+                    partition_number=number,
+                    start_bytes=start,
+                    size_bytes=size,
+                    data_file="",
+                    index_file="",
+                    root_blake3="",
+                    fs_type=fs,
+                    label=label,
+                    chunk_count=-(-size // SEGMENT),
+                )
+            )
+    disk = {"size_bytes": virtual_size, "logical_sector_size": sector_size}
+    disk.update(source_disk or {})
+    m = ForeignManifest(
+        version=FORMAT_VERSION,
+        created=created,
+        tool_version="",
+        source_disk=disk,
+        partition_table=partition_table,
+        host=dict(host or {}),
+        streams=streams,
+        complete=True,
+        warnings=list(warnings),
+        whole_disk=True,
+        manifest_blake3=identity,
+    )
+    m.virtual_size = virtual_size
+    return m
+
+
+# --------------------------------------------------------------------------- segments
+
+
+class ExtentTable:
+    """The segments of a foreign image, computed on demand from its extents (read-only list).
+
+    Data extents are cut into pieces of at most :data:`SEGMENT` bytes; a zero extent is
+    pieces marked zero. The BLAKE3 of a data segment is unknown until it is read: the
+    decoder records it here (:meth:`record`), and later lookups (read-back verify) carry it.
+    """
+
+    def __init__(self, extents: Iterable[Extent], base: int = 0, name: str = "disk") -> None:
+        self.name = name
+        self._pieces: list[tuple[int, int, int, bool]] = []  # (first index, start, length, zero)
+        self._firsts: list[int] = []
+        self._before: list[int] = []  # bytes of all pieces before each piece
+        self._count = 0
+        self._bytes = 0
+        self.base = base  # subtracted from extent offsets (partition restores)
+        for e in extents:
+            if e.length <= 0:
+                continue
+            count = -(-e.length // SEGMENT)
+            self._pieces.append((self._count, e.start - base, e.length, e.kind == "zero"))
+            self._firsts.append(self._count)
+            self._before.append(self._bytes)
+            self._count += count
+            self._bytes += e.length
+        self._hashes: dict[int, str] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def total_bytes(self) -> int:
+        return self._bytes
+
+    @property
+    def runs(self) -> list[Any]:
+        """One entry per extent, for the per-stream chunk counters of the progress."""
+        return [_Run(self.name, -(-length // SEGMENT)) for _, _, length, _ in self._pieces]
+
+    def _piece(self, i: int) -> tuple[int, int, int, bool]:
+        if not 0 <= i < self._count:
+            raise IndexError(i)
+        return self._pieces[bisect.bisect_right(self._firsts, i) - 1]
+
+    def __getitem__(self, i: int) -> Segment:
+        first, start, length, zero = self._piece(i)
+        off = (i - first) * SEGMENT
+        n = min(SEGMENT, length - off)
+        digest = zero_hash(n) if zero else self._hashes.get(i, "")
+        return Segment(self.name, i, start + off, n, digest, zero)
+
+    def record(self, index: int, digest: str) -> None:
+        with self._lock:
+            self._hashes[index] = digest
+
+    def bytes_before(self, i: int) -> int:
+        if i >= self._count:
+            return self._bytes
+        first = self._piece(i)[0]
+        j = bisect.bisect_right(self._firsts, i) - 1
+        return self._before[j] + (i - first) * SEGMENT
+
+    def bytes_between(self, a: int, b: int) -> int:
+        return self.bytes_before(b) - self.bytes_before(a) if b > a else 0
+
+    def phase_bytes(self, phase: str, start: int = 0) -> int:
+        return self.bytes_between(start, self._count) if phase == "write" else 0
+
+    def stream_chunks(self, name: str) -> int:
+        return self._count if name == self.name else 0
+
+    def max_chunk(self) -> int:
+        return SEGMENT
+
+
+@dataclass(frozen=True)
+class _Run:
+    name: str
+    count: int
+
+    @property
+    def stream(self) -> Any:
+        return _Named(self.name)
+
+
+@dataclass(frozen=True)
+class _Named:
+    name: str
+
+
+def clip_extents(extents: Iterable[Extent], start: int, end: int) -> list[Extent]:
+    """The parts of ``extents`` inside ``[start, end)``; uncovered ranges become zero."""
+    out: list[Extent] = []
+    pos = start
+    for e in sorted(extents, key=lambda x: x.start):
+        a, b = max(e.start, start), min(e.end, end)
+        if b <= a:
+            continue
+        if a > pos:
+            out.append(Extent(pos, a - pos, "zero"))
+        out.append(Extent(a, b - a, e.kind, e.sha256 if (a, b) == (e.start, e.end) else None))
+        pos = b
+    if pos < end:
+        out.append(Extent(pos, end - pos, "zero"))
+    return out
+
+
+class ForeignDecoder:
+    """Reads a foreign segment into the caller's buffer and records its BLAKE3."""
+
+    def __init__(self, image: ForeignImage, table: ExtentTable) -> None:
+        self.image = image
+        self.table = table
+
+    def decode(self, seg: Segment, out: memoryview) -> memoryview:
+        view = out[: seg.length]
+        offset = seg.disk_offset + self.table.base
+        self.image.read_into(offset, view)
+        digest = blake3.blake3(view).hexdigest()
+        self.table.record(seg.index, digest)
+        return view
+
+    def close(self) -> None:
+        pass
+
+
+# --------------------------------------------------------------------------- foreign kinds
+
+
+class ForeignImage(ABC):
+    """Base of every image kind that is not our own folder format.
+
+    A kind gives: :attr:`kind`, :meth:`describe`, the facts (``manifest``, built with
+    :func:`foreign_manifest`), :meth:`extents` and :meth:`read_into`. Everything the engine
+    needs beyond that is here.
+    """
+
+    kind: str = "foreign"
+    integrity: Integrity = NO_SOURCE_CHECKS
+    sequential: bool = False  # True: segments must be read in order (compressed streams)
+    supports_resume: bool = False  # the hashes of what was written are not kept
+    size_is_estimate: bool = False
+
+    def __init__(self, path: Path, manifest: ForeignManifest) -> None:
+        self.path = path
+        self.dir = path.parent
+        self.manifest = manifest
+
+    # -- what a kind provides --------------------------------------------------------
+    @abstractmethod
+    def describe(self) -> str:
+        """One line for the operator: what this image is."""
+
+    @abstractmethod
+    def extents(self) -> list[Extent]:
+        """Data and zero ranges covering ``[0, extent_bytes)`` in order."""
+
+    @abstractmethod
+    def read_into(self, offset: int, view: memoryview) -> None:
+        """Fill ``view`` with the image's bytes at ``offset`` (ImageError on a short read)."""
+
+    def close(self) -> None:  # noqa: B027 - kinds with resources override it
+        """Release what the kind holds (helper processes, mounts, descriptors)."""
+
+    def first_sector(self) -> bytes:
+        """The disk's first 512 bytes (boot code, partition table type) for the pre-flight.
+        Sequential kinds override it with what they read while opening."""
+        buf = bytearray(512)
+        self.read_into(0, memoryview(buf))
+        return bytes(buf)
+
+    # -- the seam ---------------------------------------------------------------------
+    @property
+    def streams(self) -> list[StreamEntry]:
+        return self.manifest.streams
+
+    @property
+    def extent_bytes(self) -> int:
+        return self.manifest.virtual_size
+
+    def segment_table(self, partition: int | None = None) -> ExtentTable:
+        if partition is None:
+            return ExtentTable(clip_extents(self.extents(), 0, self.extent_bytes))
+        stream = self.manifest.partition_stream(partition)
+        if stream is None:
+            raise ImageError(f"The image {self.path} has no partition {partition}.")
+        ext = clip_extents(self.extents(), stream.start_bytes, stream.end_bytes)
+        return ExtentTable(ext, base=stream.start_bytes, name=stream.name)
+
+    def decoder(self, table: ExtentTable) -> ForeignDecoder:
+        return ForeignDecoder(self, table)
+
+    def __enter__(self) -> ForeignImage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------- detection
+
+_COMPRESSED_MAGIC = {
+    b"\x1f\x8b": "gzip",
+    b"\xfd7zXZ\x00": "xz",
+    b"\x28\xb5\x2f\xfd": "zstd",
+    b"BZh": "bzip2",
+}
+_VM_MAGIC = {
+    b"QFI\xfb": "qcow2",
+    b"KDMV": "vmdk",
+    b"# Disk DescriptorFile": "vmdk",
+    b"vhdxfile": "vhdx",
+    b"conectix": "vpc",
+}
+
+
+@dataclass
+class Detected:
+    """What :func:`detect_kind` found."""
+
+    kind: str  # "rescueui" | "qcow2" | "vmdk" | "vhdx" | "vdi" | "vpc" | "raw" | "clonezilla"
+    compression: str | None = None  # raw images: gzip | xz | zstd | bzip2
+    notes: list[str] = field(default_factory=list)
+
+
+def detect_kind(path: str | Path) -> Detected:
+    """The kind of image at ``path``, by content (never by its name)."""
+    p = Path(path)
+    try:
+        st = os.stat(p)
+    except OSError as exc:
+        raise ImageError(f"Cannot look at {p}: {exc.strerror}.") from exc
+    if stat.S_ISDIR(st.st_mode):
+        if (p / "manifest.json").exists() or (p / "INCOMPLETE").exists():
+            return Detected("rescueui")
+        if (p / "parts").is_file() or (p / "disk").is_file():
+            return Detected("clonezilla")
+        raise ImageError(
+            f"{p} is a folder, but not an image: it holds no manifest.json (rescueui) and no "
+            "'disk'/'parts' file (Clonezilla).",
+            hint="Choose the image folder itself, or a disk image file.",
+        )
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageError(
+            f"{p} is not a regular file or folder; it is not read as an image.",
+            hint="Choose an image folder or a disk image file.",
+        )
+    from rescueui.core.safefile import open_regular
+
+    fd = open_regular(p, what="image file")
+    try:
+        head = os.pread(fd, 4096, 0)
+        tail = os.pread(fd, 512, max(0, st.st_size - 512)) if st.st_size >= 512 else b""
+    finally:
+        os.close(fd)
+    for magic, name in _COMPRESSED_MAGIC.items():
+        if head.startswith(magic):
+            return Detected("raw", compression=name)
+    for magic, name in _VM_MAGIC.items():
+        if head.startswith(magic):
+            return Detected(name)
+    if head[0x40:0x44] == b"\x7f\x10\xda\xbe" or head.startswith(b"<<< "):
+        return Detected("vdi")
+    if tail.startswith(b"conectix"):
+        return Detected("vpc")  # a fixed VHD: raw data and a footer
+    return Detected("raw")
+
+
+def open_image(path: str | Path) -> Any:
+    """Open any image by its content: our folders, VM disks, raw and compressed raw.
+
+    Returns an object implementing the seam (:class:`rescueui.core.image.Image` or a
+    :class:`ForeignImage`). Raises :class:`ImageError` (what it is and why not).
+    """
+    p = Path(path)
+    found = detect_kind(p)
+    if found.kind == "rescueui":
+        from rescueui.core.image import Image
+
+        return Image.open(p)
+    if found.kind == "clonezilla":
+        raise UnsupportedImageError(
+            f"{p} is a Clonezilla image folder; restoring those is not supported yet.",
+            hint="Restore it with Clonezilla, or convert the disk image with its own tools.",
+        )
+    import importlib
+
+    module, cls = _KINDS.get(found.kind, (None, None))
+    if module is None or cls is None:
+        raise CorruptImageError(f"{p}: unknown image kind {found.kind}.")
+    try:
+        kind_cls = getattr(importlib.import_module(module), cls)
+    except (ImportError, AttributeError) as exc:
+        raise UnsupportedImageError(
+            f"{p} is a {found.kind} image; this rescueui cannot read that kind yet.",
+            hint="Convert it to a raw disk image with its own tools, or use a newer rescueui.",
+        ) from exc
+    if found.kind == "raw":
+        return kind_cls.open(p, compression=found.compression)
+    return kind_cls.open(p, fmt=found.kind)
+
+
+_KINDS = {
+    "raw": ("rescueui.core.images.raw", "RawImage"),
+    **{
+        k: ("rescueui.core.images.qemu", "QemuImage")
+        for k in ("qcow2", "vmdk", "vhdx", "vdi", "vpc")
+    },
+}
