@@ -26,6 +26,9 @@ class ChunkEvent:
     blake3: str
     ok: bool
     zero: bool = False
+    # False: nothing to check it against (an image kind without checksums, write phase):
+    # its BLAKE3 was computed as it was read, for the read-back verify.
+    checked: bool = True
 
 
 @dataclass(frozen=True)

@@ -588,7 +588,9 @@ class _RestoreJob:
             "stream_chunks_total": self.stream_chunks.get(seg.stream, 0),
         }
 
-    def _event(self, seg: Segment, ok: bool, actual: str | None = None) -> ChunkEvent:
+    def _event(
+        self, seg: Segment, ok: bool, actual: str | None = None, *, checked: bool = True
+    ) -> ChunkEvent:
         return ChunkEvent(
             stream=seg.stream,
             index=seg.index,
@@ -597,6 +599,7 @@ class _RestoreJob:
             blake3=actual or seg.blake3,
             ok=ok,
             zero=seg.zero,
+            checked=checked,
         )
 
     # -- the job -------------------------------------------------------------------
@@ -752,7 +755,11 @@ class _RestoreJob:
             self.phases.add(seg.length)
             self.chunks_done += 1
             self.meter.advance(
-                seg.length, **self._chunk_fields(seg, idx), last_chunk=self._event(seg, True)
+                seg.length,
+                **self._chunk_fields(seg, idx),
+                last_chunk=self._event(
+                    seg, True, checked=seg.zero or plan.image.integrity.checked_at_source
+                ),
             )
 
         def on_checkpoint(next_index: int, written: int) -> None:

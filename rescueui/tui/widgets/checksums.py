@@ -28,7 +28,12 @@ def checksum_text(p: Any, expected_roots: dict[str, str], mismatch: Any, width: 
             f"\n  {esc(chunk.stream)} #{chunk.index} at {chunk.offset}"
             f"{' (zero chunk)' if chunk.zero else ''} "
         )
-        text.append("OK" if chunk.ok else "MISMATCH", style="bold" if chunk.ok else "bold reverse")
+        if not getattr(chunk, "checked", True):
+            text.append("read (the image has no checksum for it)")
+        else:
+            text.append(
+                "OK" if chunk.ok else "MISMATCH", style="bold" if chunk.ok else "bold reverse"
+            )
     else:
         text.append("-")
     root = expected_roots.get(p.stream or "", "")
@@ -37,6 +42,8 @@ def checksum_text(p: Any, expected_roots: dict[str, str], mismatch: Any, width: 
     text.append("\nStatus          ", style="bold")
     if mismatch is not None:
         text.append(" MISMATCH - nothing after this chunk was written ", style="bold reverse")
+    elif p.chunks_done and chunk is not None and not getattr(chunk, "checked", True):
+        text.append("no checksums in this image: BLAKE3 computed as read, checked by the read-back")
     elif p.chunks_done:
         text.append("every chunk so far matches its recorded BLAKE3")
     else:
