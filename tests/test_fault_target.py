@@ -895,3 +895,36 @@ def test_target_shrunk_mid_write_is_named_as_a_changed_target(
     assert isinstance(exc.value, TargetChangedError), exc.value
     assert "size" in str(exc.value), str(exc.value)
     failed_report(exc.value)
+
+
+@pytest.mark.root
+@pytest.mark.udev
+def test_confirming_a_device_that_took_the_chosen_disks_name_is_refused(
+    loops: LoopFactory, tmp_path: Path
+) -> None:
+    """The TUI's path: the operator chose loopN (pre-flight, Confirm dialog); loopN is
+    detached and another file attached under the same name; the code typed for the first
+    disk must not confirm the second."""
+    from rescueui.core.session import Session
+
+    t = loops.create(32)
+    bystander = random_file(tmp_path / "bystander.img", 32)
+    before = sha(bystander)
+    session = Session(mount_media=False)
+    disk = next(d for d in scan_disks() if d.path == t.path)
+    code = session.confirmation_code(disk)  # the dialog opens: identity shown
+    subprocess.run(["losetup", "-d", t.path], check=True)
+    swapped = subprocess.run(["losetup", t.path, str(bystander)], capture_output=True)
+    try:
+        if swapped.returncode != 0:
+            pytest.skip(f"{t.path} was taken by another process meanwhile")
+        with pytest.raises(TargetChangedError, match="not the target you were shown"):
+            session.confirm(disk, code)
+        # and a fresh look at the same record refuses the device too (its disk sequence
+        # number is not the listed one)
+        fresh = Session(mount_media=False)
+        with pytest.raises(TargetChangedError, match="not the disk you chose"):
+            fresh.confirmation_code(disk)
+    finally:
+        detach_if_ours(t.path, bystander)
+    assert sha(bystander) == before

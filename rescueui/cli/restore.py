@@ -39,7 +39,6 @@ from rescueui.cli.progress_display import ProgressDisplay, chunk_text
 from rescueui.core.errors import (
     CancelledError,
     RescueError,
-    TargetChangedError,
     UnsafeTargetError,
 )
 from rescueui.core.image import MAX_STREAM_BYTES
@@ -331,12 +330,8 @@ def run(args: argparse.Namespace) -> int:
             show_plan(plan, code)
         if not args.yes:
             typed = ask_code(code, ident.path)
-            final = confirm_target(args.target, typed)
-            if final.identity != plan.identity:
-                raise TargetChangedError(
-                    f"{ident.path} changed while you were confirming.",
-                    hint="Nothing was written. Start again.",
-                )
+            # the device now at the name must be the one planned and shown (the core checks)
+            final = confirm_target(args.target, typed, expected=plan.identity)
             plan = dataclasses.replace(plan, target=final)
     except RescueError as exc:
         # Refused before anything was written: a refusal report, and no file left behind.

@@ -103,6 +103,7 @@ class Disk:
     label: str | None = None
     uuid: str | None = None
     backing_file: str | None = None
+    diskseq: int | None = None  # the kernel's disk sequence number (new for each medium)
 
     @property
     def targetable(self) -> bool:
@@ -424,6 +425,7 @@ def _disk(
         label=clean_udev_text(_prop(dev, "ID_FS_LABEL_ENC", "ID_FS_LABEL")),
         uuid=_prop(dev, "ID_FS_UUID"),
         backing_file=_loop_backing_file(sysdir),
+        diskseq=_read_int(sysdir / "diskseq", 0) or None,
     )
 
 

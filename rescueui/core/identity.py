@@ -251,13 +251,25 @@ def confirmation_code(ident: DiskIdentity) -> str:
     return ident.name
 
 
-def confirm_target(path: str | Path, typed: str) -> ConfirmedTarget:
+def confirm_target(
+    path: str | Path, typed: str, *, expected: DiskIdentity | None = None
+) -> ConfirmedTarget:
     """Bind the operator's confirmation to the identity now at ``path``.
 
     The comparison ignores case and surrounding blanks. A wrong code raises
-    UnsafeTargetError telling what to type instead.
+    UnsafeTargetError telling what to type instead. ``expected``: the identity the operator
+    was shown (what was planned and pre-flighted); if the device now at ``path`` is another
+    one (same name, another medium), TargetChangedError — a code typed for one disk never
+    confirms the disk that took its name.
     """
     ident = identity_of(path)
+    if expected is not None:
+        diffs = differences(expected, ident)
+        if diffs:
+            raise TargetChangedError(
+                f"{ident.path} is not the target you were shown: " + "; ".join(diffs) + ".",
+                hint="Nothing was written. Select the target again and check what it holds.",
+            )
     code = confirmation_code(ident)
     if typed.strip().casefold() != code.casefold():
         shown = typed.strip() or "nothing"

@@ -281,6 +281,8 @@ class Session:
         self.media_root = media_root
         self.media_mounts: list[Path] = []
         self.media_disks = media_disks  # which disks to look into (default: all)
+        # target path -> the identity the operator was shown (pre-flight, confirmation)
+        self._shown: dict[str, Any] = {}
 
     @property
     def is_demo(self) -> bool:
@@ -400,9 +402,19 @@ class Session:
         partition: int | None = None,
         target_path: str | None = None,
     ) -> list[Any]:
-        from rescueui.core.image import Image
+        from rescueui.core.identity import identity_of
+        from rescueui.core.images import open_image
 
-        image = Image.open(image_dir)
+        # The operator chose this target now: what the pre-flight checks and the
+        # confirmation later binds to is the device at its name now, checked against the
+        # disk list's record.
+        path = str(target_path or disk.path)
+        self._shown.pop(path, None)
+        if target_path is None:
+            self.shown_identity(disk)
+        else:
+            self._shown[path] = identity_of(target_path)
+        image = open_image(image_dir)
         try:
             from rescueui.core.preflight import run_preflight
         except ImportError:
@@ -444,17 +456,53 @@ class Session:
         """The warnings among ``findings`` whose code is not in ``acknowledged`` (in order)."""
         return open_warnings(findings, acknowledged)
 
+    def shown_identity(self, target: Any) -> Any:
+        """The identity of ``target`` (a Disk or Partition record the operator chose), read
+        now and checked against the record: a device that took the listed one's name (same
+        name, another medium) is refused, and what the operator confirms later must be this
+        one (:meth:`confirm`)."""
+        from rescueui.core.errors import TargetChangedError
+        from rescueui.core.identity import identity_of
+
+        ident = identity_of(target.path)
+        seen = self._shown.get(str(target.path))
+        problems: list[str] = []
+        if seen is not None:
+            from rescueui.core.identity import differences
+
+            problems = differences(seen, ident)
+        else:
+            record = {
+                "device number": (getattr(target, "devnum", None), ident.devnum),
+                "disk sequence number": (getattr(target, "diskseq", None), ident.diskseq),
+                "loop backing file": (getattr(target, "backing_file", None), ident.backing_file),
+                "serial number": (getattr(target, "serial", None), ident.serial),
+            }
+            problems = [
+                f"{what}: listed {a}, now {b}"
+                for what, (a, b) in record.items()
+                if a is not None and b is not None and _norm(a) != _norm(b)
+            ]
+        if problems:
+            raise TargetChangedError(
+                f"{target.path} is not the disk you chose: " + "; ".join(problems) + ".",
+                hint="Nothing was written. Go back, select the target again and check it.",
+            )
+        self._shown[str(target.path)] = ident
+        return ident
+
     def confirmation_code(self, target: Any) -> str:
         """``target``: a Disk, or a Partition for a partition restore."""
-        from rescueui.core.identity import confirmation_code, identity_of
+        from rescueui.core.identity import confirmation_code
 
-        return confirmation_code(identity_of(target.path))
+        return confirmation_code(self.shown_identity(target))
 
     def confirm(self, target: Any, typed: str) -> Any:
-        """Raises UnsafeTargetError when the typed code does not match."""
+        """Raises UnsafeTargetError when the typed code does not match, and
+        TargetChangedError when the device at the target's name is not the one shown."""
         from rescueui.core.identity import confirm_target
 
-        return confirm_target(target.path, typed)
+        return confirm_target(target.path, typed, expected=self._shown.get(str(target.path)))
 
     # -- jobs -----------------------------------------------------------
     def restore(
@@ -529,6 +577,10 @@ class Session:
         if self.demo is not None:
             return self.demo.build.root / "captures" / name
         return Path.cwd() / name
+
+
+def _norm(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list | tuple) else value
 
 
 def open_session(demo: bool) -> Session:
