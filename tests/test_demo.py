@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -150,3 +151,23 @@ def test_demo_builds_with_an_ordinary_users_path(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "('ext4', 'rootfs')" in r.stdout and "('vfat', 'EFI')" in r.stdout
+
+
+def test_links_planted_in_the_demo_cache_are_never_followed(tmp_path: Path) -> None:
+    """Someone who can write the cache links a virtual disk to another file: listing the
+    disks replaces the link by a fresh file; the file it pointed to is untouched."""
+    env = DemoEnvironment(build=build_demo(tmp_path), pace=0)
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious, 21 bytes...")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    a = env.target_path(DEMO_TARGETS[0])
+    b = env.target_path(DEMO_TARGETS[1])
+    for link, to in ((a, victim), (b, fifo)):
+        link.unlink(missing_ok=True)
+        link.symlink_to(to)
+    disks = {d.name: d for d in Session(env).scan_disks()}
+    assert victim.read_bytes() == b"precious, 21 bytes..."
+    for t, path in ((DEMO_TARGETS[0], a), (DEMO_TARGETS[1], b)):
+        assert path.is_file() and not path.is_symlink()
+        assert disks[t.name].size_bytes == t.size_bytes

@@ -147,3 +147,21 @@ def test_file_target_opened_once(tmp_path: Path) -> None:
         with pytest.raises(UnsafeTargetError, match="in use"):
             open_target(confirm_target(f, "vm.img"))
     assert f.read_bytes()[4096:] == b"x" * 4096
+
+
+def test_file_target_through_a_link_is_named_and_opened_as_the_real_file(tmp_path: Path) -> None:
+    real = tmp_path / "real.img"
+    real.write_bytes(b"\0" * 4096)
+    link = tmp_path / "link.img"
+    link.symlink_to(real)
+    ident = identity_of(link)
+    assert ident.path == str(real)  # the operator confirms the file that is written
+    confirmed = confirm_target(link, ident.name)
+    # a link planted at the real name meanwhile is never written through
+    other = tmp_path / "other.img"
+    other.write_bytes(b"x" * 4096)
+    real.unlink()
+    real.symlink_to(other)
+    with pytest.raises(UnsafeTargetError):
+        open_target(confirmed)
+    assert other.read_bytes() == b"x" * 4096

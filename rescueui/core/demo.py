@@ -20,10 +20,12 @@ front end cannot tell them from real disks.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -138,11 +140,29 @@ def _copy_into(disk: Path, part_file: Path, offset: int) -> None:
         shutil.copyfileobj(src, out, 4 * MiB)
 
 
+def sized_file(path: Path, size: int, *, fresh: bool = False) -> None:
+    """A regular file of ``size`` bytes at ``path`` in the demo cache (sparse).
+
+    The cache is not trusted: whatever else is at that name (a symbolic link to another
+    file or to a device, a FIFO) is removed, never followed or written through. ``fresh``:
+    start from an empty file.
+    """
+    with contextlib.suppress(FileNotFoundError):
+        st = os.lstat(path)
+        if fresh or not stat.S_ISREG(st.st_mode):
+            os.unlink(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        if os.fstat(fd).st_size != size:
+            os.ftruncate(fd, size)
+    finally:
+        os.close(fd)
+
+
 def build_sample_disk(path: Path, workdir: Path) -> None:
     """Write a 64 MiB GPT disk image file with a FAT and an ext4 partition full of real files."""
     _need_tools()
-    with open(path, "wb") as f:
-        f.truncate(SAMPLE_DISK_SIZE)
+    sized_file(path, SAMPLE_DISK_SIZE, fresh=True)
     _run(
         "sfdisk",
         "--quiet",
@@ -407,16 +427,12 @@ class DemoEnvironment:
 
     def _ensure(self, target: DemoTarget) -> Path:
         path = self.target_path(target)
-        if not path.exists() or path.stat().st_size != target.size_bytes:
-            with open(path, "wb") as f:
-                f.truncate(target.size_bytes)
+        sized_file(path, target.size_bytes)
         return path
 
     def _stick(self) -> Path:
         path = self.build.root / "rescue-stick.img"
-        if not path.exists():
-            with open(path, "wb") as f:
-                f.truncate(16 * 1024 * MiB)
+        sized_file(path, 16 * 1024 * MiB)
         return path
 
     def reset_targets(self) -> None:

@@ -221,6 +221,11 @@ def identity_of(path: str | Path) -> DiskIdentity:
     if stat.S_ISBLK(st.st_mode):
         return _block_identity(p, st)
     if stat.S_ISREG(st.st_mode):
+        # A file reached through a symbolic link is named by its real path: the operator
+        # sees (and confirms) the file that would be written, and it is opened without
+        # following links.
+        if os.path.islink(p):
+            p = os.path.realpath(p)
         return DiskIdentity(
             path=p,
             kind="file",

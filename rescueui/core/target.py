@@ -326,6 +326,8 @@ def open_target(confirmed: ConfirmedTarget, *, direct: bool = True) -> TargetHan
     flags = os.O_WRONLY | os.O_CLOEXEC
     if ident.kind == "block":
         flags |= os.O_EXCL
+    else:
+        flags |= os.O_NOFOLLOW  # the real file, never through a link planted meanwhile
     fd = -1
     used_direct = False
     try:
