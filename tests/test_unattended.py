@@ -517,3 +517,10 @@ def test_forged_manifest_aborts_with_a_message_and_a_report(  # type: ignore[no-
     # nothing from the image reached the consoles raw
     for raw in ("\x1b", "\x07", "\r", "\x9b"):
         assert raw not in text and raw not in out
+
+
+def test_a_target_pinned_by_size_only_is_refused_in_plain_words() -> None:
+    from rescueui.core.unattended import UnattendedError
+
+    with pytest.raises(UnattendedError, match="names no disk"):
+        parse_target("size:134217728")

@@ -212,6 +212,13 @@ def parse_target(value: str) -> TargetPin:
             f"Kernel option {PREFIX}target: path '{path}' is not under /dev/.",
             hint="Example: path:/dev/vdc,size:1073741824",
         )
+    if not ({"serial", "wwn", "path"} & fields.keys()):
+        raise UnattendedError(
+            f"Kernel option {PREFIX}target={value} names no disk: the size alone can match "
+            "several.",
+            hint="Pin the target by serial or wwn, or by path and size "
+            "(path:/dev/vdc,size:1073741824).",
+        )
     if not ({"serial", "wwn"} & fields.keys()) and size is None:
         raise UnattendedError(
             f"Kernel option {PREFIX}target={value} pins the target by path only; a device name "
@@ -521,7 +528,18 @@ def mount_image_medium(device: str, mountpoints: list[str], name: str) -> ImageM
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "image"
     where = MEDIA_ROOT / safe
     where.mkdir(parents=True, exist_ok=True)
-    r = subprocess.run(["mount", "-o", "ro", device, str(where)], capture_output=True, text=True)
+    # The same options as the app's media scan: read-only and no journal replay (a dirty
+    # journal replayed would write to the image disk).
+    from rescueui.core.session import RO_MOUNT_OPTIONS
+
+    probe = subprocess.run(
+        ["blkid", "-p", "-o", "value", "-s", "TYPE", device],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    options = RO_MOUNT_OPTIONS.get(probe.stdout.strip(), "ro")
+    r = subprocess.run(["mount", "-o", options, device, str(where)], capture_output=True, text=True)
     if r.returncode != 0:
         raise UnattendedError(
             f"Cannot mount the image filesystem {device} read-only: {r.stderr.strip()}.",
@@ -531,10 +549,17 @@ def mount_image_medium(device: str, mountpoints: list[str], name: str) -> ImageM
 
 
 def image_dir_in(medium: ImageMedium, path: str) -> Path:
-    image_dir = (medium.mountpoint / path.lstrip("/")).resolve()
-    if medium.mountpoint.resolve() not in (image_dir, *image_dir.parents):
-        raise UnattendedError(f"Image path {path} leads outside {medium.device}.")
-    if not image_dir.is_dir():
+    try:
+        image_dir = (medium.mountpoint / path.lstrip("/")).resolve()
+        if medium.mountpoint.resolve() not in (image_dir, *image_dir.parents):
+            raise UnattendedError(f"Image path {path} leads outside {medium.device}.")
+        found = image_dir.is_dir()
+    except OSError as exc:  # e.g. a name longer than the filesystem allows
+        raise UnattendedError(
+            f"Image folder {path} cannot be looked up on {medium.device}: {exc.strerror}.",
+            hint="Check the rescueui.image option. Nothing was written.",
+        ) from exc
+    if not found:
         raise UnattendedError(
             f"Image folder {path} not found on {medium.device}.",
             hint=f"The filesystem holds: {', '.join(sorted(os.listdir(medium.mountpoint))[:20])}."
