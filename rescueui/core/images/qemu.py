@@ -1054,16 +1054,7 @@ class QemuImage(ForeignImage):
         self._idle: list[NbdConnection] = list(res.conns)
         self._closed = False
         self._finalizer = weakref.finalize(self, res.release)
-        self.integrity = Integrity(
-            "none",
-            NO_SOURCE_CHECKS.words
-            + (
-                f"; a {FORMAT_WORDS[fmt]} disk's metadata (not its data) can be checked with "
-                "'qemu-img check', which the image verify runs"
-                if fmt in CHECKABLE
-                else ""
-            ),
-        )
+        self.integrity = Integrity("none", NO_SOURCE_CHECKS.words + _metadata_words(chain))
 
     # -- opening ---------------------------------------------------------------------
     @classmethod
@@ -1401,6 +1392,22 @@ class QemuImage(ForeignImage):
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _metadata_words(chain: list[_Layer]) -> str:
+    """What was, and what can be, checked of a VM disk's metadata (never of its data)."""
+    fmt = chain[0].fmt
+    if fmt == "qcow2":
+        return (
+            "; QEMU checked the qcow2 metadata (not the data) for damage and truncation "
+            "('qemu-img check') when the image was opened"
+        )
+    if fmt in CHECKABLE:
+        return (
+            f"; the metadata of a {FORMAT_WORDS[fmt]} disk (not its data) can be checked "
+            "with 'qemu-img check' (the image verify can run it)"
+        )
+    return ""
 
 
 def _log_text(folder: Path) -> str:
