@@ -47,6 +47,8 @@ def destroyed_text(disk: Any) -> Text:
     text.append("Target: ", style="bold")
     text.append(f"{esc(disk.path)}  {esc(disk.model or '')}  serial {esc(disk.serial or '-')}  ")
     text.append(human_size(disk.size_bytes))
+    if getattr(disk, "backing_file", None):  # two loop devices differ only by this
+        text.append(f"\n  backed by {esc(disk.backing_file)}")
     text.append("\nEVERYTHING ON THIS DISK WILL BE OVERWRITTEN:", style="bold")
     if not disk.partitions:
         text.append(

@@ -55,6 +55,8 @@ def disk_details(disk: Any) -> Text:
     text.append(f"  {esc(disk.model or '?')}  serial {esc(disk.serial or '-')}")
     if disk.wwn:
         text.append(f"  WWN {esc(disk.wwn)}")
+    if getattr(disk, "backing_file", None):
+        text.append(f"  backed by {esc(disk.backing_file)}")
     text.append(
         f"\n{human_size(disk.size_bytes)} ({disk.size_bytes} bytes), bus {esc(disk.bus)}, "
         f"sectors {disk.logical_sector_size}/{disk.physical_sector_size}, "
