@@ -17,7 +17,6 @@ import signal
 import struct
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
 import time
@@ -59,6 +58,9 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "vpc": ("vpc", []),
     "vpc-fixed": ("vpc", ["-o", "subformat=fixed"]),
 }
+
+
+THROUGH_QEMU = {"vhdx", "vmdk-streamOptimized"}  # the map gives no place in a file
 
 
 def run(*cmd: str | Path, **kw: Any) -> subprocess.CompletedProcess[bytes]:
@@ -108,7 +110,7 @@ def our_helpers() -> list[int]:
 
 def our_folders() -> list[str]:
     prefix = f"{qemu.TEMP_PREFIX}{os.getpid()}-"
-    return [e.name for e in os.scandir(tempfile.gettempdir()) if e.name.startswith(prefix)]
+    return [e.name for e in os.scandir(qemu.temp_base()) if e.name.startswith(prefix)]
 
 
 def read_all(img: Any) -> bytearray:
@@ -244,9 +246,14 @@ def test_each_format_reads_as_the_raw_disk(
         assert pos == img.extent_bytes
         # the segment table the engine uses covers the same bytes
         assert img.segment_table().total_bytes == img.extent_bytes
+        # data with a place in a file is read there; compressed data and vhdx through QEMU
+        assert img.direct_reads == (variant not in THROUGH_QEMU)
         data = read_all(img)
         assert hashlib.sha256(data[: source["size"]]).hexdigest() == source["sha256"]
         assert not any(data[source["size"] :])  # vpc rounds its size up: zeros there
+        if img.direct_reads:  # and everything through QEMU reads the same
+            img._pieces = None
+            assert read_all(img) == data
         # zero extents really read as zeros (QEMU's own bytes, not our assumption)
         for e in img.extents():
             if e.kind == "zero":
@@ -321,6 +328,20 @@ def test_random_access_and_threads(images: dict[str, Path], source: dict[str, An
         assert errors == []
         with pytest.raises(CorruptImageError, match="past the end"):
             img.read_into(img.extent_bytes - 10, memoryview(bytearray(20)))
+
+
+def test_direct_reads_that_differ_from_qemu_are_not_used(
+    images: dict[str, Path], source: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sample of places is read both ways at open; one difference: all through QEMU."""
+
+    def garbled(self: QemuImage, p: Any, i: int, pos: int, view: memoryview) -> None:
+        view[:] = b"\x5a" * len(view)
+
+    monkeypatch.setattr(QemuImage, "_pread", garbled)
+    with open_image(images["qcow2"]) as img:
+        assert not img.direct_reads
+        assert hashlib.sha256(read_all(img)[: source["size"]]).hexdigest() == source["sha256"]
 
 
 def test_segments_through_the_decoder(images: dict[str, Path], source: dict[str, Any]) -> None:
@@ -608,12 +629,13 @@ def test_sweep_keeps_live_folders(images: dict[str, Path]) -> None:
 
 
 def test_helper_that_dies_is_reported(images: dict[str, Path]) -> None:
-    with open_image(images["qcow2"]) as img:
+    with open_image(images["vhdx"]) as img:  # vhdx: every byte is read through QEMU
+        assert not img.direct_reads
         proc = img._res.proc
         assert proc is not None
         proc.kill()
         proc.wait()
-        with pytest.raises(ImageError, match=str(images["qcow2"])):
+        with pytest.raises(ImageError, match=str(images["vhdx"])):
             img.read_into(0, memoryview(bytearray(MiB)))
 
 
