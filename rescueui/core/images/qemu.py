@@ -293,6 +293,13 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def spec_data(info: dict[str, Any]) -> dict[str, Any]:
+    """The format-specific details of ``qemu-img info`` (an empty dict when absent or odd)."""
+    spec = info.get("format-specific")
+    data = spec.get("data") if isinstance(spec, dict) else None
+    return data if isinstance(data, dict) else {}
+
+
 def _stat_regular(path: Path, what: str, image: Path) -> os.stat_result:
     try:
         st = os.lstat(path)
@@ -409,8 +416,7 @@ def _find_backing(image: Path, layer: _Layer, name: str) -> Path:
 
 
 def _vmdk_extents(layer: _Layer, image: Path) -> None:
-    data = (layer.info.get("format-specific") or {}).get("data") or {}
-    extents = data.get("extents") if isinstance(data, dict) else None
+    extents = spec_data(layer.info).get("extents")
     if extents is None:
         return
     if not isinstance(extents, list) or len(extents) > 100_000:
@@ -451,15 +457,14 @@ def resolve_chain(qemu_img: str, image: Path, fmt: str) -> list[_Layer]:
         layer = _Layer(path, layer_fmt, info, st.st_size, st)
         if layer_fmt == "vmdk":
             _vmdk_extents(layer, image)
-        spec = info.get("format-specific") or {}
-        sdata = spec.get("data") if isinstance(spec, dict) else None
-        if isinstance(sdata, dict) and sdata.get("data-file"):
+        sdata = spec_data(info)
+        if sdata.get("data-file"):
             raise UnsupportedImageError(
                 f"The qcow2 image {path} keeps its data in a separate file; such images are "
                 "not supported yet.",
                 hint="Convert it into a standalone qcow2 or raw image, then try again.",
             )
-        if info.get("encrypted") is True or (isinstance(sdata, dict) and sdata.get("encrypt")):
+        if info.get("encrypted") is True or sdata.get("encrypt"):
             raise UnsupportedImageError(
                 f"{path} is encrypted; encrypted VM disks are not supported.",
                 hint="Decrypt it with QEMU's tools on another computer, then try again.",
@@ -1249,8 +1254,7 @@ class QemuImage(ForeignImage):
             with contextlib.suppress(OSError):
                 probe.unlink()
         top = self.chain[0]
-        spec = (top.info.get("format-specific") or {}).get("data") or {}
-        if isinstance(spec, dict) and spec.get("corrupt") is True:
+        if spec_data(top.info).get("corrupt") is True:
             warnings.append(
                 f"QEMU has marked {self.path} as corrupt; what it reads may be incomplete."
             )
@@ -1383,8 +1387,7 @@ class QemuImage(ForeignImage):
     def describe(self) -> str:
         words = FORMAT_WORDS[self.fmt]
         if self.fmt == "vmdk":
-            ctype = (self.chain[0].info.get("format-specific") or {}).get("data", {})
-            ctype = ctype.get("create-type") if isinstance(ctype, dict) else None
+            ctype = spec_data(self.chain[0].info).get("create-type")
             if isinstance(ctype, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,40}", ctype):
                 words += f" ({ctype})"
         text = f"{words} VM disk, {human_size(self.extent_bytes)} virtual"
