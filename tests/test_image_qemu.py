@@ -833,6 +833,7 @@ def test_restore_each_format_onto_a_file(
 
 
 @pytest.mark.root
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["qcow2-compressed", "vmdk-streamOptimized"])
 def test_restore_onto_a_larger_loop_disk(
     variant: str, images: dict[str, Path], source: dict[str, Any], tmp_path: Path, loops: Any
