@@ -414,8 +414,8 @@ def restore(
     write_total = segments.total_bytes
     report = JobReport(
         job="restore",
-        source=str(image.dir),
-        image_dir=str(image.dir),
+        source=str(image.path),
+        image_dir=str(image.path),
         target=ident.path,
         bytes_total=write_total,
     )
