@@ -300,6 +300,7 @@ def test_partition_segments_and_partial_ranges(images: Images) -> None:
         digest, total, dec = read_all(img, partition=2)
         assert (digest, total) == (want, size)
         assert isinstance(dec, RangeCheckingDecoder) and dec.checked >= 1
+        assert dec.summary().startswith(f"{dec.checked} bmap range(s) matched their SHA-256")
 
 
 # --------------------------------------------------------------------------- sizes
@@ -781,7 +782,7 @@ def test_restore_onto_a_random_filled_file(
     assert sha256_file(target) == images.sha
     assert report.details["image_kind"] == "raw"
     if with_bmap:
-        assert "SHA-256 of each of the" in report.details["source_checks"]
+        assert "lists a SHA-256 for each of its" in report.details["source_checks"]
 
 
 def test_restore_with_a_damaged_mapped_range_fails_naming_it(
@@ -813,3 +814,16 @@ def test_restore_with_a_damaged_mapped_range_fails_naming_it(
     assert str(folder / "disk.img.bmap") in msg
     report = getattr(exc.value, "report", None)
     assert report is not None and report.outcome != "success"
+
+
+def test_check_source_reads_and_checks_without_a_target(images: Images, tmp_path: Path) -> None:
+    with open_image(images.variant("gz", bmap=True)) as img:
+        words = img.check_source()
+        assert "bmap ranges matched their checksums" in words
+        assert "gzip stream decoded without error" in words
+    data = bytearray(os.urandom(64 * 1024))
+    (tmp_path / "d.img.bmap").write_text(make_bmap(bytes(data), [(0, 3), (8, 15)]))
+    data[9 * 4096] ^= 1
+    (tmp_path / "d.img").write_bytes(bytes(data))
+    with open_image(tmp_path / "d.img") as img, pytest.raises(CorruptImageError, match="8-15"):
+        img.check_source()

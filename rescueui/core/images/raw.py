@@ -1083,6 +1083,14 @@ class RangeCheckingDecoder(RawDecoder):
             self.checked += 1
         return view
 
+    def summary(self) -> str:
+        """What this decoder checked, in words for the report (after the job)."""
+        kind = (self.bmap.checksum_type or "").upper().replace("SHA", "SHA-")
+        text = f"{self.checked} bmap range(s) matched their {kind}"
+        if self.unchecked:
+            text += f"; {self.unchecked} range(s) cut by the partition's edges could not be checked"
+        return text
+
     def _mismatch(self, r: BmapRange, start: int, end: int, got: str) -> CorruptImageError:
         kind = (self.bmap.checksum_type or "").upper().replace("SHA", "SHA-")
         if start > r.start:
@@ -1148,11 +1156,12 @@ class RawImage(ForeignImage):
             kind = bmap.checksum_type.upper().replace("SHA", "SHA-")
             self.integrity = Integrity(
                 f"range-{bmap.checksum_type}",
-                f"the {kind} of each of the {bmap.checked_ranges} mapped ranges listed in the "
-                f"bmap {bmap.path.name} was checked as the range was read, before its last "
-                "piece was written (a range that fails stops the restore); unmapped ranges "
-                "were made zero; the BLAKE3 of every piece read was kept for the read-back "
-                "verify",
+                f"the bmap {bmap.path.name} lists a {kind} for each of its "
+                f"{bmap.checked_ranges} mapped ranges: a range's {kind} is checked as it is "
+                "read, before its last piece is written (a range that fails stops the "
+                "restore; a range cut by a partition's edges cannot be checked); unmapped "
+                "ranges are made zero; the BLAKE3 of every piece read is kept for the "
+                "read-back verify",
             )
         else:
             self.integrity = NO_SOURCE_CHECKS
