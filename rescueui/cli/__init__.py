@@ -19,7 +19,16 @@ from rescueui.cli.output import say
 from rescueui.core.errors import RescueError
 from rescueui.core.text import safe_text
 
-COMMANDS = ("disks", "host", "capture", "restore", "verify", "preflight", "unattended")
+COMMANDS = (
+    "disks",
+    "host",
+    "capture",
+    "restore",
+    "verify",
+    "inspect",
+    "preflight",
+    "unattended",
+)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -956,7 +956,8 @@ class Image:
 
         return Integrity(
             "chunk-blake3",
-            "every chunk's BLAKE3 was checked against the image's index before it was written",
+            "a BLAKE3 for every chunk in the image's index: each chunk is checked against it "
+            "before it is written",
         )
 
     def describe(self) -> str:
