@@ -56,3 +56,25 @@ def test_inspect_cli_json_and_refusal(raw_disk: Path, tmp_path: Path) -> None:
     folder.mkdir()
     r = subprocess.run([*cli, "inspect", str(folder)], capture_output=True, text=True)
     assert r.returncode != 0 and "not an image" in r.stdout + r.stderr
+
+
+def test_verify_checks_what_each_kind_allows(raw_disk: Path, tmp_path: Path) -> None:
+    from rescueui.core.errors import RescueError
+    from rescueui.core.verify import verify_image
+
+    qcow2 = tmp_path / "disk.qcow2"
+    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(raw_disk), str(qcow2)], check=True)
+    report = verify_image(qcow2)
+    assert report.outcome == "success"
+    assert any("QEMU" in n for n in report.notes)  # the metadata check, said as such
+    assert any("carries no checksums" in n for n in report.notes)  # and what was not checked
+    zst = tmp_path / "disk.raw.zst"
+    subprocess.run(["zstd", "-q", "-3", str(raw_disk), "-o", str(zst)], check=True)
+    assert verify_image(zst).outcome == "success"
+    cut = tmp_path / "cut.raw.zst"
+    cut.write_bytes(zst.read_bytes()[: zst.stat().st_size // 2])
+    with pytest.raises(RescueError) as exc:
+        verify_image(cut)
+    assert "truncated" in str(exc.value)
+    assert exc.value.report.outcome == "failed"  # type: ignore[attr-defined]
+    assert exc.value.report.report_files  # type: ignore[attr-defined]

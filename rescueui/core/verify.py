@@ -30,6 +30,7 @@ from rescueui.core.errors import (
     VerifyError,
 )
 from rescueui.core.image import ChunkRecord, Image, StreamEntry, root_of, zero_digest
+from rescueui.core.images.source import detect_kind, open_image
 from rescueui.core.progress import ChunkEvent, ProgressCallback, ProgressMeter
 from rescueui.core.report import JobReport
 
@@ -174,6 +175,8 @@ def verify_image(
     report = JobReport(job="verify-image", source=str(image_dir), image_dir=str(image_dir))
     image: Image | None = None
     try:
+        if detect_kind(image_dir).kind != "rescueui":
+            return _verify_foreign(image_dir, report, progress, cancel)
         image = Image.open(image_dir)
         total = image.total_bytes
         report.bytes_total = total
@@ -273,9 +276,53 @@ def verify_image(
             image.close()
 
 
+def _verify_foreign(
+    path: Path,
+    report: JobReport,
+    progress: ProgressCallback | None,
+    cancel: threading.Event,
+) -> JobReport:
+    """What each foreign kind allows: a raw image's stream and bmap ranges are read and
+    checked (``check_source``); a VM disk's metadata is checked by QEMU (``check``). The
+    report says what was checked and what could not be."""
+    with open_image(path) as image:
+        report.details.update(image_kind=image.kind, image_description=image.describe())
+        report.bytes_total = int(image.extent_bytes)
+        meter = ProgressMeter("verify-image", report.bytes_total, progress or (lambda _p: None))
+        meter.update(phase="verify", message=f"checking {path.name}")
+        if hasattr(image, "check_source"):
+
+            def step(done: int, total: int) -> None:
+                meter.update(bytes_done=done, phase_bytes_done=done, phase_bytes_total=total)
+
+            words = image.check_source(progress=step, cancelled=cancel)
+        elif hasattr(image, "check"):
+            result = image.check()
+            words = result.words
+            if not result.ok:
+                raise CorruptImageError(
+                    f"The image {path} is damaged: {words}.",
+                    hint="Do not restore this copy; use another copy of the VM disk.",
+                )
+        else:
+            words = "nothing can be checked in this kind of image"
+        report.notes.append(f"Checked: {words}.")
+        report.notes.append(f"What this kind of image carries: {image.integrity.words}.")
+        report.bytes_done = meter.last.bytes_done
+        meter.update(phase="done")
+        report.finish("success")
+        report.write(path.parent / REPORTS_SUBDIR)
+        return report
+
+
 def _fail(report: JobReport, exc: RescueError, image_dir: Path) -> None:
     report.finish("cancelled" if isinstance(exc, CancelledError) else "failed", exc)
-    directory = image_dir / REPORTS_SUBDIR if image_dir.is_dir() else None
+    if image_dir.is_dir():
+        directory: Path | None = image_dir / REPORTS_SUBDIR
+    elif image_dir.is_file():
+        directory = image_dir.parent / REPORTS_SUBDIR  # an image file: next to it
+    else:
+        directory = None
     report.write(directory)
     exc.report = report  # type: ignore[attr-defined]
 
