@@ -297,7 +297,7 @@ def test_forged_head_frame_leaves_boot_code_unchecked(
 
 MEMORY_SCRIPT = textwrap.dedent(
     """
-    import json, os, resource, sys
+    import json, os, sys
     os.environ["RESCUEUI_LOCK"] = sys.argv[3]
     from rescueui.core.errors import RescueError
     from rescueui.core.identity import confirm_target
@@ -305,7 +305,10 @@ MEMORY_SCRIPT = textwrap.dedent(
     from rescueui.core.verify import verify_image
 
     def peak() -> int:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        # VmHWM: this process's own peak (ru_maxrss carries the parent's peak over exec,
+        # which would hide any growth below it)
+        with open("/proc/self/status") as f:
+            return next(int(x.split()[1]) for x in f if x.startswith("VmHWM")) * 1024
 
     base = peak()
     out = {}
