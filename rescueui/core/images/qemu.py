@@ -84,6 +84,7 @@ from rescueui.core.images.source import (
     Integrity,
     foreign_manifest,
 )
+from rescueui.core.images.vmconfig import find_vm_config
 from rescueui.core.tools import find_tool, require_tool
 from rescueui.core.units import KiB, MiB, human_size
 
@@ -1259,12 +1260,18 @@ class QemuImage(ForeignImage):
                 f"QEMU has marked {self.path} as corrupt; what it reads may be incomplete."
             )
         created = datetime.fromtimestamp(top.st.st_mtime, UTC).isoformat(timespec="seconds")
+        vm = find_vm_config(self.path, warnings)  # the VM's own configuration, if next to it
         return foreign_manifest(
             virtual_size=vsize,
             sector_size=SECTOR,
             partition_table=table,
             identity=self._identity(vsize),
-            source_disk={"model": f"{self.fmt} virtual disk", "kind": "vm-disk"},
+            source_disk={
+                "model": f"{self.fmt} virtual disk",
+                "kind": "vm-disk",
+                **(vm.source_disk() if vm else {}),
+            },
+            host=vm.host() if vm else None,
             created=created,
             warnings=warnings,
             fs_types=fs_types,

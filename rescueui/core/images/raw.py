@@ -63,6 +63,7 @@ from rescueui.core.images.source import (
     Integrity,
     foreign_manifest,
 )
+from rescueui.core.images.vmconfig import find_vm_config
 from rescueui.core.pipeline import Segment
 from rescueui.core.safefile import open_regular
 from rescueui.core.text import safe_text
@@ -1294,11 +1295,14 @@ class RawImage(ForeignImage):
             extents = [Extent(0, size, "data")]
 
         identity = _identity(fd, compression, size, st, bmap)
+        vm = find_vm_config(p, warnings)  # the VM's own configuration, if next to it
         manifest = foreign_manifest(
             virtual_size=size,
             sector_size=sector_size,
             partition_table=table,
             identity=identity,
+            source_disk=vm.source_disk() if vm else None,
+            host=vm.host() if vm else None,
             warnings=warnings,
             fs_types=fs_types,
         )
