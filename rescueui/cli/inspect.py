@@ -47,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
             bits.append(f"{human_size(machine['memory_bytes'])} memory")
         if machine.get("firmware"):
             bits.append(str(machine["firmware"]).upper())
+        if machine.get("source"):
+            bits.append(f"from {machine['source']}")
         shown = ", ".join(bits)
         say("Source:     {}", shown or "recorded")
     for w in info["warnings"]:
