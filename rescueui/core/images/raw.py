@@ -41,7 +41,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from xml.parsers import expat
 
 import blake3
 import zstandard
@@ -66,6 +65,7 @@ from rescueui.core.images.source import (
 from rescueui.core.images.vmconfig import find_vm_config
 from rescueui.core.pipeline import Segment
 from rescueui.core.safefile import open_regular
+from rescueui.core.safexml import parse_untrusted_xml
 from rescueui.core.text import safe_text
 from rescueui.core.tools import find_tool
 from rescueui.core.units import MiB, human_duration, human_size
@@ -739,12 +739,6 @@ def _parse_bmap(data: bytes, path: Path) -> Bmap:
     text: list[str] = []
     root: dict[str, str] = {}
 
-    def refuse_dtd(*_: Any) -> None:
-        raise _BmapRefused("it holds a document type declaration (DTD); a bmap has none")
-
-    def refuse_entity(*_: Any) -> None:
-        raise _BmapRefused("it declares or uses XML entities; a bmap has none")
-
     def start(name: str, attrs: dict[str, str]) -> None:
         if len(stack) > 4:
             raise _BmapRefused("it is nested deeper than a bmap")
@@ -781,22 +775,9 @@ def _parse_bmap(data: bytes, path: Path) -> Bmap:
             raise _BmapRefused("it holds an element with more text than a bmap has")
         text.append(s)
 
-    parser = expat.ParserCreate()
-    parser.StartDoctypeDeclHandler = refuse_dtd
-    parser.EntityDeclHandler = refuse_entity
-    parser.UnparsedEntityDeclHandler = refuse_entity
-    parser.ExternalEntityRefHandler = refuse_entity
-    parser.SkippedEntityHandler = refuse_entity
-    parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
-    parser.StartElementHandler = start_el
-    parser.EndElementHandler = end
-    parser.CharacterDataHandler = chars
-    try:
-        parser.Parse(data, True)
-    except expat.ExpatError as exc:
-        raise _BmapRefused(
-            f"it is not well-formed XML ({expat.ErrorString(exc.code)}, line {exc.lineno})"
-        ) from None
+    parse_untrusted_xml(
+        data, start=start_el, end=end, chars=chars, refuse=_BmapRefused, what="a bmap"
+    )
     if not root and not fields:
         raise _BmapRefused("it holds no <bmap> element")
 

@@ -24,10 +24,10 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from xml.parsers import expat
 
 from rescueui.core.errors import RescueError
 from rescueui.core.safefile import open_regular, read_regular
+from rescueui.core.safexml import parse_untrusted_xml
 from rescueui.core.units import MiB
 
 CONFIG_LIMIT = 4 * MiB
@@ -252,12 +252,6 @@ def _parse_xml(data: bytes) -> _El:
     count = [0]
     texts: list[list[str]] = []
 
-    def refuse_dtd(*_: Any) -> None:
-        raise _Refused("it holds a document type declaration (DTD); a VM configuration has none")
-
-    def refuse_entity(*_: Any) -> None:
-        raise _Refused("it declares or uses XML entities; a VM configuration has none")
-
     def start(name: str, attrs: dict[str, str]) -> None:
         count[0] += 1
         if count[0] > MAX_XML_ELEMENTS or len(stack) >= MAX_XML_DEPTH:
@@ -281,22 +275,9 @@ def _parse_xml(data: bytes) -> _El:
         if texts and sum(map(len, texts[-1])) < 65536:
             texts[-1].append(s)
 
-    parser = expat.ParserCreate()
-    parser.StartDoctypeDeclHandler = refuse_dtd
-    parser.EntityDeclHandler = refuse_entity
-    parser.UnparsedEntityDeclHandler = refuse_entity
-    parser.ExternalEntityRefHandler = refuse_entity
-    parser.SkippedEntityHandler = refuse_entity
-    parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
-    parser.StartElementHandler = start
-    parser.EndElementHandler = end
-    parser.CharacterDataHandler = chars
-    try:
-        parser.Parse(data, True)
-    except expat.ExpatError as exc:
-        raise _Refused(
-            f"it is not well-formed XML ({expat.ErrorString(exc.code)}, line {exc.lineno})"
-        ) from None
+    parse_untrusted_xml(
+        data, start=start, end=end, chars=chars, refuse=_Refused, what="a VM configuration"
+    )
     if not root:
         raise _Refused("it holds no XML element")
     return root[0]
