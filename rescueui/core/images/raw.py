@@ -450,15 +450,23 @@ class _Inflater:
     """
 
     def __init__(
-        self, fd: int, file_size: int, path: Path, compression: str, window_limit: int
+        self,
+        fd: int,
+        file_size: int,
+        path: Path,
+        compression: str,
+        window_limit: int,
+        source: Any = None,
     ) -> None:
+        """``source``: a file object with ``read``, ``readinto`` and a ``pos`` attribute to
+        read the compressed bytes from instead of ``fd`` (the volumes of a split stream)."""
         self.fd = fd
         self.file_size = file_size
         self.path = path
         self.compression = compression
         self.window_limit = window_limit
         self.pos = 0  # uncompressed bytes produced
-        self._file = _PreadFile(fd, file_size)
+        self._file = source if source is not None else _PreadFile(fd, file_size)
         self._pending = b""
         self._d: Any = None
         self._members = 0

@@ -431,11 +431,6 @@ def open_image(path: str | Path) -> Any:
         from rescueui.core.image import Image
 
         return Image.open(p)
-    if found.kind == "clonezilla":
-        raise UnsupportedImageError(
-            f"{p} is a Clonezilla image folder; restoring those is not supported yet.",
-            hint="Restore it with Clonezilla, or convert the disk image with its own tools.",
-        )
     import importlib
 
     module, cls = _KINDS.get(found.kind, (None, None))
@@ -450,11 +445,14 @@ def open_image(path: str | Path) -> Any:
         ) from exc
     if found.kind == "raw":
         return kind_cls.open(p, compression=found.compression)
+    if found.kind == "clonezilla":
+        return kind_cls.open(p)
     return kind_cls.open(p, fmt=found.kind)
 
 
 _KINDS = {
     "raw": ("rescueui.core.images.raw", "RawImage"),
+    "clonezilla": ("rescueui.core.images.clonezilla", "ClonezillaImage"),
     **{
         k: ("rescueui.core.images.qemu", "QemuImage")
         for k in ("qcow2", "vmdk", "vhdx", "vdi", "vpc")
