@@ -419,11 +419,13 @@ def detect_kind(path: str | Path) -> Detected:
     return Detected("raw")
 
 
-def open_image(path: str | Path) -> Any:
+def open_image(path: str | Path, *, measure: bool = True) -> Any:
     """Open any image by its content: our folders, VM disks, raw and compressed raw.
 
     Returns an object implementing the seam (:class:`rescueui.core.image.Image` or a
     :class:`ForeignImage`). Raises :class:`ImageError` (what it is and why not).
+    ``measure=False`` (for listing): a compressed raw image that records no size is not
+    decompressed to count it; its size is an estimate (``size_is_estimate``).
     """
     p = Path(path)
     found = detect_kind(p)
@@ -444,7 +446,7 @@ def open_image(path: str | Path) -> Any:
             hint="Convert it to a raw disk image with its own tools, or use a newer rescueui.",
         ) from exc
     if found.kind == "raw":
-        return kind_cls.open(p, compression=found.compression)
+        return kind_cls.open(p, compression=found.compression, measure=measure)
     if found.kind == "clonezilla":
         return kind_cls.open(p)
     return kind_cls.open(p, fmt=found.kind)
