@@ -45,17 +45,24 @@ class StreamSummary:
 
 @dataclass
 class ImageSummary:
-    """One image as the Image screen lists it."""
+    """One image as the Image screen lists it (any kind: our folders, VM disks, raw and
+    compressed raw images, Clonezilla folders)."""
 
     path: Path
     ok: bool
     error: str | None = None
+    kind: str = ""  # the seam's kind: "rescueui" | "vm-disk" | "raw" | "clonezilla" | ...
+    format: str | None = None  # "qcow2", "zstd" (a compressed raw image), ...
+    description: str = ""  # the image's own describe(): what it is, in one line
+    integrity: str = ""  # Integrity.code: "chunk-blake3" | "range-sha256" | ... | "none"
+    integrity_words: str = ""  # what the kind carries to check its data against
+    size_is_estimate: bool = False  # extent_bytes is an estimate (not measured while listing)
     source: str = ""
     source_size: int = 0
     extent_bytes: int = 0
     stored_bytes: int = 0
     created: str = ""
-    machine: str = ""
+    machine: str = ""  # the source machine, where the image records it ("" when unknown)
     complete: bool = False
     table_type: str | None = None
     streams: list[StreamSummary] = field(default_factory=list)
@@ -65,44 +72,112 @@ class ImageSummary:
     def name(self) -> str:
         return self.path.name
 
+    @property
+    def kind_label(self) -> str:
+        """A short name of the kind for a table column ("rescueui", "qcow2", "raw.zst")."""
+        if self.kind == "raw" and self.format:
+            return f"raw.{_COMPRESSION_SUFFIX.get(self.format, self.format)}"
+        if self.kind == "vm-disk" and self.format:
+            return self.format
+        return self.kind or "?"
 
-def summarize_image(path: str | Path) -> ImageSummary:
-    """Open an image folder (untrusted: errors become a summary with ``ok=False``)."""
-    from rescueui.core.image import Image
 
-    p = Path(path)
-    try:
-        image = Image.open(p)
-    except RescueError as exc:
-        return ImageSummary(path=p, ok=False, error=str(exc))
-    m = image.manifest
-    src = m.source_disk or {}
-    host = m.host or {}
+_COMPRESSION_SUFFIX = {"gzip": "gz", "xz": "xz", "zstd": "zst", "bzip2": "bz2"}
+
+
+def machine_words(host: dict[str, Any] | None) -> str:
+    """The source machine in one line ("" when the image records none): vendor and product,
+    firmware, CPUs, memory, and the VM configuration it was read from."""
+    host = host or {}
     machine = " ".join(str(x) for x in (host.get("dmi_vendor"), host.get("dmi_product")) if x)
     extras = []
     if host.get("firmware"):
         extras.append(str(host["firmware"]).upper())
     if host.get("cpus"):
         extras.append(f"{host['cpus']} CPUs")
-    if host.get("memory_bytes"):
+    if isinstance(host.get("memory_bytes"), int) and host["memory_bytes"] > 0:
         extras.append(human_size(int(host["memory_bytes"])))
+    if host.get("source"):  # a VM disk's configuration next to it (libvirt XML, .vmx, ...)
+        extras.append(f"from {host['source']}")
     if extras:
         machine = f"{machine} ({', '.join(extras)})" if machine else ", ".join(extras)
-    stored = image.stored_bytes  # sizes of the data files as Image.open checked them
-    image.close()
-    source = " ".join(
-        str(x) for x in (src.get("model"), src.get("serial") and f"serial {src['serial']}") if x
-    )
+    return machine
+
+
+def summarize_image(path: str | Path, *, measure: bool = True) -> ImageSummary:
+    """Open an image of any kind (untrusted: errors become a summary with ``ok=False``).
+
+    ``measure=False`` (listing): a compressed raw image that records no size is not
+    decompressed to count its bytes; its size is then an estimate (``size_is_estimate``).
+    """
+    from rescueui.core.images import open_image
+
+    p = Path(path)
+    try:
+        image = open_image(p, measure=measure)
+    except RescueError as exc:
+        return ImageSummary(path=p, ok=False, error=str(exc), kind=_kind_of(p))
+    except Exception as exc:  # a damaged image must not end the listing of the others
+        return ImageSummary(
+            path=p,
+            ok=False,
+            error=f"{p} cannot be read as an image: {type(exc).__name__}: {exc}.",
+            kind=_kind_of(p),
+        )
+    try:
+        return _summary_of(p, image)
+    except Exception as exc:  # facts of an unexpected shape (a forged or damaged image)
+        return ImageSummary(
+            path=p,
+            ok=False,
+            error=f"{p}: its facts cannot be shown: {type(exc).__name__}: {exc}.",
+            kind=str(getattr(image, "kind", "")),
+        )
+    finally:
+        with contextlib.suppress(Exception):
+            image.close()
+
+
+def _kind_of(p: Path) -> str:
+    """The kind by content, for a summary of an image that could not be opened."""
+    from rescueui.core.images import detect_kind
+
+    try:
+        return detect_kind(p).kind
+    except RescueError:
+        return ""
+
+
+def _summary_of(p: Path, image: Any) -> ImageSummary:
+    m = image.manifest
+    src = m.source_disk or {}
+    kind = str(image.kind)
+    if kind == "rescueui":
+        stored = int(image.stored_bytes)  # sizes of the data files as Image.open checked them
+        serial = f"serial {src['serial']}" if src.get("serial") else None
+        source = " ".join(str(x) for x in (src.get("model"), serial) if x)
+        source = source or str(src.get("path", "?"))
+        created = m.created
+    else:
+        stored = int(getattr(image, "stored_bytes", 0) or 0) or _stored_bytes(p)
+        source = " ".join(str(x) for x in (src.get("model"), src.get("serial")) if x)
+        created = m.created or _modified(p)
     return ImageSummary(
         path=p,
         ok=True,
-        source=source or str(src.get("path", "?")),
+        kind=kind,
+        format=getattr(image, "fmt", None) or getattr(image, "compression", None),
+        description=image.describe(),
+        integrity=image.integrity.code,
+        integrity_words=image.integrity.words,
+        size_is_estimate=bool(getattr(image, "size_is_estimate", False)),
+        source=source,
         source_size=int(src.get("size_bytes") or 0),
-        extent_bytes=image.extent_bytes,
+        extent_bytes=int(image.extent_bytes),
         stored_bytes=stored,
-        created=m.created,
-        machine=machine or "unknown machine",
-        complete=m.complete,
+        created=created,
+        machine=machine_words(m.host),
+        complete=bool(m.complete),
         table_type=(m.partition_table or {}).get("label"),
         streams=[
             StreamSummary(
@@ -114,21 +189,153 @@ def summarize_image(path: str | Path) -> ImageSummary:
     )
 
 
-def _walk_for_images(root: Path, depth: int) -> Iterable[Path]:
+def _stored_bytes(p: Path) -> int:
+    """Bytes the image takes on its medium: the file, or the files of a folder (one level)."""
     try:
-        if (root / "manifest.json").is_file():
-            yield root
+        if p.is_dir():
+            with os.scandir(p) as it:
+                return sum(e.stat(follow_symlinks=False).st_size for e in it if e.is_file())
+        return p.stat().st_size
+    except OSError:
+        return 0
+
+
+def _modified(p: Path) -> str:
+    """When the image file was last written (a foreign image records no creation time)."""
+    from datetime import datetime
+
+    try:
+        return datetime.fromtimestamp(p.stat().st_mtime).astimezone().isoformat(timespec="seconds")
+    except (OSError, ValueError, OverflowError):
+        return ""
+
+
+# ------------------------------------------------------------------------ discovery
+
+SKIP_DIRS = ("proc", "sys", "dev", "run", "usr", "lib", "bin")
+MIN_IMAGE_FILE = 1024 * 1024  # smaller files are not disk images (VM disks aside)
+RAW_SUFFIXES = (".img", ".raw", ".dd")
+COMPRESSED_SUFFIXES = (".gz", ".xz", ".zst", ".zstd", ".bz2")
+NOT_IMAGE_SUFFIXES = (".bmap", ".xml", ".vmx", ".ovf", ".vbox", ".vbox-prev", ".json", ".txt")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """Something the walk found that looks like an image; ``needs_table``: a compressed raw
+    image, listed only when its head holds a partition table (checked when it is opened)."""
+
+    path: Path
+    kind: str
+    needs_table: bool = False
+
+
+def image_like_name(name: str) -> bool:
+    """``disk.img``, ``sda.raw``, ``sda.dd`` and those compressed (``disk.img.zst``)."""
+    low = name.lower()
+    for comp in ("", *COMPRESSED_SUFFIXES):
+        if low.endswith(comp) and low[: len(low) - len(comp)].endswith(RAW_SUFFIXES):
+            return True
+    return False
+
+
+def _image_folder_kind(folder: Path) -> str | None:
+    """Our own folder ("rescueui": a manifest.json), a Clonezilla folder ("clonezilla": a
+    ``parts`` or ``disk`` file), or None."""
+    if (folder / "manifest.json").is_file():
+        return "rescueui"
+    if (folder / "parts").is_file() or (folder / "disk").is_file():
+        return "clonezilla"
+    return None
+
+
+def _looks_like_disk(head: bytes) -> bool:
+    """A partition table in the first sectors: a GPT header at 512, or an MBR signature
+    whose four entries have valid status bytes and at least one entry in use."""
+    if head[512:520] == b"EFI PART":
+        return True
+    if len(head) < 512 or head[510:512] != b"\x55\xaa":
+        return False
+    entries = [head[446 + 16 * i : 462 + 16 * i] for i in range(4)]
+    return all(e[0] in (0x00, 0x80) for e in entries) and any(e[4] != 0 for e in entries)
+
+
+def _file_candidate(entry: os.DirEntry[str]) -> Candidate | None:
+    """A regular file (never through a symlink) that is an image by content: a VM disk, a
+    raw disk image named like one whose first sectors hold a partition table, or a
+    compressed one named like one. Reads at most a few KiB of it."""
+    from rescueui.core.images import detect_kind
+
+    name = entry.name
+    if name.startswith(".") or name.lower().endswith(NOT_IMAGE_SUFFIXES):
+        return None
+    try:
+        if not entry.is_file(follow_symlinks=False):
+            return None
+        size = entry.stat(follow_symlinks=False).st_size
+    except OSError:
+        return None
+    path = Path(entry.path)
+    named = image_like_name(name)
+    if size < MIN_IMAGE_FILE and not name.lower().endswith(
+        (".qcow2", ".qcow", ".vmdk", ".vhdx", ".vhd", ".vdi")
+    ):
+        # tiny: not a disk image; a VM disk may be (a vmdk descriptor, an empty qcow2)
+        return None
+    try:
+        found = detect_kind(path)
+    except RescueError:
+        return None
+    if found.kind not in ("raw", "rescueui", "clonezilla"):
+        return Candidate(path, found.kind)  # a VM disk: its header says so
+    if found.kind != "raw" or not named or size < MIN_IMAGE_FILE:
+        return None
+    if found.compression is not None:
+        return Candidate(path, "raw", needs_table=True)
+    try:
+        with open(path, "rb", buffering=0) as f:
+            head = f.read(1024)
+    except OSError:
+        return None
+    return Candidate(path, "raw") if _looks_like_disk(head) else None
+
+
+def _walk_for_images(root: Path, depth: int) -> Iterable[Path]:
+    """The paths of what looks like an image under ``root`` (see :func:`_walk_candidates`)."""
+    for cand in _walk_candidates(root, depth):
+        yield cand.path
+
+
+def _walk_candidates(root: Path, depth: int) -> Iterable[Candidate]:
+    """Image folders (ours, Clonezilla: not descended into) and image files under ``root``,
+    ``depth`` folder levels deep, in name order. Symlinks are not followed; system folders
+    and hidden names are skipped; each file costs at most a few KiB read."""
+    try:
+        if not root.is_dir():
+            return
+        kind = _image_folder_kind(root)
+        if kind is not None:
+            yield Candidate(root, kind)
             return
         if depth <= 0:
             return
         with os.scandir(root) as it:
-            entries = sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
+            entries = sorted(it, key=lambda e: e.name)
     except OSError:
         return
-    for name in entries:
-        if name.startswith(".") or name in ("proc", "sys", "dev", "run", "usr", "lib", "bin"):
+    for entry in entries:
+        name = entry.name
+        try:
+            is_dir = entry.is_dir(follow_symlinks=False)
+        except OSError:
             continue
-        yield from _walk_for_images(root / name, depth - 1)
+        if is_dir:
+            if name.startswith(".") or name in SKIP_DIRS:
+                continue
+            yield from _walk_candidates(root / name, depth - 1)
+            continue
+        cand = _file_candidate(entry)
+        if cand is not None:
+            yield cand
 
 
 def mounted_filesystems() -> list[tuple[str, str, str]]:
@@ -150,16 +357,26 @@ def mounted_filesystems() -> list[tuple[str, str, str]]:
 def find_images(
     roots: Iterable[str | Path], *, depth: int = MAX_SEARCH_DEPTH
 ) -> list[ImageSummary]:
-    """Image folders (ours: a ``manifest.json``) under the given roots, a few levels deep."""
+    """Every image under the given roots, a few levels deep: our folders (``manifest.json``),
+    Clonezilla folders, VM disks, raw and compressed raw disk images (found by content).
+
+    Listing stays cheap: a compressed image is not decompressed beyond its head (its size
+    may be an estimate, ``size_is_estimate``), and one that holds no partition table there is
+    not listed (a compressed file, but no disk image). Unreadable images are listed with
+    ``ok=False`` and the reason.
+    """
     seen: set[Path] = set()
     found = []
     for root in roots:
-        for path in _walk_for_images(Path(root), depth):
-            real = path.resolve()
+        for cand in _walk_candidates(Path(root), depth):
+            real = cand.path.resolve()
             if real in seen:
                 continue
             seen.add(real)
-            found.append(summarize_image(path))
+            summary = summarize_image(cand.path, measure=False)
+            if cand.needs_table and summary.ok and summary.table_type is None:
+                continue  # compressed, but not a disk image
+            found.append(summary)
     return found
 
 
@@ -357,7 +574,11 @@ class Session:
             found = find_images(self.image_roots())
         have = {s.path.resolve() for s in found}
         for p in extra:
-            for s in find_images([p], depth=1):
+            # a path the operator typed: an image folder, a folder holding images, or an
+            # image file (shown whatever its name, with the reason if it is none)
+            typed = Path(p)
+            listed = find_images([typed], depth=1) if typed.is_dir() else [summarize_image(typed)]
+            for s in listed:
                 if s.path.resolve() not in have:
                     found.append(s)
                     have.add(s.path.resolve())
@@ -414,12 +635,15 @@ class Session:
             self.shown_identity(disk)
         else:
             self._shown[path] = identity_of(target_path)
-        image = open_image(image_dir)
+        image = open_image(image_dir)  # measured: the pre-flight compares exact sizes
         try:
-            from rescueui.core.preflight import run_preflight
-        except ImportError:
-            return self._basic_checks(image, disk)
-        return run_preflight(image, target_path or disk.path, partition=partition)
+            try:
+                from rescueui.core.preflight import run_preflight
+            except ImportError:
+                return self._basic_checks(image, disk)
+            return run_preflight(image, target_path or disk.path, partition=partition)
+        finally:
+            image.close()  # a VM disk's helper process, a raw image's descriptor
 
     def _basic_checks(self, image: Any, disk: Any) -> list[Any]:
         lines: list[Any] = []
@@ -590,12 +814,15 @@ def open_session(demo: bool) -> Session:
 
 
 __all__ = [
+    "Candidate",
     "CheckLine",
     "ImageError",
     "ImageSummary",
     "Session",
     "StreamSummary",
     "find_images",
+    "image_like_name",
+    "machine_words",
     "open_session",
     "summarize_image",
 ]
