@@ -460,3 +460,34 @@ _KINDS = {
         for k in ("qcow2", "vmdk", "vhdx", "vdi", "vpc")
     },
 }
+
+
+def read_every_data_segment(
+    image: ForeignImage,
+    progress: Any = None,
+    cancelled: threading.Event | None = None,
+) -> int:
+    """Read every data segment of ``image`` in order through its decoder (with every check
+    the kind carries), writing nothing: the body of a kind's ``check_source``. Returns the
+    bytes read; raises at the first damage; ``progress(done, total)``."""
+    from rescueui.core.errors import CancelledError
+
+    table = image.segment_table()
+    dec = image.decoder(table)
+    buf = memoryview(bytearray(table.max_chunk()))
+    total = sum(e.length for e in image.extents() if e.kind == "data")
+    done = 0
+    try:
+        for i in range(len(table)):
+            seg = table[i]
+            if seg.zero:
+                continue
+            if cancelled is not None and cancelled.is_set():
+                raise CancelledError(f"Checking {image.path} was cancelled.")
+            dec.decode(seg, buf)
+            done += seg.length
+            if progress is not None:
+                progress(done, total)
+    finally:
+        dec.close()
+    return done
