@@ -139,3 +139,25 @@ def reassemble(image_dir: Path, out: Path, size: int) -> None:
         with open(out, "r+b") as f:
             f.seek(s["start_bytes"])
             f.write(data)
+
+
+def make_xfs(path: Path, size: int, content: Path, label: str = "data") -> None:
+    """An xfs with the top-level files of ``content`` (``mkfs.xfs -p`` protofile)."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+    proto = path.with_suffix(".proto")
+    lines = ["/dev/null", "0 0", "d--755 0 0"]
+    for f in sorted(content.iterdir()):
+        if f.is_file():
+            lines.append(f"{f.name} ---644 0 0 {f}")
+    lines.append("$")
+    proto.write_text("\n".join(lines) + "\n")
+    # a small xfs (under 300 MiB) is made only for tests, as fstests does
+    env = dict(os.environ, TEST_DIR="1", TEST_DEV="1", QA_CHECK_FS="1")
+    subprocess.run(
+        ["mkfs.xfs", "-f", "-q", "-L", label, "-p", str(proto), str(path)],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
+    proto.unlink()

@@ -183,6 +183,10 @@ class JobReport:
         ):
             if value:
                 add(label, value)
+        if self.details.get("image_description"):
+            add("Kind:", self.details["image_description"])
+        if self.details.get("source_checks"):
+            add("Checks:", self.details["source_checks"])
         add("Started:", self.started)
         if self.finished:
             add(
