@@ -361,10 +361,18 @@ def test_damaged_stream_fails_and_nothing_is_reported_good(gpt_src: Any, tmp_pat
             img.check_source()
 
 
-def test_verify_reads_every_stream(gpt_folder: Path) -> None:
-    with open_image(gpt_folder) as img:
-        words = img.check_source()
-    assert "partclone's CRC32 block checksums all matched" in words
+def test_verify_reads_every_stream(gpt_folder: Path, tmp_path: Path) -> None:
+    from rescueui.core.verify import verify_image
+
+    folder = _copy(gpt_folder, tmp_path)
+    seen: list[Any] = []
+    report = verify_image(folder, progress=seen.append)
+    assert report.outcome == "success"
+    assert any("partclone's CRC32 block checksums all matched" in n for n in report.notes)
+    with open_image(folder) as img:
+        data = sum(e.length for e in img.extents() if e.kind == "data")
+    assert report.bytes_done == report.bytes_total == data  # progress counts what is read
+    assert list((folder / "reports").glob("verify-image-*.json"))  # in the folder, as ours
 
 
 @pytest.mark.parametrize(

@@ -288,6 +288,8 @@ def _verify_foreign(
     with open_image(path) as image:
         report.details.update(image_kind=image.kind, image_description=image.describe())
         report.bytes_total = int(image.extent_bytes)
+        if hasattr(image, "check_source"):  # what is read: the data ranges
+            report.bytes_total = sum(e.length for e in image.extents() if e.kind == "data")
         meter = ProgressMeter("verify-image", report.bytes_total, progress or (lambda _p: None))
         meter.update(phase="verify", message=f"checking {path.name}")
         if hasattr(image, "check_source"):
@@ -311,7 +313,7 @@ def _verify_foreign(
         report.bytes_done = meter.last.bytes_done
         meter.update(phase="done")
         report.finish("success")
-        report.write(path.parent / REPORTS_SUBDIR)
+        report.write(Path(image.dir) / REPORTS_SUBDIR)  # next to the image, or in its folder
         return report
 
 
