@@ -60,6 +60,8 @@ HIDDEN_LIMIT = 64 * MiB  # hidden data after the MBR kept (Clonezilla's own limi
 MERGE_GAP = 1 * MiB  # unused runs shorter than this inside data are written as zeros
 MAX_EXTENTS = 500_000
 READ_CHUNK = 1 * MiB
+AHEAD_PIECE = 4 * MiB  # a restore decompresses this far ahead, in a thread of its own
+AHEAD_BUFFERS = 4
 
 _COMPRESSION_NAMES = {
     "gz": "gzip",
@@ -325,13 +327,88 @@ class PartitionStream:
     def stored_bytes(self) -> int:
         return sum(self.sizes)
 
-    def open_bytes(self, folder: Path) -> Any:
+    def open_bytes(self, folder: Path, *, read_ahead: bool = False) -> Any:
+        """The decompressed stream; ``read_ahead``: decompressed by a thread of its own
+        while the caller checks and hashes what came before (a restore: two stages in
+        parallel, as ``zstd -dc | partclone.restore`` has two processes)."""
         vols = _Volumes(folder, self.volumes, self.sizes)
         if self.compression == "none":
             return _Plain(vols)
         if self.compression in ("gzip", "xz", "zstd", "bzip2"):
-            return _Inflated(vols, self.compression)
+            src = _Inflated(vols, self.compression)
+            return _ReadAhead(src) if read_ahead else src
         return _Piped(vols, self.compression)
+
+
+class _ReadAhead:
+    """Reads a byte source ahead in a thread (bounded: :data:`AHEAD_BUFFERS` pieces of
+    :data:`AHEAD_PIECE` bytes); errors reach the reader at the place they happened."""
+
+    def __init__(self, src: Any) -> None:
+        import queue
+
+        self.src = src
+        self._q: queue.Queue[tuple[bytearray, int] | BaseException | None] = queue.Queue(
+            AHEAD_BUFFERS
+        )
+        self._free: queue.Queue[bytearray] = queue.Queue()
+        for _ in range(AHEAD_BUFFERS + 1):
+            self._free.put(bytearray(AHEAD_PIECE))
+        self._stop = threading.Event()
+        self._cur: memoryview | None = None
+        self._cur_buf: bytearray | None = None
+        self._pos = 0
+        self._ended = False
+        self._thread = threading.Thread(target=self._run, daemon=True, name="clonezilla-read")
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                buf = self._free.get()
+                n = self.src.readinto(memoryview(buf))
+                if not n:
+                    self._q.put(None)
+                    return
+                self._q.put((buf, n))
+        except BaseException as exc:  # handed to the reader, in order
+            self._q.put(exc)
+
+    def readinto(self, view: memoryview) -> int:
+        got = 0
+        while got < len(view):
+            if self._cur is None or self._pos >= len(self._cur):
+                if self._cur_buf is not None:
+                    self._free.put(self._cur_buf)
+                    self._cur = self._cur_buf = None
+                if self._ended:
+                    break
+                item = self._q.get()
+                if item is None:
+                    self._ended = True
+                    break
+                if isinstance(item, BaseException):
+                    self._ended = True
+                    raise item
+                self._cur_buf, n = item
+                self._cur = memoryview(self._cur_buf)[:n]
+                self._pos = 0
+            k = min(len(view) - got, len(self._cur) - self._pos)
+            view[got : got + k] = self._cur[self._pos : self._pos + k]
+            self._pos += k
+            got += k
+        return got
+
+    def close(self) -> None:
+        self._stop.set()
+        while self._thread.is_alive():  # let a blocked producer finish its put
+            with contextlib.suppress(Exception):
+                while True:
+                    self._q.get_nowait()
+            if self._free.empty():  # a producer waiting for a buffer: an empty one ends it
+                self._free.put(bytearray(0))
+            self._thread.join(timeout=0.05)
+        self.src.close()
 
 
 class _StreamReader:
@@ -340,7 +417,7 @@ class _StreamReader:
     def __init__(self, folder: Path, ps: PartitionStream) -> None:
         self.ps = ps
         self.where = f"the partition image {folder / ps.label}"
-        self.src = ps.open_bytes(folder)
+        self.src = ps.open_bytes(folder, read_ahead=True)
         self.blocks: partclone.BlockReader | None = None
         self.pos = 0  # dd: bytes of the partition read so far
         try:
