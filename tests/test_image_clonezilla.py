@@ -473,3 +473,28 @@ def test_restore_onto_a_larger_loop_disk(
                 assert (mnt / f.name).read_bytes() == f.read_bytes()
     finally:
         disk.umount_all()
+
+
+@pytest.mark.root
+def test_one_partition_onto_an_existing_partition(
+    gpt_folder: Path, gpt_src: Any, tmp_path: Path, loops: Any
+) -> None:
+    """``restore --partition 3``: only the xfs stream is read, onto partition 1 of a loop disk
+    whose other bytes are left alone."""
+    from rescueui.core.identity import confirm_target, confirmation_code, identity_of
+    from rescueui.core.restore import plan_restore, restore
+
+    folder = _copy(gpt_folder, tmp_path)
+    disk = loops.create(320, fill="random", table="label: gpt\nstart=2048, size=624000\n")
+    disk.rescan()
+    before = _sha(Path(disk.path), 0, MiB)
+    part = disk.part(1)
+    code = confirmation_code(identity_of(part))
+    plan = plan_restore(folder, confirm_target(part, code), partition=3, accept_warnings=True)
+    report = restore(plan)
+    assert report.outcome == "success", report.error
+    assert _sha(Path(disk.path), 0, MiB) == before  # the table and the gap: untouched
+    run("xfs_repair", "-n", part)
+    start = gpt_src.parts[3][0]
+    want = run("blkid", "-p", "-o", "value", "-s", "UUID", "-O", str(start), gpt_src.path)
+    assert run("blkid", "-p", "-o", "value", "-s", "UUID", part).stdout == want.stdout
