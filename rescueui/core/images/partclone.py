@@ -31,7 +31,10 @@ MAGIC = b"partclone-image\0"
 HEADER_SIZE = 110
 MAX_DEVICE = 1 << 56  # 64 PiB: anything larger is a forged header
 MAX_BITMAP = 256 * MiB  # one bit per block: 8 TiB at 4 KiB blocks, 1 TiB of FAT sectors
-MAX_STRIP = 256 * MiB  # blocks_per_checksum * block_size: held in memory until checked
+MAX_STRIP = 256 * MiB
+MAX_BLOCK = (
+    4 * MiB
+)  # the engine's pieces are 4 MiB: a block never spans two of them  # blocks_per_checksum * block_size: held in memory until checked
 
 CSM_NONE, CSM_CRC32, CSM_XXH64, CSM_XXH128 = 0x00, 0x20, 0x30, 0x31
 _CHECKSUMS = {CSM_NONE: ("none", 0), CSM_CRC32: ("CRC32", 4), CSM_XXH64: ("XXH64", 8)}
@@ -134,8 +137,14 @@ def parse_header(data: bytes, where: str) -> PartcloneHeader:
 
     if not 0 < device_size <= MAX_DEVICE:
         raise bad(f"gives an impossible device size ({device_size} bytes)")
-    if bs < 256 or bs > 4 * MiB or bs & (bs - 1):
+    if bs < 256 or bs > 64 * MiB or bs & (bs - 1):
         raise bad(f"gives an impossible block size ({bs} bytes)")
+    if bs > MAX_BLOCK:
+        raise UnsupportedImageError(
+            f"{where} holds a filesystem with {human_size(bs)} blocks; this reader takes blocks "
+            f"of up to {human_size(MAX_BLOCK)}.",
+            hint="Restore it with Clonezilla or partclone.restore.",
+        )
     if total < 1 or total * bs > device_size + bs - 1 + bs:
         raise bad(f"counts {total} blocks of {bs} bytes, more than its device's {device_size}")
     if used_bm > total:
