@@ -8,15 +8,23 @@ a chunk that fails its hash check stops the job with nothing from that chunk onw
 written. Memory is bounded by a fixed pool of page-aligned buffers reused for every
 chunk, whatever the image size.
 
+The coordinator queues the writes, in order, to one writer thread of their own, so that
+it hands the next chunk on while the one before is still being written (a queued write
+holds its pool buffer until it is done: the pool still bounds memory).
+
 Zero chunks cost neither decompression nor hashing: the index flag and the known hash
 of that many zero bytes are checked, and adjacent zero ranges are made zero on the
-target with one ``BLKZEROOUT`` (``blockdev.zero_range``) call.
+target with one ``BLKZEROOUT`` (``blockdev.zero_range``) call. A decoder may also find
+that a data chunk reads as all zeros (foreign images: see ``ForeignDecoder``) and return
+None: it then joins the zero run instead of being written, and the result counts it.
 """
 
 from __future__ import annotations
 
 import bisect
+import contextlib
 import errno
+import mmap
 import os
 import threading
 from collections import deque
@@ -25,6 +33,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, Protocol
 
 import blake3
 
@@ -414,9 +423,22 @@ def device_error(exc: OSError, path: str, offset: int, action: str) -> RestoreEr
 @dataclass
 class WriteResult:
     next_index: int  # segments [start, next_index) are written
-    bytes_written: int
+    bytes_written: int  # bytes of those segments (written or made zero)
     zero_calls: int
     zero_methods: set[str]
+    data_bytes: int = 0  # bytes written with pwrite (the rest was made zero)
+    zero_found_bytes: int = 0  # data segments that read as all zeros, made zero instead
+    zero_found_segments: int = 0
+
+
+class SegmentDecoder(Protocol):
+    """What the writer needs of a decoder: ``decode`` fills the buffer with a data
+    segment's checked bytes and returns them, or returns None when they are all zeros (the
+    segment is then made zero with the zero ranges around it, not written)."""
+
+    def decode(self, seg: Segment, out: memoryview) -> memoryview | None: ...
+
+    def close(self) -> None: ...
 
 
 class BufferPool:
@@ -445,13 +467,112 @@ class BufferPool:
                 pass
 
 
+class _Writer:
+    """Writes and zero calls in one thread of their own, strictly in the order given (as
+    if the coordinator made them itself), so that the coordinator hands the next decoded
+    segment on while the one before is still being written. After a failed call nothing
+    queued behind it is done; the error is raised by :meth:`reap` or :meth:`drain`.
+
+    Each queued write holds its buffer until it is done (:meth:`reap` gives it back), so
+    the buffer pool still bounds the memory."""
+
+    def __init__(self, handle: TargetHandle, pool: BufferPool, zero_ranges: bool) -> None:
+        self.handle = handle
+        self.pool = pool
+        self.zero_ranges = zero_ranges
+        self.methods: set[str] = set()
+        self._pending: deque[tuple[Future[str | None], memoryview | None]] = deque()
+        self._failed = False
+        self._zeros: mmap.mmap | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="restore-write")
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def write(self, view: memoryview, buf: memoryview, offset: int) -> None:
+        self._pending.append((self._executor.submit(self._pwrite, view, offset), buf))
+
+    def zero(self, offset: int, length: int) -> None:
+        self._pending.append((self._executor.submit(self._zero, offset, length), None))
+
+    def _pwrite(self, view: memoryview, offset: int) -> str | None:
+        if self._failed:
+            return None
+        try:
+            self.handle.pwrite(view, offset)
+        except OSError as exc:
+            self._failed = True
+            raise device_error(exc, self.handle.path, offset, "writing") from exc
+        return None
+
+    def _zero(self, offset: int, length: int) -> str | None:
+        if self._failed:
+            return None
+        try:
+            if self.zero_ranges:
+                return self.handle.zero(offset, length)
+            self._write_zeros(offset, length)
+            return "write"
+        except OSError as exc:
+            self._failed = True
+            raise device_error(exc, self.handle.path, offset, "zeroing") from exc
+
+    def _write_zeros(self, offset: int, length: int) -> None:
+        if self._zeros is None:
+            self._zeros = blockdev.aligned_buffer(FILL_SEGMENT)
+        zeros = memoryview(self._zeros)
+        pos = offset
+        try:
+            while pos < offset + length:
+                n = min(len(zeros), offset + length - pos)
+                self.handle.pwrite(zeros[:n], pos)
+                pos += n
+        finally:
+            zeros.release()
+
+    def reap(self, *, wait: bool) -> None:
+        """Take the calls that are done off the queue, in order (with ``wait``, wait until
+        one gives a buffer back); their buffers go back to the pool; raises the error of a
+        failed one."""
+        while self._pending and (wait or self._pending[0][0].done()):
+            fut, buf = self._pending[0]
+            try:
+                method = fut.result()
+            finally:
+                self._pending.popleft()
+                if buf is not None:
+                    self.pool.give(buf)
+                    wait = False
+            if method is not None:
+                self.methods.add(method)
+
+    def drain(self) -> None:
+        """Wait for every queued call; raises the first error."""
+        while self._pending:
+            self.reap(wait=True)
+
+    def close(self) -> None:
+        """Wait for what is still queued (its errors are not raised again: the job has
+        already failed or was cancelled) and give every buffer back."""
+        while self._pending:
+            fut, buf = self._pending.popleft()
+            with contextlib.suppress(Exception):
+                fut.result()
+            if buf is not None:
+                self.pool.give(buf)
+        self._executor.shutdown(wait=True)
+        if self._zeros is not None:
+            with contextlib.suppress(BufferError):
+                self._zeros.close()
+
+
 def write_segments(
     handle: TargetHandle,
-    segments: SegmentTable,
+    segments: SegmentTable | Any,
     start: int,
     *,
     pool: BufferPool,
-    decoder: Decoder,
+    decoder: SegmentDecoder,
     workers: int,
     on_progress: Callable[[Segment, int], None],
     on_checkpoint: Callable[[int, int], None],
@@ -462,43 +583,63 @@ def write_segments(
     """Write ``segments[start:]`` in order. ``on_checkpoint(next_index, bytes)`` is called
     after each fdatasync (every ``checkpoint_bytes``) and at the end.
 
+    Decoder threads read ahead into the pool's buffers; this thread takes their results in
+    order and queues them to the writer thread (:class:`_Writer`), which writes them in that
+    order. Zero segments, and data segments the decoder found all zero, join a pending zero
+    run that is made zero with one call (``handle.zero``: BLKZEROOUT / fallocate) when the
+    run ends.
+
     Raises CorruptImageError (nothing of the bad chunk or after it written), RestoreError
     on I/O errors, and returns early (check ``cancelled``) when cancelled.
     """
-    inflight: deque[tuple[int, Segment, Future[memoryview] | None, memoryview | None]] = deque()
+    inflight: deque[tuple[int, Segment, Future[memoryview | None] | None, memoryview | None]]
+    inflight = deque()
     max_inflight = len(pool) + 64  # zero segments take no buffer
     i = start
-    written = 0
+    written = data_bytes = found_bytes = found_segments = 0
     since_sync = 0
     zero_calls = 0
-    methods: set[str] = set()
-    # Pending zero range: [zstart, zend) covering segments up to znext-1
+    # Pending zero range: [zstart, zend)
     zstart = zend = -1
     done_index = start
+    writer = _Writer(handle, pool, zero_ranges)
 
     def flush_zero() -> None:
         nonlocal zstart, zend, zero_calls
         if zend > zstart >= 0:
-            try:
-                if zero_ranges:
-                    methods.add(handle.zero(zstart, zend - zstart))
-                else:
-                    _write_zero_plain(handle, pool, zstart, zend - zstart)
-                    methods.add("write")
-            except OSError as exc:
-                raise device_error(exc, handle.path, zstart, "zeroing") from exc
+            writer.zero(zstart, zend - zstart)
             zero_calls += 1
         zstart = zend = -1
+
+    def add_zero(seg: Segment) -> None:
+        nonlocal zstart, zend
+        if zend == seg.disk_offset and zend - zstart < ZERO_FLUSH_BYTES:
+            zend = seg.end
+        else:
+            flush_zero()
+            zstart, zend = seg.disk_offset, seg.end
 
     def checkpoint(next_index: int) -> None:
         nonlocal since_sync
         flush_zero()
+        writer.drain()
         try:
             handle.sync()
         except OSError as exc:
             raise device_error(exc, handle.path, 0, "flushing writes (fdatasync)") from exc
         since_sync = 0
         on_checkpoint(next_index, written)
+
+    def result() -> WriteResult:
+        return WriteResult(
+            done_index,
+            written,
+            zero_calls,
+            writer.methods,
+            data_bytes=data_bytes,
+            zero_found_bytes=found_bytes,
+            zero_found_segments=found_segments,
+        )
 
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="restore-decode")
     try:
@@ -509,38 +650,46 @@ def write_segments(
                     inflight.append((i, seg, None, None))
                 else:
                     buf = pool.take()
+                    if buf is None and len(writer):
+                        # buffers wait in the writer's queue: take back those done, and
+                        # wait for the oldest only when nothing else is under way
+                        writer.reap(wait=not inflight)
+                        buf = pool.take()
                     if buf is None:
                         break
                     inflight.append((i, seg, executor.submit(decoder.decode, seg, buf), buf))
                 i += 1
             idx, seg, fut, buf = inflight.popleft()
             if cancelled():
+                inflight.appendleft((idx, seg, fut, buf))  # the finally below takes it back
                 checkpoint(idx)
-                return WriteResult(idx, written, zero_calls, methods)
+                done_index = idx
+                return result()
             if fut is None:
                 try:
                     check_zero_segment(seg)
                 except CorruptImageError:
                     checkpoint(idx)
                     raise
-                if zend == seg.disk_offset and zend - zstart < ZERO_FLUSH_BYTES:
-                    zend = seg.end
-                else:
-                    flush_zero()
-                    zstart, zend = seg.disk_offset, seg.end
+                add_zero(seg)
             else:
+                assert buf is not None
                 try:
                     view = fut.result()
                 except (ImageError, OSError):
+                    pool.give(buf)
                     checkpoint(idx)  # what came before is good and durable
                     raise
-                flush_zero()
-                try:
-                    handle.pwrite(view, seg.disk_offset)
-                except OSError as exc:
-                    raise device_error(exc, handle.path, seg.disk_offset, "writing") from exc
-                assert buf is not None
-                pool.give(buf)
+                if view is None:  # it read as all zeros: made zero, not written
+                    pool.give(buf)
+                    add_zero(seg)
+                    found_bytes += seg.length
+                    found_segments += 1
+                else:
+                    flush_zero()
+                    writer.write(view, buf, seg.disk_offset)
+                    data_bytes += seg.length
+            writer.reap(wait=False)
             written += seg.length
             since_sync += seg.length
             done_index = idx + 1
@@ -548,31 +697,17 @@ def write_segments(
             if since_sync >= checkpoint_bytes:
                 checkpoint(done_index)
         checkpoint(done_index)
-        return WriteResult(done_index, written, zero_calls, methods)
+        return result()
     finally:
         for _, _, fut, _ in inflight:
             if fut is not None:
                 fut.cancel()
         executor.shutdown(wait=True)
+        writer.close()
         # buffers of cancelled/abandoned futures go back to the pool
         for _, _, _, buf in inflight:
             if buf is not None:
                 pool.give(buf)
-
-
-def _write_zero_plain(handle: TargetHandle, pool: BufferPool, offset: int, length: int) -> None:
-    buf = pool.take()
-    if buf is None:
-        raise RuntimeError("no free buffer for zero writes")
-    try:
-        buf[:] = bytes(len(buf))
-        pos = offset
-        while pos < offset + length:
-            n = min(len(buf), offset + length - pos)
-            handle.pwrite(buf[:n], pos)
-            pos += n
-    finally:
-        pool.give(buf)
 
 
 # ------------------------------------------------------------------ read-back verify

@@ -73,7 +73,8 @@ from rescueui.core.units import MiB, human_size
 
 DEFAULT_WORKERS = 2
 DEFAULT_CHECKPOINT_BYTES = 64 * MiB
-POOL_EXTRA = 2  # buffers beyond one per worker, so the writer never waits for a free one
+POOL_EXTRA = 4  # buffers beyond one per decoder: the write queue holds some, and decoders
+# must find one free when they finish, or they idle until the coordinator wakes up
 
 
 @dataclass
@@ -805,6 +806,11 @@ class _RestoreJob:
             decoder.close()
         self.report.details["zero_range_calls"] = result.zero_calls
         self.report.details["zero_methods"] = sorted(result.zero_methods)
+        self.report.details["data_bytes_written"] = result.data_bytes
+        if isinstance(plan.image, ForeignImage):
+            # data pieces that read as all zeros went into the zero calls, not written
+            self.report.details["zero_found_bytes"] = result.zero_found_bytes
+            self.report.details["zero_found_segments"] = result.zero_found_segments
         if result.next_index < len(segs):
             nxt = segs[result.next_index]
             raise CancelledError(
