@@ -5,8 +5,9 @@ What each form gives the seam (:class:`~rescueui.core.images.source.ForeignImage
 * **plain raw** (``.img``, ``.raw``, ``.dd`` — any file that is nothing else): random access
   (``os.pread``), its size is the file size, and the holes of a sparse file
   (``SEEK_DATA``/``SEEK_HOLE``) are zero extents that cost nothing. All-zero blocks inside
-  the data ranges are not searched for here: that costs a full read, and the engine sees
-  every byte anyway, so it is the engine's to do.
+  the data ranges are not searched for here (that costs a full read): the seam's decoder
+  (:class:`~rescueui.core.images.source.ForeignDecoder`) finds the pieces that read as
+  zeros as it reads them, and the writer makes them zero with one call per run.
 * **compressed raw** (gzip, xz, zstd, bzip2): read as a stream, in order, by one thread
   (``sequential``); memory stays bounded (a reused buffer, a bounded decompressor window).
   The size comes from the format where it is recorded — the xz index, the zstd frame
@@ -1016,12 +1017,6 @@ class RawDecoder(ForeignDecoder):
             self._pass = _Pass(img)
         self._pass.read(offset, view)
 
-    def decode(self, seg: Segment, out: memoryview) -> memoryview:
-        view = out[: seg.length]
-        self.read(seg.disk_offset + self.table.base, view)
-        self.table.record(seg.index, blake3.blake3(view).hexdigest())
-        return view
-
     def close(self) -> None:
         self._pass = None
 
@@ -1041,15 +1036,16 @@ class RangeCheckingDecoder(RawDecoder):
         self.checked = 0  # ranges whose checksum matched
         self.unchecked = 0  # ranges read only in part (a partition restore cuts them)
 
-    def decode(self, seg: Segment, out: memoryview) -> memoryview:
-        view = super().decode(seg, out)
+    def check(self, seg: Segment, view: memoryview) -> None:
+        """Feed the segment to its range's checksum (all-zero pieces too: the seam tests
+        for zeros after this) and compare it at the range's last piece."""
         if seg.zero or self.bmap.checksum_type is None:
-            return view
+            return
         start = seg.disk_offset + self.table.base
         end = start + seg.length
         r = self.bmap.range_at(start)
         if r is None or r.digest is None or end > r.end:
-            return view
+            return
         if r is self._range and self._hash is not None and start == self._pos:
             self._hash.update(view)
         elif start == r.start:
@@ -1063,7 +1059,7 @@ class RangeCheckingDecoder(RawDecoder):
             if self._hash is not None or self._range is not r:
                 self.unchecked += 1
             self._range, self._hash = r, None
-            return view
+            return
         self._pos = end
         if end == r.end:
             got = self._hash.hexdigest()
@@ -1071,7 +1067,6 @@ class RangeCheckingDecoder(RawDecoder):
             if got != r.digest:
                 raise self._mismatch(r, start, end, got)
             self.checked += 1
-        return view
 
     def summary(self) -> str:
         """What this decoder checked, in words for the report (after the job)."""
