@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Restore/capture/verify benchmark of rescueui against dd, zstd|dd, bmaptool and qemu-img.
+"""Restore/capture/verify benchmark of rescueui against dd, zstd|dd, bmaptool and qemu-img,
+for our own images and for the other kinds (qcow2, raw.zst + bmap, raw).
 
 Run as root (``make bench``). Everything is measured in the same run, on the same data,
 with the page cache dropped before each run; each figure is the median of ``--runs``.
@@ -178,7 +179,9 @@ FILL_SOURCES = ["/usr/lib/python3.11", "/usr/share/doc"]  # small steps: stop ne
 
 
 def make_source_disk(ws: Workspace, path: Path, size: int, *, fill: str) -> int:
-    """A GPT disk file with one ext4 partition; ``fill``="files" (real files up to about half)
+    """A GPT disk file with one ext4 partition; ``fill``="files" (real files up to about half,
+    free space zeros), "used" (the same files, but the free space holds old data, as on a
+    server's disk: the filesystem was first filled with random bytes that were then deleted)
     or "random" (partition full of incompressible data, no filesystem). Returns bytes used."""
     with open(path, "wb") as f:
         f.truncate(size)
@@ -192,6 +195,13 @@ def make_source_disk(ws: Workspace, path: Path, size: int, *, fill: str) -> int:
             return psize
         sh(["mkfs.ext4", "-q", "-F", "-L", "benchroot", part])
         mnt = ws.mount(part, ws.root / "srcmnt")
+        if fill == "used":
+            # old data in the free space: fill the filesystem, then delete (no discard)
+            subprocess.run(
+                f"head -c {size} /dev/urandom > {mnt}/old 2>/dev/null; sync; rm -f {mnt}/old",
+                shell=True,
+                check=True,
+            )
         target = size // 2
         i = 0
         while shutil.disk_usage(mnt).used < target:
@@ -334,6 +344,155 @@ def run_restore_suite(args: argparse.Namespace, ws: Workspace, label: str, disk:
     return results
 
 
+# ------------------------------------------------------------------ other image kinds
+
+
+@dataclass
+class ForeignCase:
+    """One image kind made from a source disk, restored by rescueui and by the tool that
+    kind's users would use otherwise (``reference``), onto the same target."""
+
+    label: str  # e.g. "qcow2"
+    image: Path  # what `rescueui restore` is given (its folder gets the reports)
+    reference: str  # the other tool, for the table
+    reference_cmd: Callable[[str], Sequence[str] | str]  # target device -> command
+    verify: bool = False  # also measure the read-back verify's extra cost
+
+
+def case_qcow2(ws: Workspace, disk: Path, folder: Path) -> ForeignCase:
+    qcow = folder / "disk.qcow2"
+    sh(["qemu-img", "convert", "-O", "qcow2", str(disk), str(qcow)])
+    return ForeignCase(
+        "qcow2",
+        qcow,
+        "qemu-img convert -n -t none -O raw",
+        lambda dev: ["qemu-img", "convert", "-n", "-t", "none", "-O", "raw", str(qcow), dev],
+        verify=True,
+    )
+
+
+def case_raw_zst_bmap(ws: Workspace, disk: Path, folder: Path) -> ForeignCase:
+    """``bmaptool create`` then ``zstd``: the bmap lies next to the image as disk.img.bmap."""
+    raw = folder / "disk.img"
+    bmap = folder / "disk.img.bmap"
+    sh(["cp", "--sparse=always", str(disk), str(raw)])
+    sh(["bmaptool", "create", "-o", str(bmap), str(raw)])
+    sh(["zstd", "-q", "-3", "-T0", "--rm", str(raw)])
+    zst = folder / "disk.img.zst"
+    return ForeignCase(
+        "raw.zst + bmap",
+        zst,
+        "bmaptool copy",
+        lambda dev: ["bmaptool", "-q", "copy", "--bmap", str(bmap), str(zst), dev],
+    )
+
+
+def case_raw_zeros(ws: Workspace, disk: Path, folder: Path) -> ForeignCase:
+    """A raw image without a bmap whose free space holds written zeros (not holes): what a
+    plain ``dd`` of a disk gives. rescueui finds the zero blocks as it reads them."""
+    raw = folder / "disk.img"
+    sh(["cp", "--sparse=never", str(disk), str(raw)])
+    return ForeignCase(
+        "raw .img, no bmap",
+        raw,
+        "dd bs=4M oflag=direct conv=fsync",
+        lambda dev: f"dd if={raw} of={dev} bs=4M oflag=direct conv=fsync status=none",
+    )
+
+
+# Each kind is one function: (workspace, source disk, empty folder) -> ForeignCase.
+FOREIGN_CASES: list[Callable[[Workspace, Path, Path], ForeignCase]] = [
+    case_qcow2,
+    case_raw_zst_bmap,
+    case_raw_zeros,
+]
+
+
+def run_foreign_suite(args: argparse.Namespace, ws: Workspace, label: str, disk: Path) -> dict:
+    """Every kind of :data:`FOREIGN_CASES` made from ``disk``, restored onto a loop device
+    backed by tmpfs (``--direct-io=on``, as for our own images): rescueui without the
+    read-back, the reference tool, and for cases with ``verify`` rescueui with it."""
+    size = disk.stat().st_size
+    runs = args.runs
+    out: dict[str, dict] = {}
+    tdir = ws.mount("tmpfs", ws.root / "ftmpfs", "-t", "tmpfs", "-o", f"size={size + 64 * MiB}")
+    backing = tdir / "target.img"
+    with open(backing, "wb") as f:
+        f.truncate(size)
+    tdev = ws.attach(backing, direct_io=True)
+    try:
+        for make in FOREIGN_CASES:
+            folder = ws.root / f"{label}-{make.__name__}"
+            folder.mkdir()
+            case = make(ws, disk, folder)
+            print(f"\n-- {case.label} of {label} -> loop device on tmpfs", flush=True)
+            restore = [*rescueui_cmd(), "restore", str(case.image), tdev, "--yes", "--no-grow"]
+            ours = measure(
+                f"rescueui restore {case.label} (no read-back)",
+                size,
+                runs,
+                [*restore, "--no-verify", "--accept-warnings"],
+            )
+            ref = measure(case.reference, size, runs, case.reference_cmd(tdev))
+            row = {
+                "rescueui": {"wall": ours.wall, "rate": ours.rate, "rss_mib": ours.rss_mib},
+                "reference": case.reference,
+                "reference_wall": ref.wall,
+                "reference_rate": ref.rate,
+                "ratio": ref.wall / ours.wall,
+                "image_bytes": case.image.stat().st_size,
+            }
+            print(f"  ratio rescueui / {case.reference}: {row['ratio']:.2f}", flush=True)
+            if case.verify:
+                secs: list[float] = []
+                both = measure(
+                    f"rescueui restore {case.label} + read-back",
+                    size,
+                    runs,
+                    [*restore, "--accept-warnings"],
+                    after=lambda s=secs, d=case.image.parent: s.append(
+                        last_phase_seconds(d, "verify")
+                    ),
+                )
+                row["with_verify_wall"] = both.wall
+                row["verify_extra_s"] = both.wall - ours.wall
+                row["verify_phase_s"] = statistics.median(secs)
+                print(
+                    f"  read-back: +{row['verify_extra_s']:.2f} s wall, verify phase "
+                    f"{row['verify_phase_s']:.2f} s ({size / row['verify_phase_s'] / 1e6:.0f} MB/s)",
+                    flush=True,
+                )
+            out[case.label] = row
+            shutil.rmtree(folder, ignore_errors=True)
+    finally:
+        ws.detach(tdev)
+        backing.unlink(missing_ok=True)
+        ws.umount(tdir)
+    return out
+
+
+def foreign_table(results: dict[str, object]) -> str:
+    """The README's table of the other image kinds (markdown)."""
+    lines = ["| source disk | image | rescueui | reference | ratio |", "|---|---|---|---|---|"]
+    for label in ("half_full", "used"):
+        suite = results.get(f"foreign_{label}")
+        if not isinstance(suite, dict):
+            continue
+        for kind, row in suite.items():
+            extra = ""
+            if "verify_extra_s" in row:
+                extra = (
+                    f"; read-back +{row['verify_extra_s']:.2f} s "
+                    f"(phase {row['verify_phase_s']:.2f} s)"
+                )
+            lines.append(
+                f"| {label.replace('_', '-')} | {kind} | {row['rescueui']['wall']:.2f} s"
+                f"{extra} | {row['reference']} {row['reference_wall']:.2f} s "
+                f"| {row['ratio']:.2f} × |"
+            )
+    return "\n".join(lines)
+
+
 def rss_scaling(args: argparse.Namespace, ws: Workspace) -> dict:
     """Peak RSS of capture and restore for a 2 GiB and an 8 GiB sparse disk."""
     out = {}
@@ -377,12 +536,23 @@ def main() -> int:
     ap.add_argument("--workdir", default="/var/tmp")
     ap.add_argument("--skip-random", action="store_true", help="skip the incompressible disk")
     ap.add_argument("--skip-rss", action="store_true")
+    ap.add_argument(
+        "--skip-foreign", action="store_true", help="skip qcow2 / raw.zst+bmap / raw vs their tools"
+    )
+    ap.add_argument(
+        "--only-foreign",
+        action="store_true",
+        help="only the other image kinds (qcow2, raw.zst+bmap, raw) vs their tools",
+    )
+    ap.add_argument(
+        "--skip-used", action="store_true", help="no source disk whose free space holds old data"
+    )
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench: needs root (loop devices, drop_caches)", file=sys.stderr)
         return 2
-    for tool in ("zstd", "dd", "bmaptool", "qemu-img", "b3sum", "sfdisk", "losetup"):
+    for tool in ("zstd", "dd", "bmaptool", "qemu-img", "b3sum", "sfdisk", "losetup", "cp"):
         if not shutil.which(tool):
             print(f"bench: {tool} is missing (sudo make deps)", file=sys.stderr)
             return 2
@@ -392,8 +562,22 @@ def main() -> int:
         half = ws.root / "half.img"
         used = make_source_disk(ws, half, args.size_gib * GiB, fill="files")
         print(f"source: {args.size_gib} GiB GPT disk, ext4 with {used / GiB:.2f} GiB of real files")
-        results["half_full"] = run_restore_suite(args, ws, "half-full", half)
+        if not args.only_foreign:
+            results["half_full"] = run_restore_suite(args, ws, "half-full", half)
+        if not args.skip_foreign:
+            results["foreign_half_full"] = run_foreign_suite(args, ws, "half-full", half)
         half.unlink()
+        if not args.skip_foreign and not args.skip_used:
+            disk = ws.root / "used.img"
+            used = make_source_disk(ws, disk, args.size_gib * GiB, fill="used")
+            print(
+                f"\nsource: {args.size_gib} GiB GPT disk, ext4 with {used / GiB:.2f} GiB of real "
+                "files, its free space holding old (random) data"
+            )
+            results["foreign_used"] = run_foreign_suite(args, ws, "used", disk)
+            disk.unlink()
+        if args.only_foreign:
+            args.skip_random = args.skip_rss = True
         if not args.skip_random:
             rnd = ws.root / "random.img"
             make_source_disk(ws, rnd, 1 * GiB, fill="random")
@@ -404,6 +588,8 @@ def main() -> int:
             results["rss"] = rss_scaling(args, ws)
     finally:
         ws.close()
+    if not args.skip_foreign:
+        print("\n" + foreign_table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str))
     return 0
