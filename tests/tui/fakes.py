@@ -68,6 +68,11 @@ def canned_image() -> ImageSummary:
     return ImageSummary(
         path=Path("/run/live/medium/images/web01-2026-11-20"),
         ok=True,
+        kind="rescueui",
+        description="rescueui image (format 1), 3 stream(s), 400.5 GiB of disk",
+        integrity="chunk-blake3",
+        integrity_words="a BLAKE3 for every chunk in the image's index: each chunk is checked "
+        "against it before it is written",
         source="SAMSUNG MZ7LH480 serial S45PNA0M800001",
         source_size=480 * GiB,
         extent_bytes=int(400.5 * GiB),
@@ -80,6 +85,34 @@ def canned_image() -> ImageSummary:
             StreamSummary("head", "head", None, 0, MiB, None, None),
             StreamSummary("p1", "partition", 1, MiB, 512 * MiB, "vfat", "EFI"),
             StreamSummary("p2", "partition", 2, 513 * MiB, 400 * GiB, "ext4", "rootfs"),
+        ],
+    )
+
+
+def canned_foreign_image() -> ImageSummary:
+    """A compressed raw image whose stream records no size: listed with an estimate."""
+    return ImageSummary(
+        path=Path("/run/live/medium/images/db02-sda.img.zst"),
+        ok=True,
+        kind="raw",
+        format="zstd",
+        description="raw disk image, zstd-compressed, about 240.0 GiB (estimated from the GPT "
+        "header; not exact)",
+        integrity="none",
+        integrity_words="the image carries no checksums: nothing could be checked against the "
+        "source; the BLAKE3 of every piece was computed as it was read and the read-back "
+        "verify compares the disk with that",
+        size_is_estimate=True,
+        source_size=240 * GiB,
+        extent_bytes=240 * GiB,
+        stored_bytes=61 * GiB,
+        created="2026-10-02T11:40:00+00:00",
+        machine="QEMU (UEFI, 4 CPUs, 8.0 GiB, from db02.xml)",
+        complete=True,
+        table_type="gpt",
+        streams=[
+            StreamSummary("p1", "partition", 1, MiB, 512 * MiB, None, None),
+            StreamSummary("p2", "partition", 2, 513 * MiB, 239 * GiB, None, None),
         ],
     )
 
@@ -118,7 +151,7 @@ class CannedSession(Session):
             ok=False,
             error="manifest.json: unknown format version 9; this rescueui reads version 1.",
         )
-        return [canned_image(), bad]
+        return [canned_image(), bad, canned_foreign_image()]
 
     def preflight(self, image_dir: Any, disk: Any, **kw: Any) -> list[Any]:
         return [

@@ -18,27 +18,52 @@ from rescueui.tui.widgets.steps import StepsBar
 from rescueui.tui.widgets.tablefill import fill_table
 
 
+def size_text(img: Any) -> str:
+    """The disk size the image needs; "~" marks an estimate (a compressed stream that records
+    no size is only measured when it is opened for a restore)."""
+    if not img.ok:
+        return "-"
+    size = human_size(img.extent_bytes)
+    return f"~{size}" if getattr(img, "size_is_estimate", False) else size
+
+
 def image_layout(img: Any) -> Text:
     """The selected image's details. Everything from the image (path, source, machine,
-    warnings, labels) is outside text: shown escaped, never read as markup."""
+    warnings, labels, its own description) is outside text: shown escaped, never read as
+    markup."""
     text = Text()
     text.append(esc(img.path), style="bold")
+    if getattr(img, "description", ""):
+        text.append(f"\nKind: {esc(img.description)}")
+    elif getattr(img, "kind", ""):
+        text.append(f"\nKind: {esc(img.kind)}")
     if not img.ok:
         text.append("\nCannot be used: ", style="bold reverse")
         text.append(esc(img.error or "unreadable"))
         return text
+    if img.source:
+        text.append(f"\nFrom {esc(img.source)} ({human_size(img.source_size)})")
+    text.append(f"\nSource machine: {esc(img.machine) if img.machine else 'not recorded'}")
+    needs = f"needs {human_size(img.extent_bytes)} on the target"
+    if getattr(img, "size_is_estimate", False):
+        needs = (
+            f"needs about {human_size(img.extent_bytes)} on the target (size estimated: the "
+            "compressed stream records none; it is measured before a restore)"
+        )
+    created = f"Created {esc(img.created)}; " if img.created else ""
     text.append(
-        f"\nFrom {esc(img.source)} ({human_size(img.source_size)}), machine: {esc(img.machine)}"
+        f"\n{created}{needs}; {human_size(img.stored_bytes)} stored; "
+        f"table {esc(img.table_type or 'none')}"
     )
-    text.append(
-        f"\nCreated {esc(img.created)}; needs {human_size(img.extent_bytes)} on the target; "
-        f"{human_size(img.stored_bytes)} stored; table {esc(img.table_type or 'none')}"
-    )
+    if getattr(img, "integrity_words", ""):
+        text.append(f"\nChecks: {esc(img.integrity_words)}")
     if not img.complete:
         text.append("\nINCOMPLETE IMAGE (capture did not finish)", style="bold reverse")
     for w in img.warnings:
         text.append(f"\nWarning: {esc(w)}")
     text.append("\nLayout:", style="bold")
+    if not img.streams:
+        text.append("\n  no partition table read: restored as a whole disk")
     for s in img.streams:
         where = f"at {human_size(s.start_bytes)}"
         what = " ".join(esc(x) for x in (s.fs_type, s.label) if x)
@@ -62,10 +87,10 @@ class ImageScreen(StepScreen):
 
     COLUMNS: ClassVar[list[tuple[str, str]]] = [
         ("name", "Image"),
-        ("source", "Source disk"),
+        ("kind", "Kind"),
         ("size", "Size"),
         ("created", "Created"),
-        ("machine", "Machine"),
+        ("about", "Source / machine"),
     ]
 
     def __init__(self) -> None:
@@ -103,16 +128,21 @@ class ImageScreen(StepScreen):
                 str(img.path),
                 [
                     plain(img.name, style="bold"),
-                    plain(esc(img.source)[:20]) if img.ok else Text("UNUSABLE", style="bold"),
-                    Text(human_size(img.extent_bytes) if img.ok else "-", justify="right"),
+                    plain(esc(_kind_label(img))[:12]),
+                    Text(size_text(img), justify="right"),
                     plain(esc(img.created)[:10] if img.ok else ""),
-                    plain(esc(img.machine)[:16] if img.ok else esc(img.error or "")[:40]),
+                    plain(esc(_about(img))[:40])
+                    if img.ok
+                    else Text.assemble(("UNUSABLE ", "bold"), esc(img.error or "")[:31]),
                 ],
             )
             for img in images
         ]
         fill_table(table, self.COLUMNS, rows)
-        self.query_one("#status", Static).update(f"{len(images)} image(s) found.")
+        status = f"{len(images)} image(s) found."
+        if any(getattr(img, "size_is_estimate", False) for img in images if img.ok):
+            status += " ~: size estimated (measured before a restore)."
+        self.query_one("#status", Static).update(status)
         self._details()
 
     def selected(self) -> Any:
@@ -154,7 +184,7 @@ class ImageScreen(StepScreen):
                 self.extra_paths.append(path)
                 self.scan()
 
-        self.app.push_screen(PathDialog("Image folder (or a folder holding images):"), add)
+        self.app.push_screen(PathDialog("Image folder or file (or a folder holding images):"), add)
 
     def action_verify(self) -> None:
         from rescueui.tui.screens.job import JobScreen
@@ -162,3 +192,15 @@ class ImageScreen(StepScreen):
         img = self.selected()
         if img is not None:
             self.app.push_screen(JobScreen.verify(img))
+
+
+def _kind_label(img: Any) -> str:
+    if not getattr(img, "kind", ""):
+        return "-"  # not even its kind could be read
+    label = getattr(img, "kind_label", None)
+    return str(label) if label else str(img.kind)
+
+
+def _about(img: Any) -> str:
+    """The source disk (our images), else the source machine, else what the image is."""
+    return img.source or img.machine or getattr(img, "description", "") or "-"

@@ -11,6 +11,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from rich.text import Text
@@ -27,7 +28,7 @@ from rescueui.tui.screens.base import StepScreen
 from rescueui.tui.text import esc, plain
 from rescueui.tui.widgets.bars import BlockBar
 from rescueui.tui.widgets.bignum import BigNumber
-from rescueui.tui.widgets.checksums import checksum_text
+from rescueui.tui.widgets.checksums import checks_title, checksum_text
 from rescueui.tui.widgets.graph import ThroughputGraph
 from rescueui.tui.widgets.steps import StepsBar
 
@@ -36,14 +37,42 @@ MAX_SAMPLES = 600
 JobFn = Callable[..., Any]  # (progress=, cancel=) -> JobReport
 
 
-def _expected_roots(image_dir: Any) -> dict[str, str]:
-    from rescueui.core.image import Image
+@dataclass
+class ImageFacts:
+    """What the job screen shows about the image: read from the image itself (any kind)."""
+
+    roots: dict[str, str] = field(default_factory=dict)  # our folders: stream -> root BLAKE3
+    integrity_code: str = ""  # the kind's Integrity: "chunk-blake3", "range-sha256", "none"
+    integrity_words: str = ""
+    description: str = ""
+    size_is_estimate: bool = False
+
+
+def image_facts(image_dir: Any) -> ImageFacts:
+    """Open the image (any kind, measured: the size a restore's progress counts towards) and
+    read what the panels show. An image that cannot be opened gives no facts: the job itself
+    then fails with the reason."""
+    from rescueui.core.images import open_image
 
     try:
-        image = Image.open(image_dir)
-    except RescueError:
-        return {}
-    return {s.name: s.root_blake3 for s in image.manifest.streams}
+        image = open_image(image_dir)
+    except Exception:  # RescueError or worse: the job reports it in its own words
+        return ImageFacts()
+    try:
+        roots = {}
+        if image.kind == "rescueui":
+            roots = {s.name: s.root_blake3 for s in image.manifest.streams}
+        return ImageFacts(
+            roots=roots,
+            integrity_code=image.integrity.code,
+            integrity_words=image.integrity.words,
+            description=image.describe(),
+            size_is_estimate=bool(getattr(image, "size_is_estimate", False)),
+        )
+    except Exception:
+        return ImageFacts()
+    finally:
+        image.close()
 
 
 class JobScreen(StepScreen):
@@ -71,7 +100,7 @@ class JobScreen(StepScreen):
         self.report: Any = None
         self.error: BaseException | None = None
         self.finished = False
-        self.roots: dict[str, str] = {}
+        self.facts = ImageFacts()
 
     # -- factories (the job functions come from the session: the core) --
     @classmethod
@@ -100,7 +129,11 @@ class JobScreen(StepScreen):
                 accepted_codes=accepted_codes,
             )
 
-        what = f"partition {partition} of {image.name}" if partition else image.name
+        name = image.name
+        label = getattr(image, "kind_label", "")
+        if label and label != "rescueui":
+            name = f"{name} ({label})"  # the kind, where it is not our own folder
+        what = f"partition {partition} of {name}" if partition else name
         where = part.path if part is not None else disk.path
         return cls(
             "restore",
@@ -165,9 +198,24 @@ class JobScreen(StepScreen):
     def on_mount(self) -> None:
         self.query_one("#checksums-box").border_title = "BLAKE3 checks"
         self.query_one("#alarm").display = False
-        self.roots = _expected_roots(self.image_dir) if self.kind != "capture" else {}
+        if self.kind != "capture":
+            image = self.context.get("image")
+            opening = "Opening the image..."
+            if getattr(image, "size_is_estimate", False):
+                opening = (
+                    "Opening the image: its compressed stream records no size, so it is "
+                    "decompressed once to measure it..."
+                )
+            self.query_one("#phase", Static).update(opening)
         self.set_interval(self.rescue.repaint_interval, self.repaint)
         self.run_job()
+
+    def use_facts(self, facts: ImageFacts) -> None:
+        self.facts = facts
+        if facts.integrity_code:
+            self.query_one("#checksums-box").border_title = checks_title(facts.integrity_code)
+        if facts.description and self.latest is None:
+            self.query_one("#phase", Static).update(Text(f"Starting: {esc(facts.description)}"))
 
     # -- engine side (worker thread) -------------------------------------
     def on_progress(self, p: Progress) -> None:
@@ -190,6 +238,10 @@ class JobScreen(StepScreen):
     def run_job(self) -> None:
         report: Any = None
         error: BaseException | None = None
+        if self.kind != "capture":
+            # measured, as the restore counts it; a size measured here is remembered, so the
+            # restore does not decompress the stream a second time to count it
+            self.app.call_from_thread(self.use_facts, image_facts(self.image_dir))
         try:
             report = self.job(
                 session=self.session, progress=self.on_progress, cancel=self.cancel_event
@@ -262,8 +314,11 @@ class JobScreen(StepScreen):
         ph = self.query_one("#bar-phase", BlockBar)
         ph.fraction = p.phase_bytes_done / p.phase_bytes_total if p.phase_bytes_total else 0.0
         ph.label = p.phase[:6]
+        of = human_size(p.bytes_total)
+        if self.facts.size_is_estimate:  # not for a measured image (a restore measures it)
+            of = f"about {of} (estimated)"
         self.query_one("#numbers", Static).update(
-            f"{human_size(p.bytes_done)} of {human_size(p.bytes_total)}   "
+            f"{human_size(p.bytes_done)} of {of}   "
             f"elapsed {human_duration(p.elapsed)}   ETA {human_duration(p.eta) if not self.finished else '00:00'}"
         )
         self.query_one("#rate-now", BigNumber).value = f"{p.rate_now / 1e6:.1f}"
@@ -271,7 +326,9 @@ class JobScreen(StepScreen):
         self.query_one(ThroughputGraph).set_samples(self.samples)
         width = self.query_one("#checksums-box").size.width - 2
         self.query_one("#checksums", Static).update(
-            checksum_text(p, self.roots, self.mismatch, width)
+            checksum_text(
+                p, self.facts.roots, self.mismatch, width, integrity=self.facts.integrity_code
+            )
         )
 
     def _alarm_text(self) -> Text:
