@@ -244,20 +244,21 @@ def test_find_filesystem_by_label(loops) -> None:  # type: ignore[no-untyped-def
 
 
 def _image_medium(loops, tmp_path: Path, label: str, *, with_image_of=None):  # type: ignore[no-untyped-def]
-    """A loop disk with an ext4 filesystem `label` holding /images/demo (captured from
-    `with_image_of` if given, else an empty folder); unmounted again afterwards."""
+    """A loop disk with an ext4 filesystem `label` holding the image /images/demo (captured
+    from `with_image_of` if given, else from an 8 MiB file of zeros: an image all the same,
+    for tests that end before it is read); unmounted again afterwards."""
+    from rescueui.core.capture import capture
+
     medium = loops.create(96)
     mkfs_ext4(medium.path, label)
     mnt = tmp_path / "fill"
     medium.mount(None, mnt)
     (mnt / "images").mkdir()
-    if with_image_of is not None:
-        from rescueui.core.capture import capture
-
-        report = capture(with_image_of, mnt / "images" / "demo")
-        assert report.outcome == "success", report.error
-    else:
-        (mnt / "images" / "demo").mkdir()
+    if with_image_of is None:
+        with_image_of = tmp_path / "zeros.raw"
+        with_image_of.write_bytes(bytes(8 * MiB))
+    report = capture(with_image_of, mnt / "images" / "demo")
+    assert report.outcome == "success", report.error
     medium.umount_all()
     subprocess.run(["udevadm", "settle"], check=False)
     return medium
@@ -524,3 +525,121 @@ def test_a_target_pinned_by_size_only_is_refused_in_plain_words() -> None:
 
     with pytest.raises(UnattendedError, match="names no disk"):
         parse_target("size:134217728")
+
+
+# ------------------------------------------------------------------ image files (any kind)
+
+
+def _medium_dir(tmp_path: Path) -> un.ImageMedium:
+    """A folder standing in for a mounted image filesystem, with images of several kinds."""
+    from tests.test_image_discovery import raw_disk, run
+
+    root = tmp_path / "medium"
+    images = root / "images"
+    images.mkdir(parents=True)
+    disk = raw_disk(tmp_path / "disk.raw")
+    run("qemu-img", "convert", "-O", "qcow2", disk, images / "vm01.qcow2")
+    run("cp", "--sparse=always", disk, images / "web01.img")
+    cz = images / "cz-2026"
+    cz.mkdir()
+    (cz / "parts").write_text("sda1\n")
+    (root / "empty").mkdir()
+    (root / "outside-link").symlink_to(tmp_path / "disk.raw")
+    (images / "inner-link.img").symlink_to(images / "web01.img")
+    return un.ImageMedium(device="/dev/RUITEST", mountpoint=root, mounted_here=False)
+
+
+def test_image_path_names_a_file_or_an_image_folder_on_the_medium(tmp_path: Path) -> None:
+    medium = _medium_dir(tmp_path)
+    root = medium.mountpoint
+    assert un.image_dir_in(medium, "/images/vm01.qcow2") == (root / "images/vm01.qcow2").resolve()
+    assert un.image_dir_in(medium, "/images/web01.img") == (root / "images/web01.img").resolve()
+    assert un.image_dir_in(medium, "/images/cz-2026") == (root / "images/cz-2026").resolve()
+    # a symlink that stays on the medium is what it points at
+    assert un.image_dir_in(medium, "/images/inner-link.img").name == "web01.img"
+    assert un.image_kind_words(root / "images/vm01.qcow2") == "qcow2"
+    assert un.image_home(root / "images/vm01.qcow2") == (root / "images")
+    assert un.image_home(root / "images/cz-2026") == (root / "images/cz-2026")
+
+
+@pytest.mark.parametrize(
+    ("path", "words"),
+    [
+        ("/empty", r"/empty on /dev/RUITEST is not an image: .*no manifest\.json"),
+        ("/images/nope.qcow2", r"Image /images/nope\.qcow2 not found on /dev/RUITEST"),
+        ("/outside-link", r"leads outside /dev/RUITEST"),
+    ],
+)
+def test_image_path_that_is_no_image_is_refused_naming_what_is_there(
+    tmp_path: Path, path: str, words: str
+) -> None:
+    medium = _medium_dir(tmp_path)
+    with pytest.raises(UnattendedError, match=words) as err:
+        un.image_dir_in(medium, path)
+    text = str(err.value)
+    assert "Nothing was written" in text
+    if "outside" not in text:  # the hint lists the images the medium holds, with their kind
+        assert "/images/vm01.qcow2 (qcow2)" in text and "/images/web01.img (raw)" in text
+        assert "/images/cz-2026 (clonezilla)" in text
+        assert "inner-link" not in text  # symlinks are not listed
+
+
+def _file_medium(loops, tmp_path: Path, label: str, files: dict[str, Path]):  # type: ignore[no-untyped-def]
+    """A loop disk with an ext4 filesystem `label` holding /images/<name> for each file."""
+    medium = loops.create(96)
+    mkfs_ext4(medium.path, label)
+    mnt = tmp_path / "fill"
+    medium.mount(None, mnt)
+    (mnt / "images").mkdir()
+    for name, src in files.items():
+        subprocess.run(["cp", "--sparse=always", str(src), str(mnt / "images" / name)], check=True)
+    medium.umount_all()
+    subprocess.run(["udevadm", "settle"], check=False)
+    return medium
+
+
+@pytest.mark.root
+@pytest.mark.udev
+@pytest.mark.parametrize(
+    ("name", "kind"), [("vm01.qcow2", "qcow2"), ("db01.img.zst", "raw, zstd-compressed")]
+)
+def test_unattended_restore_of_an_image_file(  # type: ignore[no-untyped-def]
+    loops, run_dirs: Path, tmp_path: Path, name: str, kind: str
+) -> None:
+    """rescueui.image= names a VM disk or a compressed raw image file: restored byte for byte,
+    the console says which kind, the report lies next to the file."""
+    from tests.test_image_discovery import raw_disk, run
+
+    disk = raw_disk(tmp_path / "disk.raw")
+    image = tmp_path / name
+    if name.endswith(".qcow2"):
+        run("qemu-img", "convert", "-O", "qcow2", disk, image)
+    else:
+        run("zstd", "-q", "-c", stdin=disk, stdout=image)  # no content size: measured
+    label = "RUI" + secrets.token_hex(4).upper()
+    medium = _file_medium(loops, tmp_path, label, {name: image})
+    target = loops.create(16, fill="random")
+    lines: list[str] = []
+    opts = parse_cmdline(
+        f"rescueui.unattended=1 rescueui.image={label}:/images/{name} "
+        f"rescueui.target=path:{target.path},size:{16 * MiB} rescueui.wait=5"
+    )
+    result = un.run_unattended(opts, lines.append, progress_interval=0.0)
+    log = "\n".join(lines)
+    assert result.outcome == "success", log
+    assert any(line.startswith("image: ") and line.endswith(f"({kind})") for line in lines), log
+    assert any(line.startswith("restoring ") and name in line for line in lines), log
+    assert f"(image kind: {kind})" in result.message, log
+    assert any(line.startswith("source checks: the image carries no checksums") for line in lines)
+    assert _sha(target.backing) == _sha(disk)
+    # the report lies next to the image file: <folder>/reports
+    mnt = tmp_path / "check"
+    medium.mount(None, mnt, options="ro")
+    try:
+        reports = sorted((mnt / "images" / "reports").glob("restore-*.json"))
+        assert reports, log
+        data = json.loads(reports[-1].read_text())
+        assert data["outcome"] == "success"
+        assert json.dumps(data).count(name) >= 1
+    finally:
+        medium.umount_all()

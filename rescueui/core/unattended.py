@@ -7,9 +7,11 @@ no questions. Options (all on the kernel command line, ``/proc/cmdline``):
 ``rescueui.unattended=1``
     Required. Without it nothing here runs.
 ``rescueui.image=LABEL:/path/to/image``
-    The image folder, by the label of the filesystem holding it and the path inside that
-    filesystem (``UUID=<fs uuid>:/path`` also works). The filesystem is mounted read-only
-    unless it is already mounted.
+    The image, by the label of the filesystem holding it and the path inside that
+    filesystem (``UUID=<fs uuid>:/path`` also works): an image folder (ours, or a
+    Clonezilla folder) or an image file (a VM disk: qcow2, vmdk, vhdx, vdi, vhd; a raw disk
+    image, also gzip/xz/zstd/bzip2-compressed). The filesystem is mounted read-only unless
+    it is already mounted; the path must stay inside it.
 ``rescueui.target=KEY:VALUE[,KEY:VALUE...]``
     The target disk, pinned by identity; every key given must match. Keys: ``serial``,
     ``wwn``, ``path`` (e.g. ``/dev/vdc`` or ``/dev/disk/by-id/...``), ``size`` (bytes).
@@ -549,23 +551,78 @@ def mount_image_medium(device: str, mountpoints: list[str], name: str) -> ImageM
 
 
 def image_dir_in(medium: ImageMedium, path: str) -> Path:
+    """The image ``path`` names on the medium: an image folder (ours, Clonezilla) or an image
+    file, after symlinks are resolved still inside the medium. Anything else is refused
+    with what the medium holds."""
+    from rescueui.core.errors import ImageError
+    from rescueui.core.images import detect_kind
+
     try:
-        image_dir = (medium.mountpoint / path.lstrip("/")).resolve()
-        if medium.mountpoint.resolve() not in (image_dir, *image_dir.parents):
-            raise UnattendedError(f"Image path {path} leads outside {medium.device}.")
-        found = image_dir.is_dir()
+        root = medium.mountpoint.resolve()
+        image = (medium.mountpoint / path.lstrip("/")).resolve()
+        if root not in (image, *image.parents):
+            raise UnattendedError(
+                f"Image path {path} leads outside {medium.device}.",
+                hint="Name an image on that filesystem. Nothing was written.",
+            )
+        exists = image.exists()
     except OSError as exc:  # e.g. a name longer than the filesystem allows
         raise UnattendedError(
-            f"Image folder {path} cannot be looked up on {medium.device}: {exc.strerror}.",
+            f"Image {path} cannot be looked up on {medium.device}: {exc.strerror}.",
             hint="Check the rescueui.image option. Nothing was written.",
         ) from exc
-    if not found:
+    if not exists:
         raise UnattendedError(
-            f"Image folder {path} not found on {medium.device}.",
-            hint=f"The filesystem holds: {', '.join(sorted(os.listdir(medium.mountpoint))[:20])}."
-            " Nothing was written.",
+            f"Image {path} not found on {medium.device}.",
+            hint=f"{_what_is_there(medium)} Nothing was written.",
         )
-    return image_dir
+    try:
+        detect_kind(image)  # an image folder, or a regular file (its kind by content)
+    except ImageError as exc:
+        raise UnattendedError(
+            f"{path} on {medium.device} is not an image: {exc.message}",
+            hint=f"{_what_is_there(medium)} Nothing was written.",
+        ) from exc
+    return image
+
+
+def _what_is_there(medium: ImageMedium, limit: int = 20) -> str:
+    """The images found on the medium (path inside it and kind), else its top folder."""
+    from rescueui.core.session import MAX_SEARCH_DEPTH, _walk_candidates
+
+    found: list[str] = []
+    try:
+        for cand in _walk_candidates(medium.mountpoint, MAX_SEARCH_DEPTH):
+            found.append(f"/{cand.path.relative_to(medium.mountpoint)} ({cand.kind})")
+            if len(found) > limit:
+                break
+    except (OSError, ValueError):
+        found = []
+    if found:
+        more = ", ..." if len(found) > limit else ""
+        return f"Images on it: {', '.join(found[:limit])}{more}."
+    try:
+        names = sorted(os.listdir(medium.mountpoint))[:limit]
+    except OSError:
+        names = []
+    return f"No image found on it; the filesystem holds: {', '.join(names) or 'nothing'}."
+
+
+def image_home(image: Path) -> Path:
+    """The folder the engine's reports go to: the image folder, or the folder of an image
+    file (``<folder>/reports``)."""
+    return image if image.is_dir() else image.parent
+
+
+def image_kind_words(image: Path) -> str:
+    """What kind of image ``image`` is, by content, for the console ("qcow2", "raw, zstd")."""
+    from rescueui.core.images import detect_kind
+
+    try:
+        found = detect_kind(image)
+    except RescueError:
+        return "unknown kind"
+    return f"{found.kind}, {found.compression}-compressed" if found.compression else found.kind
 
 
 # ------------------------------------------------------------------------ the run
@@ -622,7 +679,7 @@ def _report_dir(image_dir: Path, medium: ImageMedium | None, say: Say) -> Path:
     """Where the report goes: ``<image>/reports`` (the engine's place) if the image medium can
     be made writable, else /run/rescueui/reports (lost at power-off: the console says so)."""
     if medium is not None and medium.make_writable():
-        return image_dir / "reports"
+        return image_home(image_dir) / "reports"
     for note in medium.notes if medium is not None else []:
         say(note)
     return FALLBACK_REPORT_DIR
@@ -735,7 +792,7 @@ def run_unattended(
     image_dir = Path(opts.image_path or "/")
     try:
         with _medium_for(opts, say) as (medium, image_dir):
-            say(f"image folder: {image_dir}")
+            say(f"image: {image_dir} ({image_kind_words(image_dir)})")
             try:
                 disk = wait_for(
                     f"the target ({pin.describe()})",
@@ -812,7 +869,11 @@ def _plan_and_restore(
 ) -> UnattendedResult:
     from rescueui.core import restore as restore_mod
 
-    say("pre-flight ...")
+    kind = image_kind_words(image_dir)
+    if kind.endswith("-compressed") and "xz" not in kind:  # xz records its size
+        say("pre-flight ... (a compressed stream without a recorded size is measured first)")
+    else:
+        say("pre-flight ...")
     plan = restore_mod.plan_restore(
         image_dir,
         confirmed,
@@ -844,9 +905,11 @@ def _plan_and_restore(
             hint="Nothing was written.",
         )
     say(
-        f"restoring {image_dir} to {confirmed.identity.describe()} "
+        f"restoring {image_dir} ({plan.image.describe()}) to {confirmed.identity.describe()} "
         f"(verify {'on' if opts.verify else 'off'})"
     )
+    if not plan.image.integrity.checked_at_source:
+        say(f"source checks: {plan.image.integrity.words}")
     printer = ProgressPrinter(say, progress_interval)
     started = time.monotonic()
     try:
@@ -860,7 +923,7 @@ def _plan_and_restore(
             raise
     elapsed = time.monotonic() - started
     try:
-        return _restore_result(opts, image_dir, medium, report, elapsed, say)
+        return _restore_result(opts, image_dir, medium, report, elapsed, say, kind=kind)
     except Exception as exc:  # the restore ran: never "nothing written" from here on
         msg = (
             f"restore {getattr(report, 'outcome', 'failed')}, but reporting it failed: "
@@ -879,8 +942,11 @@ def _restore_result(
     report: Any,
     elapsed: float,
     say: Say,
+    *,
+    kind: str = "",
 ) -> UnattendedResult:
-    """Say how the restore ended, put its report next to the image, name the report files."""
+    """Say how the restore ended (and from which kind of image), put its report next to the
+    image, name the report files."""
     outcome = getattr(report, "outcome", "failed")
     error = getattr(report, "error", None)
     for w in getattr(report, "warnings", []) or []:
@@ -888,18 +954,22 @@ def _restore_result(
     # The engine writes its report to <image>/reports; the image medium is mounted read-only
     # during the restore, so that went to a fallback folder: write it next to the image now.
     written = [Path(p) for p in getattr(report, "report_files", []) or []]
-    if not any(image_dir in p.parents for p in written):
+    if not any(image_home(image_dir) in p.parents for p in written):
         report_dir = _report_dir(image_dir, medium, say)
         report.notes = [n for n in report.notes if not n.startswith("Report could not be written")]
         written = [Path(p) for p in report.write(report_dir)]
         os.sync()
     existing = [p for p in written if p.exists()][-2:]
     _say_reports(existing, say)
+    of_kind = f" (image kind: {kind})" if kind else ""
     if outcome == "success":
-        msg = f"restore finished and {'verified' if opts.verify else 'NOT verified'} in {human_duration(elapsed)}"
+        msg = (
+            f"restore finished and {'verified' if opts.verify else 'NOT verified'} in "
+            f"{human_duration(elapsed)}{of_kind}"
+        )
         say(msg)
         return UnattendedResult("success", msg, existing, written=True)
-    msg = f"restore {outcome}: {error or 'see the report'}"
+    msg = f"restore {outcome}: {error or 'see the report'}{of_kind}"
     say(msg)
     return UnattendedResult(
         outcome if outcome in ("failed", "cancelled") else "failed", msg, existing, written=True
