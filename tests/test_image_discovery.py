@@ -88,8 +88,11 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (cz / "disk").write_text("sda\n")
     (cz / "parts").write_text("sda1 sda2\n")
     shutil.copy(disk, cz / "inside.img")
-    # our own folder, captured from the raw disk
-    capture_to(disk, root / "ours" / "server-a")
+    # our own folder, captured from the raw disk (module scope: the per-test private writer
+    # lock is not set up yet, so this capture gets its own, never the machine's)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RESCUEUI_LOCK", str(work / "rescueui.lock"))
+        capture_to(disk, root / "ours" / "server-a")
     # too deep: root/a/b/c/deep.img is four levels down
     deep = root / "a" / "b" / "c"
     deep.mkdir(parents=True)
