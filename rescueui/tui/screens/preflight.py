@@ -70,7 +70,13 @@ class PreflightScreen(StepScreen):
             )
         yield Static(Text(what), id="hint")
         with FindingsBox(id="findings-box"):
-            yield Static("Checking...", id="findings")
+            checking = "Checking..."
+            if getattr(img, "size_is_estimate", False):  # the pre-flight compares exact sizes
+                checking = (
+                    "Checking... (first measuring the image: its compressed stream records no "
+                    "size, so it is decompressed once)"
+                )
+            yield Static(checking, id="findings")
         yield Static("", id="verdict")
         yield Footer()
 
