@@ -26,6 +26,7 @@ multi-disk images, partclone format 0001, ntfsclone and partimage streams.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 import re
@@ -173,6 +174,26 @@ class _Volumes:
 
     def tell(self) -> int:
         return self.pos
+
+    def pread(self, n: int, offset: int) -> bytes:
+        """Up to ``n`` bytes at ``offset`` of the joined volumes (short only at the end)."""
+        out = []
+        i, off = 0, offset
+        while i < len(self.sizes) and off >= self.sizes[i]:
+            off -= self.sizes[i]
+            i += 1
+        while n > 0 and i < len(self.names):
+            fd = open_regular(self.folder / self.names[i], what="Clonezilla image volume")
+            try:
+                b = os.pread(fd, min(n, self.sizes[i] - off), off)
+            finally:
+                os.close(fd)
+            if not b:
+                break
+            out.append(b)
+            n -= len(b)
+            i, off = i + 1, 0
+        return b"".join(out)
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -718,6 +739,38 @@ def _sniff_compression(folder: Path, ps: PartitionStream) -> None:
     ps.compression = found
 
 
+def _check_complete(folder: Path, ps: PartitionStream) -> None:
+    """Before anything is written: a stream whose length is known without decompressing it
+    must have that length. Uncompressed partclone images: header, bitmap, blocks and
+    checksums add up; zstd: every frame and block header is walked across the volumes (a
+    truncated stream ends inside a block) and, where the frames record their sizes, the
+    total must be the image's. Other compressions are checked as they are read."""
+    where = folder / ps.label
+    expected = ps.header.stream_bytes if ps.header is not None else ps.size or None
+    if ps.compression == "none":
+        if expected is not None and ps.stored_bytes != expected:
+            raise CorruptImageError(
+                f"The partition image {where} holds {ps.stored_bytes} bytes; its header "
+                f"makes {expected}: it is {'truncated' if ps.stored_bytes < expected else 'longer'}"
+                " (a volume missing or cut short?).",
+                hint=_RETRY,
+            )
+        return
+    if ps.compression != "zstd":
+        return
+    from rescueui.core.images.raw import _memory_limit, zstd_layout
+
+    vols = _Volumes(folder, ps.volumes, ps.sizes)
+    layout = zstd_layout(-1, vols.total, where, _memory_limit(), pread=vols.pread)
+    if layout.content_size is not None and expected is not None:
+        if layout.content_size != expected:
+            raise CorruptImageError(
+                f"The partition image {where} decompresses to {layout.content_size} bytes; "
+                f"its partclone header makes {expected}.",
+                hint=_RETRY,
+            )
+
+
 def _read_stream_head(folder: Path, ps: PartitionStream) -> None:
     where = f"the partition image {folder / ps.label}"
     src = ps.open_bytes(folder)
@@ -904,12 +957,7 @@ def _host(folder: _Folder, warnings: list[str]) -> dict[str, Any]:
         host["firmware"] = "uefi"
     if sources:
         host["source"] = f"Clonezilla {', '.join(sources)}"
-    elif not host:
-        warnings.append(
-            "The folder holds no Info-dmi.txt/Info-lshw.txt/Info-lspci.txt: the source "
-            "machine is unknown to the pre-flight."
-        )
-    return host
+    return host  # none of them: the pre-flight says what it could not compare
 
 
 # --------------------------------------------------------------------------- the image
@@ -994,10 +1042,21 @@ class ClonezillaImage(ForeignImage):
             table = cls._build_table(folder, disk, dump, size, sector, memfd, sfdisk, warnings)
             notes: list[str] = []
             areas = cls._areas_for(folder, p, disk, table, streams, size, memfd, warnings, notes)
+            for ps in streams:
+                _check_complete(p, ps)
             host = _host(folder, warnings)
             identity = cls._identity(folder)
             fs_types = {s.number: (None if s.fs == "dd" else s.fs, None) for s in streams}
+            saved = folder.files.get("clonezilla-img") or folder.files.get("parts")
+            created = (
+                datetime.datetime.fromtimestamp(saved.st_mtime, datetime.UTC).isoformat(
+                    timespec="seconds"
+                )
+                if saved is not None
+                else ""
+            )
             manifest = foreign_manifest(
+                created=created,
                 virtual_size=size,
                 sector_size=sector,
                 partition_table=table,

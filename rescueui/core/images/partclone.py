@@ -84,6 +84,17 @@ class PartcloneHeader:
     def used_bytes(self) -> int:
         return self.used_in_bitmap * self.block_size
 
+    @property
+    def stream_bytes(self) -> int:
+        """The length of the whole image: header, bitmap and its CRC, blocks, checksums."""
+        n = HEADER_SIZE + self.used_bytes
+        if self.bitmap_mode != BM_NONE:
+            n += self.bitmap_bytes + 4
+        if self.checksum_mode != CSM_NONE:
+            strips = -(-self.used_in_bitmap // self.blocks_per_checksum)
+            n += strips * self.checksum_size
+        return n
+
 
 def partclone_crc32(data: Any, crc: int = 0xFFFFFFFF) -> int:
     """partclone's CRC32: the reflected 0xEDB88320 table, seed 0xFFFFFFFF, no final XOR

@@ -191,19 +191,26 @@ class _Cursor:
 
     WINDOW = 4096
 
-    def __init__(self, fd: int, size: int, pos: int = 0) -> None:
+    def __init__(
+        self,
+        fd: int,
+        size: int,
+        pos: int = 0,
+        pread: Callable[[int, int], bytes] | None = None,
+    ) -> None:
         self.fd = fd
         self.size = size
         self.pos = pos
         self._buf = b""
         self._at = 0
+        self._pread = pread or (lambda n, off: _pread_exact(self.fd, n, off))
 
     def take(self, n: int) -> bytes:
         if self.pos + n > self.size:
             raise _Short(self.pos)
         off = self.pos - self._at
         if not (0 <= off and off + n <= len(self._buf)):
-            self._buf = _pread_exact(self.fd, max(n, self.WINDOW), self.pos)
+            self._buf = self._pread(max(n, self.WINDOW), self.pos)
             self._at = self.pos
             off = 0
             if len(self._buf) < n:
@@ -224,11 +231,18 @@ class _ZstdLayout:
     window: int = 0
 
 
-def zstd_layout(fd: int, size: int, path: Path, window_limit: int) -> _ZstdLayout:
+def zstd_layout(
+    fd: int,
+    size: int,
+    path: Path,
+    window_limit: int,
+    pread: Callable[[int, int], bytes] | None = None,
+) -> _ZstdLayout:
     """Walk the frames and block headers of a zstd file (as ``zstd -l`` does): the sum of the
     frames' content sizes (None if a frame has none), and proof that the file is complete
-    (a truncated file ends inside a block). Raises CorruptImageError / UnsupportedImageError."""
-    cur = _Cursor(fd, size)
+    (a truncated file ends inside a block). Raises CorruptImageError / UnsupportedImageError.
+    ``pread(n, offset)`` reads instead of ``fd`` (the volumes of a split stream)."""
+    cur = _Cursor(fd, size, pread=pread)
     out = _ZstdLayout()
     try:
         while cur.pos < size:
