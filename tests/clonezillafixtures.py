@@ -150,8 +150,15 @@ def save_disk(
             f"count={first - 1} status=none"
         )
     saved = []
+    blkid = []
     for n, (start, length, fs) in sorted(src.parts.items()):
         name = f"{dev}{sep}{n}"
+        found = run("blkid", "-p", "-o", "export", "-O", str(start), disk)
+        attrs = dict(x.split("=", 1) for x in found.splitlines() if "=" in x)
+        blkid.append(
+            f"/dev/{name}: "
+            + " ".join(f'{k}="{attrs[k]}"' for k in ("LABEL", "UUID", "TYPE") if k in attrs)
+        )
         if fs == "swap":
             uuid = run("blkid", "-p", "-o", "value", "-s", "UUID", "-O", str(start), disk).strip()
             (folder / f"swappt-{name}.info").write_text(f'UUID="{uuid}"\nLABEL="swap0"\n')
@@ -173,6 +180,7 @@ def save_disk(
         else:
             _sh(f"{clone} | {compressor} > {prefix}", cwd=folder)
         part.unlink()
+    (folder / "blkid.list").write_text("\n".join(blkid) + "\n")  # ocs-sr: blkid | sort -V
     (folder / "disk").write_text(f"{dev}\n")
     (folder / "parts").write_text(" ".join(saved) + "\n")
     (folder / "clonezilla-img").write_text("This is a Clonezilla image.\n")

@@ -266,6 +266,13 @@ def test_folder_is_read_as_one_disk(gpt_folder: Path, gpt_src: Any, tmp_path: Pa
         assert img.manifest.host["dmi_product"] == "PowerEdge R640"
         assert len(img.manifest.host["nics"]) == 2
         assert [s.partition_number for s in img.streams] == [1, 2, 3, 4]
+        # from blkid.list (p1 was saved as dd, p4 is swap) and the stream names
+        assert [(s.fs_type, s.label) for s in img.streams] == [
+            ("vfat", "ESP"),
+            ("ext4", "rootfs"),
+            ("xfs", "data"),
+            ("swap", "swap0"),
+        ]
         _read_disk(img, out)
     src = gpt_src.path
     assert _sha(out, 0, MiB) == _sha(src, 0, MiB)  # boot code, both GPT headers/entries

@@ -879,6 +879,28 @@ def _swap_info(folder: _Folder, part: str) -> tuple[str | None, str | None] | No
     return u, lab
 
 
+def _blkid_list(folder: _Folder, disk: str) -> dict[int, tuple[str | None, str | None]]:
+    """Filesystem type and label of each partition of ``disk`` from ``blkid.list`` (what
+    ``blkid`` printed on the source machine while it was saved)."""
+    out: dict[int, tuple[str | None, str | None]] = {}
+    text = folder.text("blkid.list", 1 * MiB) or ""
+    for line in text.splitlines():
+        m = re.match(r"^/dev/(\S+?): (.*)$", line)
+        if not m:
+            continue
+        n = re.fullmatch(re.escape(disk) + r"p?([0-9]{1,3})", m.group(1))
+        if not n:
+            continue
+        attrs = dict(re.findall(r'\b([A-Z_]+)="([^"]*)"', m.group(2)))
+        fs = attrs.get("TYPE")
+        label = attrs.get("LABEL")
+        out[int(n.group(1))] = (
+            safe_text(fs)[:16] if fs and re.fullmatch(r"[a-z0-9_]{1,16}", fs) else None,
+            safe_text(label)[:64] if label else None,
+        )
+    return out
+
+
 # --------------------------------------------------------------------------- source machine
 
 
@@ -1046,7 +1068,10 @@ class ClonezillaImage(ForeignImage):
                 _check_complete(p, ps)
             host = _host(folder, warnings)
             identity = cls._identity(folder)
-            fs_types = {s.number: (None if s.fs == "dd" else s.fs, None) for s in streams}
+            fs_types = _blkid_list(folder, disk)
+            for s in streams:  # the stream's name says what partclone read it as
+                if s.fs != "dd":
+                    fs_types[s.number] = (s.fs, fs_types.get(s.number, (None, None))[1])
             saved = folder.files.get("clonezilla-img") or folder.files.get("parts")
             created = (
                 datetime.datetime.fromtimestamp(saved.st_mtime, datetime.UTC).isoformat(
