@@ -14,6 +14,7 @@ import os
 import shutil
 import struct
 import subprocess
+import threading
 import zlib
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,13 @@ pytestmark = pytest.mark.skipif(
 
 
 def run(*cmd: str | Path, **kw: Any) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([str(c) for c in cmd], check=True, capture_output=True, **kw)
+    proc = subprocess.run([str(c) for c in cmd], capture_output=True, **kw)
+    if proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(map(str, cmd))} failed ({proc.returncode}): "
+            f"{proc.stderr.decode(errors='replace')[-1500:]}"
+        )
+    return proc
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +112,15 @@ def _read_disk(img: Any, out: Path) -> None:
     dec.close()
 
 
+def partclone_restore(image: Path, out: Path, size: int) -> None:
+    """``partclone.restore`` into a new zero-filled (sparse) file of the partition's size
+    (it does not always create its output file itself)."""
+    with open(out, "wb") as f:
+        f.truncate(size)
+    run("partclone.restore", "-q", "-C", "-s", image, "-O", out)
+    os.truncate(out, size)
+
+
 def _sha(path: Path, start: int = 0, size: int | None = None) -> str:
     with open(path, "rb") as f:
         f.seek(start)
@@ -129,8 +145,7 @@ def test_reader_is_byte_identical_to_partclone_restore(
     image = tmp_path / "p.ptcl"
     run(f"partclone.{fs}", "-q", "-c", *opts, "-s", part, "-o", image)
     want = tmp_path / "want"
-    run("partclone.restore", "-q", "-C", "-s", image, "-o", want)
-    os.truncate(want, size)
+    partclone_restore(image, want, size)
     with open(image, "rb") as f:
         h = partclone.parse_header(f.read(partclone.HEADER_SIZE), "p.ptcl")
         bits = partclone.read_bitmap(f, h, "p.ptcl")  # type: ignore[arg-type]
@@ -183,8 +198,7 @@ def test_xxh128_strips_are_checked(gpt_src: Any, tmp_path: Path) -> None:
     run("partclone.ext4", "-q", "-c", "-a", "1", "-s", part, "-o", crc)
     data = _to_xxh128(crc.read_bytes())
     want = tmp_path / "want"
-    run("partclone.restore", "-q", "-C", "-s", crc, "-o", want)
-    os.truncate(want, size)
+    partclone_restore(crc, want, size)
 
     def read(blob: bytes) -> bytes:
         import io
@@ -294,8 +308,7 @@ def test_folder_is_read_as_one_disk(gpt_folder: Path, gpt_src: Any, tmp_path: Pa
                 check=True,
                 stdout=out_f,
             )
-        run("partclone.restore", "-q", "-C", "-s", stream, "-o", want)
-        os.truncate(want, size)
+        partclone_restore(stream, want, size)
         assert _sha(out, start, size) == _sha(want)
 
 
@@ -524,3 +537,57 @@ def test_one_partition_onto_an_existing_partition(
     start = gpt_src.parts[3][0]
     want = run("blkid", "-p", "-o", "value", "-s", "UUID", "-O", str(start), gpt_src.path)
     assert run("blkid", "-p", "-o", "value", "-s", "UUID", part).stdout == want.stdout
+
+
+def test_an_interrupted_restore_resumes(
+    gpt_folder: Path, gpt_src: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled mid-way, then resumed: the streams are read again up to the checkpoint
+    (their BLAKE3 learnt), the target compared, the streams rewound, the rest written."""
+    import json
+
+    from rescueui.core.errors import CancelledError
+    from rescueui.core.identity import confirm_target, confirmation_code, identity_of
+    from rescueui.core.restore import plan_restore, restore
+    from rescueui.core.target import TargetHandle
+
+    folder = _copy(gpt_folder, tmp_path)
+    target = tmp_path / "target.img"
+    with open(target, "wb") as f:
+        f.write(os.urandom(gpt_src.size))
+    code = confirmation_code(identity_of(target))
+    plan = plan_restore(folder, confirm_target(target, code), accept_warnings=True, grow=False)
+    plan.checkpoint_bytes = 4 * MiB
+    stop = threading.Event()
+
+    def progress(p: Any) -> None:
+        if p.phase == "write" and p.bytes_done >= 0.3 * p.bytes_total:
+            stop.set()
+
+    with pytest.raises(CancelledError):
+        restore(plan, progress=progress, cancel=stop)
+    journal = next(folder.glob("restore-journal-*.json"))
+    durable = json.loads(journal.read_text())["durable_bytes"]
+    assert durable > 20 * MiB  # into the ext4 stream at least
+    offsets: list[int] = []
+    real = TargetHandle.pwrite
+
+    def spy(self: TargetHandle, view: memoryview, offset: int) -> None:
+        offsets.append(offset)
+        real(self, view, offset)
+
+    monkeypatch.setattr(TargetHandle, "pwrite", spy)
+    code = confirmation_code(identity_of(target))
+    plan = plan_restore(
+        folder, confirm_target(target, code), resume=True, accept_warnings=True, grow=False
+    )
+    report = restore(plan)
+    assert report.outcome == "success", report.error
+    assert any("Resumed an interrupted restore" in n for n in report.notes)
+    assert offsets and min(offsets) >= durable
+    for n in (2, 3):
+        start, size, _ = gpt_src.parts[n]
+        run("dd", f"if={target}", f"of={tmp_path / 'p'}", "bs=1M", f"skip={start // MiB}",
+            f"count={size // MiB}", "status=none")  # fmt: skip
+        fsck = ["e2fsck", "-fn"] if n == 2 else ["xfs_repair", "-n", "-f"]
+        run(*fsck, tmp_path / "p")

@@ -304,3 +304,59 @@ def test_resume_with_a_damaged_journal_starts_again_and_says_why(
     assert any(str(journals[0].name) in w and "beginning" in w for w in report.warnings)
     assert min(offsets) == 0  # everything written again
     assert target.read_bytes() == random_image["source"].read_bytes()
+
+
+# ------------------------------------------------------------------ other kinds of image
+
+
+@pytest.mark.parametrize("kind", ["qcow2", "raw.zst"])
+def test_a_foreign_image_resumes_too(
+    kind: str, random_image: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A VM disk (random access) and a compressed raw image (read in order): the pieces
+    before the checkpoint are read from the image again for their BLAKE3, the target is
+    compared with them, and the writes go on from the checkpoint."""
+    folder = tmp_path / "vm"
+    folder.mkdir()
+    src = random_image["source"]
+    if kind == "qcow2":
+        image = folder / "disk.qcow2"
+        run(["qemu-img", "convert", "-O", "qcow2", str(src), str(image)])
+    else:
+        image = folder / "disk.img.zst"
+        run(["zstd", "-q", "-3", "-o", str(image), str(src)])
+    target = tmp_path / "target.img"
+    target.write_bytes(os.urandom(48 * MiB))
+    plan = plan_restore(image, confirm_target(target, target.name), accept_warnings=True)
+    plan.checkpoint_bytes = 4 * MiB
+    stopper = CancelAt(0.2)
+    with pytest.raises(CancelledError):
+        restore(plan, progress=stopper, cancel=stopper.event)
+    journals = list(folder.glob("restore-journal-*.json"))
+    assert len(journals) == 1
+    durable = json.loads(journals[0].read_text())["durable_bytes"]
+    assert 4 * MiB <= durable < 48 * MiB
+    # what the interrupted run wrote is damaged in one place: it is found and written again
+    with open(target, "r+b") as f:
+        f.seek(durable - MiB)
+        f.write(b"\xff" * 4096)
+
+    offsets: list[int] = []
+    real = TargetHandle.pwrite
+
+    def spy(self: TargetHandle, view: memoryview, offset: int) -> None:
+        offsets.append(offset)
+        real(self, view, offset)
+
+    monkeypatch.setattr(TargetHandle, "pwrite", spy)
+    plan = plan_restore(
+        image, confirm_target(target, target.name), resume=True, accept_warnings=True
+    )
+    report = restore(plan)
+    assert report.outcome == "success", report.error
+    assert any("Resumed an interrupted restore" in n for n in report.notes)
+    assert any("changed" in w for w in report.warnings)  # the damaged piece
+    assert offsets and durable - 4 * MiB <= min(offsets) < durable  # from the damaged piece
+    assert report.phases["resume-read"]["bytes"] > 0
+    assert target.read_bytes() == src.read_bytes()
+    assert not list(folder.glob("restore-journal-*.json"))

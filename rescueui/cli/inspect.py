@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         bits += [str(p[k]) for k in ("fs_type", "label") if p.get(k)]
         say("  {}", "  ".join(bits))
     say("Checksums:  {}", info["integrity_words"])
-    say("Resumable:  {}", "yes" if info["resumable"] else "no (nothing to re-check against)")
+    say("Resumable:  {}", "yes" if info["resumable"] else "no")
     machine = info["source_machine"]
     if machine:
         bits = []

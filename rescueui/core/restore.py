@@ -667,6 +667,9 @@ class _RestoreJob:
         if journal is not None and journal.segments_total == len(self.segments):
             durable = min(journal.durable_segments, len(self.segments))
             check_bytes = self.segments.bytes_before(durable)
+            if hasattr(self.segments, "record"):
+                # a foreign image keeps no hash of its pieces: read them again first
+                self._hash_source(pool, durable)
             self._set_total(self.meter.bytes_total + check_bytes)
             self.set_phase(
                 "resume-verify", check_bytes, "re-reading what the interrupted restore wrote"
@@ -734,6 +737,40 @@ class _RestoreJob:
         if self.journal is not None:
             self.report.details["journal"] = str(self.journal.path)
         return start
+
+    def _hash_source(self, pool: BufferPool, end: int) -> None:
+        """Read the image's data pieces before ``end`` once more, recording their BLAKE3 in
+        the segment table (the decoder does that), so the resume's re-verify can compare
+        the target with the image; then the image is rewound for the writes."""
+        image = self.plan.image
+        segs = self.segments
+        total = sum(segs[i].length for i in range(end) if not segs[i].zero)
+        self._set_total(self.meter.bytes_total + total)
+        self.set_phase(
+            "resume-read", total, "reading the image up to where the interrupted restore stopped"
+        )
+        decoder = image.decoder(segs)
+        buf = pool.take()
+        if buf is None:
+            raise RestoreError("No buffer free to re-read the image (internal).")
+        try:
+            for i in range(end):
+                seg = segs[i]
+                if seg.zero:
+                    continue
+                if self.cancelled():
+                    raise CancelledError(
+                        "Restore cancelled while re-reading the image.",
+                        hint="Nothing new was written. Resume the restore to go on.",
+                        action="resume",
+                    )
+                decoder.decode(seg, buf)
+                self.phases.add(seg.length)
+                self.meter.advance(seg.length, **self._chunk_fields(seg, i))
+        finally:
+            pool.give(buf)
+            decoder.close()
+        image.rewind()
 
     def _write(self, handle: Any, pool: BufferPool, start: int) -> None:
         plan = self.plan

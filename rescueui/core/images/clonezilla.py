@@ -1277,8 +1277,13 @@ class ClonezillaImage(ForeignImage):
 
     @staticmethod
     def _identity(folder: _Folder) -> str:
+        """What the folder is: the names, sizes and dates of its files — not of the files
+        rescueui itself leaves there (a restore's journal), or the journal would change
+        the identity it is bound to."""
+        from rescueui.core.journal import PREFIX as JOURNAL_PREFIX
+
         h = blake3.blake3(b"rescueui clonezilla folder v1\0")
-        for name in sorted(folder.files):
+        for name in sorted(n for n in folder.files if not n.startswith(JOURNAL_PREFIX)):
             st = folder.files[name]
             h.update(f"{name}\0{st.st_size}\0{st.st_mtime_ns}\0".encode("utf-8", "replace"))
         return h.hexdigest()
@@ -1371,6 +1376,14 @@ class ClonezillaImage(ForeignImage):
         if strips:
             words += f"; partclone's {'/'.join(strips)} block checksums all matched"
         return words + "; the table files were read by sfdisk"
+
+    def rewind(self) -> None:
+        """The partition streams are read from their beginning again (a resume)."""
+        with self._lock:
+            for r in list(self._readers.values()):
+                r.close()
+            self._readers.clear()
+            self._finished.clear()
 
     def close(self) -> None:
         for r in list(self._readers.values()):

@@ -324,7 +324,11 @@ class ForeignImage(ABC):
     kind: str = "foreign"
     integrity: Integrity = NO_SOURCE_CHECKS
     sequential: bool = False  # True: segments must be read in order (compressed streams)
-    supports_resume: bool = False  # the hashes of what was written are not kept
+    # an interrupted restore resumes: the journal binds the image's identity
+    # (``manifest.manifest_blake3``); the pieces before its checkpoint are read again to
+    # learn their BLAKE3 (a kind keeps none), the target is compared with them, and the
+    # writes go on from there (:meth:`rewind` first)
+    supports_resume: bool = True
     size_is_estimate: bool = False
 
     def __init__(self, path: Path, manifest: ForeignManifest) -> None:
@@ -347,6 +351,9 @@ class ForeignImage(ABC):
 
     def close(self) -> None:  # noqa: B027 - kinds with resources override it
         """Release what the kind holds (helper processes, mounts, descriptors)."""
+
+    def rewind(self) -> None:  # noqa: B027 - sequential kinds with state override it
+        """Read from the beginning again (a kind whose readers keep their place)."""
 
     def first_sector(self) -> bytes:
         """The disk's first 512 bytes (boot code, partition table type) for the pre-flight.
