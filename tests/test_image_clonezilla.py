@@ -274,7 +274,7 @@ def test_folder_is_read_as_one_disk(gpt_folder: Path, gpt_src: Any, tmp_path: Pa
         assert "savedisk of nvme0n1, GPT, 3 partition images" in words
         assert "swap nvme0n1p4 made anew by mkswap" in words
         assert img.integrity.code == "block-checksums"
-        assert "nvme0n1p1 carry none" in img.integrity.words  # the dd stream
+        assert "nvme0n1p1 carries none" in img.integrity.words  # the dd stream
         assert img.manifest.host["cpus"] == 32
         assert img.manifest.host["memory_bytes"] == 64 << 30
         assert img.manifest.host["dmi_product"] == "PowerEdge R640"

@@ -1029,11 +1029,12 @@ class ClonezillaImage(ForeignImage):
                 "read-back verify",
             )
         elif checked:
+            unchecked = [s.name for s in streams if s not in checked]
             self.integrity = Integrity(
                 "block-checksums",
                 f"partclone's {'/'.join(modes)} block checksums are checked for "
-                f"{', '.join(s.name for s in checked)}; "
-                f"{', '.join(s.name for s in streams if s not in checked)} carry none "
+                f"{', '.join(s.name for s in checked)}; {', '.join(unchecked)} "
+                f"{'carries' if len(unchecked) == 1 else 'carry'} none "
                 "(only the compression's own check); the BLAKE3 of every piece read is kept "
                 "for the read-back verify",
             )
