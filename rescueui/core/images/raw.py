@@ -62,6 +62,7 @@ from rescueui.core.images.source import (
     ForeignManifest,
     Integrity,
     foreign_manifest,
+    read_every_data_segment,
 )
 from rescueui.core.images.vmconfig import find_vm_config
 from rescueui.core.pipeline import Segment
@@ -1439,22 +1440,7 @@ class RawImage(ForeignImage):
         what was checked, in words; raises CorruptImageError at the first damage."""
         table = self.segment_table()
         dec = self.decoder(table)
-        buf = memoryview(bytearray(table.max_chunk()))
-        done = 0
-        total = sum(table[i].length for i in range(len(table)) if not table[i].zero)
-        for i in range(len(table)):
-            seg = table[i]
-            if seg.zero:
-                continue
-            if cancelled is not None and cancelled.is_set():
-                from rescueui.core.errors import CancelledError
-
-                raise CancelledError(f"Checking {self.path} was cancelled.")
-            dec.decode(seg, buf)
-            done += seg.length
-            if progress is not None:
-                progress(done, total)
-        dec.close()
+        done = read_every_data_segment(self, progress, cancelled, table=table, decoder=dec)
         parts = [f"read {human_size(done)} of {self.path.name}"]
         if self.compression:
             parts.append(f"its {self.compression} stream decoded without error")

@@ -506,14 +506,18 @@ def read_every_data_segment(
     image: ForeignImage,
     progress: Any = None,
     cancelled: threading.Event | None = None,
+    table: ExtentTable | None = None,
+    decoder: ForeignDecoder | None = None,
 ) -> int:
     """Read every data segment of ``image`` in order through its decoder (with every check
     the kind carries), writing nothing: the body of a kind's ``check_source``. Returns the
-    bytes read; raises at the first damage; ``progress(done, total)``."""
+    bytes read; raises at the first damage; ``progress(done, total)``. A kind that reports
+    what its decoder counted passes its own ``table`` and ``decoder``."""
     from rescueui.core.errors import CancelledError
 
-    table = image.segment_table()
-    dec = image.decoder(table)
+    if table is None:
+        table = image.segment_table()
+    dec = decoder if decoder is not None else image.decoder(table)
     buf = memoryview(bytearray(table.max_chunk()))
     total = sum(e.length for e in image.extents() if e.kind == "data")
     done = 0
