@@ -1,4 +1,4 @@
-"""`rescueui preflight IMAGE_DIR TARGET [--partition N] [--no-grow] [--json]`.
+"""`rescueui preflight IMAGE TARGET [--partition N] [--no-grow] [--json]`.
 
 Prints every pre-flight finding: the level as a word (OK / INFO / WARN / STOP) and as a
 colour (never colour alone), the one-line message and, indented, the detail.
@@ -34,7 +34,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "virtual/physical), and what is on the target now. Nothing is written. "
         f"Exit status 0 when nothing stops a restore, {EXIT_STOP} when something does.",
     )
-    p.add_argument("image_dir", metavar="IMAGE_DIR", help="the image folder")
+    from rescueui.cli.restore import IMAGE_HELP
+
+    p.add_argument("image_dir", metavar="IMAGE", help=IMAGE_HELP)
     p.add_argument(
         "target",
         metavar="TARGET",

@@ -1,11 +1,11 @@
-"""`rescueui restore IMAGE_DIR TARGET` — restore an image onto a disk, a partition or a file.
+"""`rescueui restore IMAGE TARGET` — restore an image onto a disk, a partition or a file.
 
 ::
 
-    rescueui restore IMAGE_DIR TARGET_DISK --yes [--resume] [--no-verify] [--no-grow]
+    rescueui restore IMAGE TARGET_DISK --yes [--resume] [--no-verify] [--no-grow]
                      [--accept-warnings | --accept-warning CODE ...]
-    rescueui restore IMAGE_DIR --partition N TARGET_PARTITION --yes
-    rescueui restore IMAGE_DIR vm-disk.img --create image --yes     # new disk image file
+    rescueui restore IMAGE --partition N TARGET_PARTITION --yes
+    rescueui restore IMAGE vm-disk.img --create image --yes     # new disk image file
 
 Without ``--yes`` it shows what will be destroyed and the pre-flight findings, then asks
 for the confirmation code (the last characters of the target's serial/WWN, or its device
@@ -49,16 +49,25 @@ MAX_CREATE_BYTES = MAX_STREAM_BYTES  # what an image can describe (1 PiB); more 
 SIZE_HINT = "Give bytes, or a number with K, M, G or T (e.g. 20G), or 'image' for the size of the source disk."
 
 
+IMAGE_HELP = (
+    "the image, any kind (recognised by its content): a rescueui image folder, a VM disk "
+    "(qcow2, vmdk, vhdx, vdi, vhd), a raw disk image (also .gz .xz .zst .bz2, with a .bmap "
+    "next to it), or a Clonezilla image folder"
+)
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
         "restore",
         help="restore an image onto a disk, a partition or a disk image file",
-        description="Restore IMAGE_DIR onto TARGET (a whole disk such as /dev/sdb, or with "
+        description="Restore IMAGE onto TARGET (a whole disk such as /dev/sdb, or with "
         "--partition N one image partition onto an existing partition, or a disk image "
-        "file). Every chunk is checked against its BLAKE3 before it is written, and the "
-        "target is read back afterwards. Exit status 0 only on success.",
+        "file). Each piece is checked against what the image carries (a rescueui image's "
+        "BLAKE3 per chunk, a bmap's SHA-256 per range, partclone's block checksums) before "
+        "it is written, and the target is read back afterwards. Exit status 0 only on "
+        "success.",
     )
-    p.add_argument("image_dir", metavar="IMAGE_DIR", help="image folder (made by rescueui capture)")
+    p.add_argument("image_dir", metavar="IMAGE", help=IMAGE_HELP)
     p.add_argument("target", metavar="TARGET", help="target disk, partition or disk image file")
     p.add_argument(
         "--partition",
