@@ -155,7 +155,12 @@ def make_xfs(path: Path, size: int, content: Path, label: str = "data") -> None:
     # a small xfs (under 300 MiB) is made only for tests, as fstests does
     env = dict(os.environ, TEST_DIR="1", TEST_DEV="1", QA_CHECK_FS="1")
     subprocess.run(
-        ["mkfs.xfs", "-f", "-q", "-L", label, "-p", str(proto), str(path)],
+        [
+            shutil.which("mkfs.xfs")
+            or shutil.which("mkfs.xfs", path="/usr/sbin:/sbin")
+            or "mkfs.xfs",
+            *("-f", "-q", "-L", label, "-p", str(proto), str(path)),
+        ],
         check=True,
         capture_output=True,
         env=env,

@@ -31,7 +31,7 @@ from rescueui.core.errors import CorruptImageError, ImageError, RescueError
 from rescueui.core.images import qemu
 from rescueui.core.images.qemu import QemuImage, _Coalescer, read_map, sweep_stale
 from rescueui.core.images.source import Extent, open_image
-from tests.imagefixtures import content_tree, make_disk, make_ext4, make_vfat
+from tests.imagefixtures import content_tree, make_disk, make_ext4, make_vfat, make_xfs
 
 MiB = 1024 * 1024
 QEMU_TOOLS = ("qemu-img", "qemu-nbd", "qemu-io")
@@ -125,22 +125,6 @@ def read_all(img: Any) -> bytearray:
 
 
 # ------------------------------------------------------------------ fixtures
-
-
-def make_xfs(path: Path, size: int, content: Path, label: str) -> None:
-    with open(path, "wb") as f:
-        f.truncate(size)
-    proto = path.with_suffix(".proto")
-    lines = ["/dev/null", "0 0", "d--755 0 0"]
-    for f in sorted(content.iterdir()):
-        if f.is_file():
-            lines.append(f"{f.name} ---644 0 0 {f}")
-    lines.append("$")
-    proto.write_text("\n".join(lines) + "\n")
-    # a small xfs (under 300 MiB) is made only for tests, as fstests does
-    env = dict(os.environ, TEST_DIR="1", TEST_DEV="1", QA_CHECK_FS="1")
-    run(_which("mkfs.xfs") or "mkfs.xfs", "-f", "-q", "-L", label, "-p", proto, path, env=env)
-    proto.unlink()
 
 
 def _put(disk: Path, src: Path, offset: int) -> None:

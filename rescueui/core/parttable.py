@@ -33,12 +33,30 @@ def _tool(name: str) -> str:
     )
 
 
-def read_table(path: str | Path) -> dict[str, Any] | None:
-    """The partition table of a disk or disk image file, or None if it has none."""
+def read_table(
+    path: str | Path, *, sector_size: int | None = None, pass_fds: tuple[int, ...] = ()
+) -> dict[str, Any] | None:
+    """The partition table of a disk or disk image file, or None if it has none.
+
+    ``sector_size``: read it as a disk of that logical sector size (an image file);
+    ``pass_fds``: descriptors ``path`` names (``/dev/fd/N`` of an in-memory disk)."""
     sfdisk = _tool("sfdisk")
-    proc = subprocess.run(
-        [sfdisk, "--json", os.fspath(path)], capture_output=True, text=True, check=False
-    )
+    cmd = [sfdisk, "--json", os.fspath(path)]
+    if sector_size is not None and sector_size != 512:
+        cmd[1:1] = ["--sector-size", str(sector_size)]
+    try:
+        proc = subprocess.run(
+            cmd,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            check=False,
+            timeout=60,
+            pass_fds=pass_fds,
+            env=dict(os.environ, LC_ALL="C"),  # the "no table" message is matched below
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise DiskError(f"sfdisk did not answer in 60 s reading {path}.") from exc
     if proc.returncode != 0:
         err = proc.stderr.strip()
         if "does not contain a recognized partition table" in err:

@@ -106,7 +106,7 @@ class Acknowledgement:
 
     code: str
     message: str
-    by: str  # "operator (TUI)", "--accept-warnings", ...
+    by: str  # who acknowledged, in the front end's words ("operator (TUI)", a CLI option...)
     at: str  # ISO time, UTC
 
     def to_dict(self) -> dict[str, str]:
@@ -145,7 +145,7 @@ def gate(
     *,
     accepted_codes: Iterable[str] = (),
     accept_all_warnings: bool = False,
-    by: str = "--accept-warnings",
+    by: str = "the operator",
 ) -> list[Acknowledgement]:
     """Refuse (``PreflightError``) on any stop or unacknowledged warning; else the acks.
 
@@ -156,8 +156,8 @@ def gate(
     if blocking:
         raise PreflightError(
             "Pre-flight check stopped the restore: " + "; ".join(f.message for f in blocking) + ".",
-            hint="Nothing was written. See `rescueui preflight IMAGE TARGET` for the details; "
-            "choose another target or image.",
+            hint="Nothing was written. The pre-flight findings say why; choose another target "
+            "or image.",
         )
     codes = None if accept_all_warnings else list(accepted_codes)
     open_warnings = [] if codes is None else unacknowledged(findings, codes)

@@ -300,8 +300,9 @@ def _plan_restore(
                 raise UnsafeTargetError(
                     f"{ident.path} is a partition, but a whole-disk restore writes a partition "
                     "table and needs a whole disk.",
-                    hint="Give the disk (e.g. /dev/sdb), or restore one image partition with "
-                    "--partition N onto this partition.",
+                    hint="Give the disk (e.g. /dev/sdb), or restore one image partition onto "
+                    "this partition.",
+                    action="restore-partition",
                 )
             if not image.manifest.whole_disk:
                 have = ", ".join(str(s.partition_number) for s in image.streams)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import json
 import os
 import re
 import stat
@@ -39,7 +38,13 @@ from typing import Any
 
 import blake3
 
-from rescueui.core.errors import CorruptImageError, ImageError, UnsupportedImageError
+from rescueui.core import parttable
+from rescueui.core.errors import (
+    CorruptImageError,
+    DiskError,
+    ImageError,
+    UnsupportedImageError,
+)
 from rescueui.core.image import check_partition_table
 from rescueui.core.images import partclone
 from rescueui.core.images.source import (
@@ -118,6 +123,7 @@ class _Volumes:
         self._i = 0
         self._fd = -1
         self._off = 0
+        self._pread_fds: dict[int, int] = {}
 
     def readable(self) -> bool:
         return True
@@ -183,11 +189,12 @@ class _Volumes:
             off -= self.sizes[i]
             i += 1
         while n > 0 and i < len(self.names):
-            fd = open_regular(self.folder / self.names[i], what="Clonezilla image volume")
-            try:
-                b = os.pread(fd, min(n, self.sizes[i] - off), off)
-            finally:
-                os.close(fd)
+            fd = self._pread_fds.get(i)
+            if fd is None:  # kept open: a walk over a stream reads every volume many times
+                fd = self._pread_fds[i] = open_regular(
+                    self.folder / self.names[i], what="Clonezilla image volume"
+                )
+            b = os.pread(fd, min(n, self.sizes[i] - off), off)
             if not b:
                 break
             out.append(b)
@@ -199,7 +206,21 @@ class _Volumes:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        for fd in self._pread_fds.values():
+            os.close(fd)
+        self._pread_fds.clear()
         self.closed = True
+
+
+def _fill(readinto: Any, view: memoryview) -> int:
+    """Call ``readinto`` until ``view`` is full or the source ends; the bytes read."""
+    got = 0
+    while got < len(view):
+        n = readinto(view[got:])
+        if not n:
+            break
+        got += n
+    return got
 
 
 class _Plain:
@@ -209,13 +230,7 @@ class _Plain:
         self.vols = vols
 
     def readinto(self, view: memoryview) -> int:
-        got = 0
-        while got < len(view):
-            n = self.vols.readinto(view[got:])
-            if not n:
-                break
-            got += n
-        return got
+        return _fill(self.vols.readinto, view)
 
     def close(self) -> None:
         self.vols.close()
@@ -238,13 +253,7 @@ class _Inflated:
         )
 
     def readinto(self, view: memoryview) -> int:
-        got = 0
-        while got < len(view):
-            n = self.inf.readinto(view[got:])
-            if not n:
-                break
-            got += n
-        return got
+        return int(self.inf.readinto(view))  # it fills the view unless the stream ends
 
     def close(self) -> None:
         self.vols.close()
@@ -292,12 +301,7 @@ class _Piped:
 
     def readinto(self, view: memoryview) -> int:
         assert self.proc.stdout is not None
-        got = 0
-        while got < len(view):
-            n = self.proc.stdout.readinto(view[got:])
-            if not n:
-                break
-            got += n
+        got = _fill(self.proc.stdout.readinto, view)
         if got < len(view):
             self._feeder.join()
             if self._error is not None:
@@ -761,7 +765,10 @@ def _check_complete(folder: Path, ps: PartitionStream) -> None:
     from rescueui.core.images.raw import _memory_limit, zstd_layout
 
     vols = _Volumes(folder, ps.volumes, ps.sizes)
-    layout = zstd_layout(-1, vols.total, where, _memory_limit(), pread=vols.pread)
+    try:
+        layout = zstd_layout(-1, vols.total, where, _memory_limit(), pread=vols.pread)
+    finally:
+        vols.close()
     if layout.content_size is not None and expected is not None:
         if layout.content_size != expected:
             raise CorruptImageError(
@@ -831,21 +838,16 @@ def _disk_size(folder: _Folder, disk: str, dump: str) -> tuple[int, int]:
     return -(-end * sector // MiB) * MiB, sector
 
 
-def _sfdisk_json(sfdisk: str, fd: int, sector: int, where: Path) -> dict[str, Any]:
-    cmd = [sfdisk, "--json", f"/dev/fd/{fd}"]
-    if sector != SECTOR:
-        cmd[1:1] = ["--sector-size", str(sector)]
-    proc = _run(cmd, fd)
-    if proc.returncode != 0:
-        raise CorruptImageError(
-            f"The partition table of {where} cannot be read back "
-            f"({safe_text(proc.stderr.strip()[:200])}).",
-            hint=_RETRY,
-        )
+def _sfdisk_json(fd: int, sector: int, where: Path) -> dict[str, Any]:
+    """The table of the in-memory disk ``fd``, as the image's (node names ``disk<N>``)."""
     try:
-        table = dict(json.loads(proc.stdout)["partitiontable"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CorruptImageError(f"sfdisk printed an unexpected table for {where}.") from exc
+        table = parttable.read_table(f"/dev/fd/{fd}", sector_size=sector, pass_fds=(fd,))
+    except DiskError as exc:
+        raise CorruptImageError(
+            f"The partition table of {where} cannot be read back ({exc.message})", hint=_RETRY
+        ) from exc
+    if table is None:
+        raise CorruptImageError(f"The partition table of {where} is empty.", hint=_RETRY)
     table.pop("device", None)
     from rescueui.core.images.raw import _fix_nodes
 
@@ -1125,7 +1127,7 @@ class ClonezillaImage(ForeignImage):
                 f"{safe_text(proc.stderr.strip()[:300])}.",
                 hint=_RETRY,
             )
-        table = _sfdisk_json(sfdisk, memfd, sector, p)
+        table = _sfdisk_json(memfd, sector, p)
         label = table.get("label")
         if label == "gpt" and sector == SECTOR:
             first = folder.data(f"{disk}-gpt-1st", 34 * SECTOR + 1)
@@ -1137,7 +1139,7 @@ class ClonezillaImage(ForeignImage):
                 ]
                 os.pwrite(memfd, first, 0)
                 os.pwrite(memfd, second, size - 33 * SECTOR)
-                again = _sfdisk_json(sfdisk, memfd, sector, p)
+                again = _sfdisk_json(memfd, sector, p)
                 if _layout(again) != _layout(table) or again.get("id") != table.get("id"):
                     os.pwrite(memfd, saved[0], 0)
                     os.pwrite(memfd, saved[1], size - 33 * SECTOR)
@@ -1188,8 +1190,6 @@ class ClonezillaImage(ForeignImage):
         ss = int(table.get("sectorsize") or SECTOR)
         parts = {}
         for part in table.get("partitions", []):
-            from rescueui.core import parttable
-
             n = parttable.partition_number(part)
             parts[n] = (int(part.get("start", 0)) * ss, int(part.get("size", 0)) * ss, part)
         by_number = {s.number: s for s in streams}
