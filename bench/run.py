@@ -15,16 +15,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import mmap
 import os
+import shlex
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from parts import used_ranges  # bench/parts.py: python puts bench/ on sys.path
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -32,7 +36,12 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
 
+RESCUEUI_CMD: list[str] = []  # --rescueui: another build to measure
+
+
 def rescueui_cmd() -> list[str]:
+    if RESCUEUI_CMD:
+        return list(RESCUEUI_CMD)
     venv = REPO / ".venv" / "bin" / "rescueui"
     return [str(venv)] if venv.exists() else [sys.executable, "-m", "rescueui"]
 
@@ -136,6 +145,15 @@ class Workspace:
         self.loops.append(dev)
         subprocess.run(["partx", "-a", dev], capture_output=True)
         subprocess.run(["udevadm", "settle"], capture_output=True)
+        return dev
+
+    def attach_range(self, backing: Path, offset: int, size: int, *, read_only: bool) -> str:
+        """A loop device over ``size`` bytes of ``backing`` from ``offset``: one partition of
+        a disk image file (this kernel has no partition parsers)."""
+        ro = ["--read-only"] if read_only else []
+        where = ["--offset", str(offset), "--sizelimit", str(size)]
+        dev = sh(["losetup", "--find", "--show", *ro, *where, str(backing)]).stdout.strip()
+        self.loops.append(dev)
         return dev
 
     def detach(self, dev: str) -> None:
@@ -601,6 +619,556 @@ def rss_scaling(args: argparse.Namespace, ws: Workspace) -> dict:
     return out
 
 
+# ------------------------------------------------------------------ dirty free space (issue 11)
+
+DIRTY_USED = 0.35  # share of each filesystem that holds real files
+MS_BASIC_DATA = "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7"
+PARTS = HERE / "parts.py"
+MTOOLS_ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+
+
+@dataclass
+class DirtyPart:
+    number: int
+    fs: str  # "ext4" | "vfat": also the partclone.<fs> that reads it
+    start: int  # bytes from the start of the disk
+    size: int
+    map_file: Path  # partclone -D domain log, positions in bytes of the disk
+    used: int = 0  # bytes partclone counts as in use
+    dev: str = ""  # read-only loop device over the partition, while the suite runs
+
+
+@dataclass
+class DirtyDisk:
+    path: Path
+    size: int
+    parts: list[DirtyPart]
+
+    @property
+    def used(self) -> int:
+        return sum(p.used for p in self.parts)
+
+
+def _tree_bytes(path: Path) -> int:
+    if path.is_symlink() or not path.is_dir():
+        return path.lstat().st_size
+    return sum((Path(d) / f).lstat().st_size for d, _, files in os.walk(path) for f in files)
+
+
+def file_batches(step: int = 16 * MiB) -> Iterator[list[str]]:
+    """Endless batches of about ``step`` bytes of real files (entries of FILL_SOURCES in turn),
+    each batch from one source folder, so its names are unique."""
+    entries = [
+        [(str(child), _tree_bytes(child)) for child in sorted(Path(src).iterdir())]
+        for src in FILL_SOURCES
+    ]
+    while True:
+        for source in entries:
+            batch: list[str] = []
+            n = 0
+            for path, size in source:
+                batch.append(path)
+                n += size
+                if n >= step:
+                    yield batch
+                    batch, n = [], 0
+            if batch:
+                yield batch
+
+
+def fill_with_files(
+    used: Callable[[], int], target: int, copy: Callable[[int, list[str]], object]
+) -> None:
+    batches = file_batches()
+    for i in range(5000):
+        if used() >= target:
+            return
+        copy(i, next(batches))
+
+
+def _mdir_free(spec: str) -> int:
+    out = subprocess.run(["mdir", "-i", spec, "::"], capture_output=True, text=True, env=MTOOLS_ENV)
+    for line in out.stdout.splitlines():
+        if line.strip().endswith("bytes free"):
+            return int("".join(ch for ch in line if ch.isdigit()))
+    raise RuntimeError(f"mdir -i {spec}: no 'bytes free' line\n{out.stdout}{out.stderr}")
+
+
+def _mtools(*cmd: str, check: bool = False) -> None:
+    """An mtools command (never waiting for an answer); ``check``: raise on failure (the
+    copies of real files may skip a name FAT cannot hold, that is fine)."""
+    done = subprocess.run(cmd, env=MTOOLS_ENV, stdin=subprocess.DEVNULL, capture_output=True)
+    if check and done.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed\n{done.stderr.decode(errors='replace')}")
+
+
+def make_dirty_disk(ws: Workspace, path: Path, size: int) -> DirtyDisk:
+    """A GPT disk image file like a server's disk that has run for a while: ext4 on about 80 %
+    (p1) and vfat on the rest (p2), each about 35 % full of real files, their free space holding
+    deleted random data (each filesystem was first filled with random bytes that were then
+    deleted, without discard; then the files were copied). vfat does not mount in this kernel:
+    mtools writes it. Ends with partclone -D's map of each partition."""
+    sector = 512
+    with open(path, "wb") as f:
+        f.truncate(size)
+    usable = size // sector - 2048 - 33
+    p1 = usable * 8 // 10 // 2048 * 2048
+    sh(
+        ["sfdisk", "--quiet", str(path)],
+        input=f"label: gpt\nstart=2048, size={p1}, type=L, name=root\n"
+        f"type={MS_BASIC_DATA}, name=data\n",
+    )
+    table = json.loads(sh(["sfdisk", "--json", str(path)]).stdout)["partitiontable"]
+    parts = [
+        DirtyPart(
+            i,
+            fs,
+            p["start"] * sector,
+            p["size"] * sector,
+            map_file=path.with_name(f"{path.stem}-p{i}.map"),
+        )
+        for i, (fs, p) in enumerate(zip(("ext4", "vfat"), table["partitions"], strict=True), 1)
+    ]
+    root, data = parts
+    # p1: ext4, filled with random bytes, deleted, then real files
+    dev = ws.attach_range(path, root.start, root.size, read_only=False)
+    try:
+        sh(["mkfs.ext4", "-q", "-F", "-L", "benchroot", dev])
+        mnt = ws.mount(dev, ws.root / "dirtymnt")
+        subprocess.run(
+            f"head -c {root.size} /dev/urandom > {mnt}/old 2>/dev/null; sync -f {mnt}; "
+            f"rm -f {mnt}/old; sync -f {mnt}",
+            shell=True,
+            check=True,
+        )
+
+        def cp(i: int, batch: list[str]) -> None:
+            (mnt / f"copy{i}").mkdir()
+            subprocess.run(["cp", "-a", *batch, str(mnt / f"copy{i}")], capture_output=True)
+
+        fill_with_files(lambda: shutil.disk_usage(mnt).used, int(DIRTY_USED * root.size), cp)
+        ws.umount(mnt)
+    finally:
+        ws.detach(dev)
+    # p2: vfat (FAT32 where it is large enough), written by mtools on the image file itself
+    dev = ws.attach_range(path, data.start, data.size, read_only=False)
+    try:
+        sh(["mkfs.vfat", *(["-F", "32"] if data.size >= 300 * MiB else []), "-n", "BENCHDATA", dev])
+    finally:
+        ws.detach(dev)
+    spec = f"{path}@@{data.start}"
+    free0 = _mdir_free(spec)
+    rnd = ws.root / "dirty-random.tmp"
+    sh(f"head -c {free0 - MiB} /dev/urandom > {rnd}")
+    _mtools("mcopy", "-i", spec, str(rnd), "::/old", check=True)
+    _mtools("mdel", "-i", spec, "::/old", check=True)
+    rnd.unlink()
+
+    def mcopy(i: int, batch: list[str]) -> None:
+        _mtools("mmd", "-i", spec, f"::/copy{i}")
+        _mtools("mcopy", "-i", spec, "-s", "-D", "o", *batch, f"::/copy{i}/")
+
+    fill_with_files(lambda: free0 - _mdir_free(spec), int(DIRTY_USED * data.size), mcopy)
+    # the used-block maps (for the sum-of-the-parts helper and the report)
+    for p in parts:
+        dev = ws.attach_range(path, p.start, p.size, read_only=True)
+        try:
+            p.map_file.unlink(missing_ok=True)
+            sh(
+                [
+                    f"partclone.{p.fs}",
+                    "-q",
+                    "-D",
+                    "-s",
+                    dev,
+                    "-o",
+                    str(p.map_file),
+                    f"--offset_domain={p.start}",
+                ]
+            )
+        finally:
+            ws.detach(dev)
+        p.used = sum(n for _, n in used_ranges(p.map_file))
+    return DirtyDisk(path, size, parts)
+
+
+def scramble(dev: str, size: int) -> None:
+    """Random bytes over the whole device, like a reused disk: 16 MiB from /dev/urandom written
+    again and again with O_DIRECT through the device; partition nodes left by a previous
+    run are removed first."""
+    subprocess.run(["partx", "-d", dev], capture_output=True)
+    buf = mmap.mmap(-1, 16 * MiB)
+    buf.write(os.urandom(16 * MiB))
+    fd = os.open(dev, os.O_WRONLY | os.O_DIRECT)
+    try:
+        with memoryview(buf) as view:
+            for off in range(0, size, 16 * MiB):
+                os.pwrite(fd, view[: min(16 * MiB, size - off)], off)
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+        buf.close()
+
+
+def image_bytes(folder: Path) -> int:
+    """Bytes of a rescueui image's data and index files (.zst + .idx)."""
+    return sum(f.stat().st_size for f in folder.iterdir() if f.suffix in (".zst", ".idx"))
+
+
+def run_parts(runs: int, *argv: str, prep: Callable[[], object] | None = None) -> dict:
+    """``bench/parts.py`` ``runs`` times (caches dropped before each); the median run by
+    total CPU seconds."""
+    outs = []
+    for _ in range(runs):
+        if prep:
+            prep()
+        drop_caches()
+        out = sh([str(REPO / ".venv" / "bin" / "python"), str(PARTS), *argv]).stdout
+        outs.append(json.loads(out))
+    outs.sort(key=lambda o: o["total"])
+    return outs[len(outs) // 2]
+
+
+def restore_overhead(img: Path, walls: list[float]) -> tuple[list[float], dict]:
+    """Seconds of each restore (the newest reports of ``img``, one per wall time, in order)
+    outside the phases of its report that move data (all but "partition-table": "write", and
+    any phase that zeroes or checks ranges): the fixed cost of the job (start-up, imports,
+    disk scan, pre-flight, partition table, reports). Also the last report's phases."""
+    reports = sorted((img / "reports").glob("restore-*.json"), key=lambda p: p.stat().st_mtime)
+    out = []
+    phases: dict = {}
+    for wall, rep in zip(walls, reports[-len(walls) :], strict=True):
+        phases = json.loads(rep.read_text())["phases"]
+        moving = sum(
+            float(v.get("seconds", 0)) for k, v in phases.items() if k != "partition-table"
+        )
+        out.append(wall - moving)
+    return out, phases
+
+
+@dataclass
+class Row:
+    size_gib: int | str
+    measure: str
+    ours: str
+    theirs: str
+    ratio: float | None  # None: a limit, not a comparison
+    target: str
+    ok: bool
+
+    def cells(self) -> list[str]:
+        return [
+            f"{self.size_gib} GiB" if isinstance(self.size_gib, int) else self.size_gib,
+            self.measure,
+            self.ours,
+            self.theirs,
+            "" if self.ratio is None else f"{self.ratio:.2f}",
+            self.target,
+            "met" if self.ok else "**MISSED**",
+        ]
+
+
+def run_dirty_size(args: argparse.Namespace, ws: Workspace, gib: int) -> tuple[dict, list[Row]]:
+    size = gib * GiB
+    runs = args.runs
+    disk_path = ws.root / f"dirty{gib}.img"
+    print(f"\n== dirty free space: building the {gib} GiB disk", flush=True)
+    t0 = time.perf_counter()
+    disk = make_dirty_disk(ws, disk_path, size)
+    print(
+        f"source: {gib} GiB GPT disk file, "
+        + ", ".join(
+            f"p{p.number} {p.fs} {p.used / MiB:.0f} of {p.size / MiB:.0f} MiB used"
+            for p in disk.parts
+        )
+        + f", free space holding deleted random data (built in {time.perf_counter() - t0:.0f} s)",
+        flush=True,
+    )
+    img = ws.root / f"dirty{gib}.rescueui"
+    pc = ws.root / f"dirty{gib}.partclone"
+    pc.mkdir()
+    raw_zst = ws.root / f"dirty{gib}.raw.zst"
+    out: dict = {
+        "disk_bytes": size,
+        "used_bytes": disk.used,
+        "partitions": [
+            {"number": p.number, "fs": p.fs, "size": p.size, "used": p.used} for p in disk.parts
+        ],
+    }
+    for p in disk.parts:
+        p.dev = ws.attach_range(disk.path, p.start, p.size, read_only=True)
+    try:
+        # -------------------------------------------------------------- capture
+        print(f"-- capture of the {gib} GiB dirty disk", flush=True)
+        cap = measure(
+            "rescueui capture",
+            size,
+            runs,
+            [*rescueui_cmd(), "capture", str(disk.path), str(img), "--quiet"],
+            prep=lambda: shutil.rmtree(img, ignore_errors=True),
+        )
+        steps = [f"sfdisk -d {disk.path} > {pc}/table.sf"]
+        steps += [
+            f"partclone.{p.fs} -q -c -a 1 -s {p.dev} --output - | zstd -3 -T0 -q -f -o {pc}/p{p.number}.zst"
+            for p in disk.parts
+        ]
+        pcap = measure(
+            "sfdisk -d + partclone.<fs> -c | zstd -3 -T0", size, runs, " && ".join(steps)
+        )
+        dcap = measure(
+            "dd iflag=direct bs=4M | zstd -3 -T0",
+            size,
+            runs,
+            f"dd if={disk.path} iflag=direct bs=4M status=none | zstd -3 -T0 -q -f -o {raw_zst}",
+        )
+        ours_bytes = image_bytes(img)
+        pc_bytes = sum(f.stat().st_size for f in pc.iterdir())
+        out["image"] = {
+            "rescueui": ours_bytes,
+            "partclone_zstd": pc_bytes,
+            "dd_zstd": raw_zst.stat().st_size,
+        }
+        print(
+            f"  image: rescueui {ours_bytes / MiB:.1f} MiB (.zst + .idx), partclone|zstd "
+            f"{pc_bytes / MiB:.1f} MiB (+ table), dd|zstd {raw_zst.stat().st_size / MiB:.1f} MiB",
+            flush=True,
+        )
+        cparts = run_parts(
+            runs,
+            "capture",
+            str(disk.path),
+            *(str(p.map_file) for p in disk.parts),
+            "--scratch",
+            str(ws.root / "parts.zst"),
+        )
+        print(
+            f"  parts of a capture: {cparts['bytes'] / MiB:.0f} MiB, "
+            + ", ".join(f"{k} {v:.2f}" for k, v in cparts["seconds"].items())
+            + f" = {cparts['total']:.2f} CPU-s; rescueui capture {cap.cpu:.2f} CPU-s",
+            flush=True,
+        )
+        # -------------------------------------------------------------- restore
+        print(
+            f"-- restore of the {gib} GiB dirty disk onto a random-filled loop device on tmpfs",
+            flush=True,
+        )
+        tdir = ws.mount("tmpfs", ws.root / "dtmpfs", "-t", "tmpfs", "-o", f"size={size + 64 * MiB}")
+        backing = tdir / "target.img"
+        with open(backing, "wb") as f:
+            f.truncate(size)
+        tdev = ws.attach(backing, direct_io=True)
+        dio = Path(f"/sys/block/{Path(tdev).name}/loop/dio")
+        out["target_direct_io"] = dio.read_text().strip() == "1" if dio.exists() else None
+        try:
+            fill = lambda: scramble(tdev, size)  # noqa: E731
+            restore = [
+                *rescueui_cmd(),
+                "restore",
+                str(img),
+                tdev,
+                "--yes",
+                "--accept-warnings",
+                "--quiet",
+            ]
+            res = measure(
+                "rescueui restore --no-verify", size, runs, [*restore, "--no-verify"], prep=fill
+            )
+            fixed, phases = restore_overhead(img, [s.wall for s in res.samples])
+            print(
+                f"  fixed cost: wall minus the report's data phases {statistics.median(fixed):.2f} s"
+                " (phases: "
+                + ", ".join(f"{k} {v.get('seconds', 0):.2f} s" for k, v in phases.items())
+                + ")",
+                flush=True,
+            )
+            resv = measure("rescueui restore (read-back verify)", size, runs, restore, prep=fill)
+            steps = [
+                f"sfdisk -q --no-reread --no-tell-kernel {tdev} < {pc}/table.sf",
+                f"(partx -u {tdev} 2>/dev/null || partx -a {tdev})",
+                "udevadm settle",
+            ]
+            steps += [
+                f"zstd -dc -q {pc}/p{p.number}.zst | partclone.restore -q -z 10485760 -s - -O {tdev}p{p.number}"
+                for p in disk.parts
+            ]
+            steps.append(
+                "blockdev --flushbufs " + " ".join(f"{tdev}p{p.number}" for p in disk.parts)
+            )
+            pres = measure(
+                "sfdisk + zstd -dc | partclone.restore", size, runs, " && ".join(steps), prep=fill
+            )
+            dres = measure(
+                "zstd -dc | dd oflag=direct bs=4M conv=fsync",
+                size,
+                runs,
+                f"zstd -dc -q {raw_zst} | dd of={tdev} bs=4M oflag=direct iflag=fullblock conv=fsync status=none",
+                prep=fill,
+            )
+            rparts = run_parts(runs, "restore", str(img), tdev, prep=fill)
+            print(
+                f"  parts of a restore: {rparts['bytes'] / MiB:.0f} MiB, "
+                + ", ".join(f"{k} {v:.2f}" for k, v in rparts["seconds"].items())
+                + f" = {rparts['total']:.2f} CPU-s; rescueui restore {res.cpu:.2f} CPU-s",
+                flush=True,
+            )
+        finally:
+            ws.detach(tdev)
+            backing.unlink(missing_ok=True)
+            ws.umount(tdir)
+    finally:
+        for p in disk.parts:
+            ws.detach(p.dev)
+    walls = {
+        "capture": {"rescueui": cap.wall, "partclone|zstd": pcap.wall, "dd|zstd": dcap.wall},
+        "restore": {
+            "rescueui": res.wall,
+            "rescueui+verify": resv.wall,
+            "partclone": pres.wall,
+            "zstd|dd": dres.wall,
+        },
+    }
+    out["wall_s"] = walls
+    out["cpu_s"] = {"capture": cap.cpu, "restore": res.cpu, "restore+verify": resv.cpu}
+    out["rss_mib"] = {"capture": cap.rss_mib, "restore": max(res.rss_mib, resv.rss_mib)}
+    out["parts"] = {"capture": cparts, "restore": rparts}
+    out["fixed_cost_s"] = statistics.median(fixed)
+    out["restore_phases"] = phases  # of the last restore without read-back
+    shutil.rmtree(img, ignore_errors=True)
+    shutil.rmtree(pc, ignore_errors=True)
+    raw_zst.unlink(missing_ok=True)
+    disk.path.unlink()
+    for p in disk.parts:
+        p.map_file.unlink(missing_ok=True)
+
+    def speed(measure_name: str, ours: float, theirs: float, target: float, name: str) -> Row:
+        ratio = theirs / ours
+        return Row(
+            gib,
+            measure_name,
+            f"{ours:.2f} s",
+            f"{name} {theirs:.2f} s",
+            ratio,
+            f"≥ {target} ×",
+            ratio >= target,
+        )
+
+    used_gib = disk.used / GiB
+
+    def cpu(what: str, ours: float, parts: dict) -> Row:
+        ratio = ours / parts["total"]
+        return Row(
+            gib,
+            f"{what} CPU per GiB used",
+            f"{ours / used_gib:.2f} s/GiB",
+            f"sum of the parts {parts['total'] / used_gib:.2f} s/GiB",
+            ratio,
+            "≤ 1.5 ×",
+            ratio <= 1.5,
+        )
+
+    size_ratio = ours_bytes / pc_bytes
+    rows = [
+        Row(
+            gib,
+            "image size",
+            f"{ours_bytes / MiB:.1f} MiB",
+            f"partclone|zstd {pc_bytes / MiB:.1f} MiB",
+            size_ratio,
+            "≤ 1.05 ×",
+            size_ratio <= 1.05,
+        ),
+        speed("capture", cap.wall, pcap.wall, 1.2, "partclone|zstd"),
+        speed("capture", cap.wall, dcap.wall, 3, "dd|zstd"),
+        speed("restore, no read-back", res.wall, pres.wall, 1.5, "zstd -dc|partclone.restore"),
+        speed("restore, no read-back", res.wall, dres.wall, 3, "zstd -dc|dd"),
+        speed("restore + read-back", resv.wall, pres.wall, 1.0, "zstd -dc|partclone.restore"),
+        Row(
+            gib,
+            "peak RSS capture",
+            f"{cap.rss_mib:.0f} MiB",
+            "",
+            None,
+            "< 256 MiB",
+            cap.rss_mib < 256,
+        ),
+        Row(
+            gib,
+            "peak RSS restore",
+            f"{out['rss_mib']['restore']:.0f} MiB",
+            "",
+            None,
+            "< 256 MiB",
+            out["rss_mib"]["restore"] < 256,
+        ),
+        cpu("capture", cap.cpu, cparts),
+        cpu("restore", res.cpu, rparts),
+        Row(
+            gib,
+            "fixed cost of a restore",
+            f"{out['fixed_cost_s']:.2f} s",
+            "",
+            None,
+            "< 0.3 s",
+            out["fixed_cost_s"] < 0.3,
+        ),
+    ]
+    return out, rows
+
+
+def rss_flat_rows(per_size: dict[int, dict]) -> list[Row]:
+    """Peak RSS of the largest size against the smallest: flat = within 10 % or 8 MiB."""
+    if len(per_size) < 2:
+        return []
+    lo, hi = min(per_size), max(per_size)
+    rows = []
+    for job in ("capture", "restore"):
+        a, b = per_size[lo]["rss_mib"][job], per_size[hi]["rss_mib"][job]
+        rows.append(
+            Row(
+                f"{lo}→{hi} GiB",
+                f"peak RSS {job} growth",
+                f"{a:.0f} → {b:.0f} MiB",
+                "",
+                b / a,
+                "flat (≤ 1.10 × or + 8 MiB)",
+                b <= max(a * 1.10, a + 8),
+            )
+        )
+    return rows
+
+
+def dirty_table(rows: list[Row]) -> str:
+    head = ["size", "measure", "rescueui", "baseline", "ratio", "target", ""]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r.cells()) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def run_dirty_suite(args: argparse.Namespace, ws: Workspace) -> dict:
+    """Issue 11's performance section: disks whose free space holds deleted data, captured
+    and restored by rescueui and by partclone, dd and zstd, at each of ``--dirty-sizes``."""
+    per_size: dict[int, dict] = {}
+    rows: list[Row] = []
+    for gib in args.dirty_sizes:
+        per_size[gib], r = run_dirty_size(args, ws, gib)
+        rows += r
+    rows += rss_flat_rows(per_size)
+    table = dirty_table(rows)
+    print("\n" + table, flush=True)
+    return {
+        "sizes": {f"{g}GiB": v for g, v in per_size.items()},
+        "rows": [r.__dict__ for r in rows],
+        "table": table,
+        "missed": [
+            f"{r.cells()[0]}: {r.measure}: {r.ours}"
+            + (f" vs {r.theirs}" if r.theirs else "")
+            + f" (target {r.target})"
+            for r in rows
+            if not r.ok
+        ],
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", type=int, default=3)
@@ -627,8 +1195,28 @@ def main() -> int:
         help="only this kind of the other image kinds (qcow2, raw_zst_bmap, raw_zeros, "
         "clonezilla); repeatable",
     )
+    ap.add_argument(
+        "--only-dirty",
+        action="store_true",
+        help="only the disks whose free space holds deleted data (used-block capture, issue 11)",
+    )
+    ap.add_argument("--skip-dirty", action="store_true", help="leave those disks out")
+    ap.add_argument(
+        "--dirty-sizes",
+        type=lambda s: [int(x) for x in s.split(",") if x],
+        default=[2, 4, 8],
+        metavar="GIB,GIB,...",
+        help="sizes of the dirty-free-space disks in GiB (default 2,4,8)",
+    )
+    ap.add_argument(
+        "--rescueui",
+        metavar="CMD",
+        help="the command to measure as rescueui (default: this checkout's .venv/bin/rescueui)",
+    )
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
+    if args.rescueui:
+        RESCUEUI_CMD[:] = shlex.split(args.rescueui)
     if os.geteuid() != 0:
         print("bench: needs root (loop devices, drop_caches)", file=sys.stderr)
         return 2
@@ -641,6 +1229,8 @@ def main() -> int:
         stdout=subprocess.DEVNULL,
     )
     tools = ("zstd", "dd", "bmaptool", "qemu-img", "b3sum", "sfdisk", "losetup", "cp", "parted")
+    if not (args.skip_dirty and not args.only_dirty):
+        tools += ("partclone.vfat", "mkfs.vfat", "mcopy", "mdel", "mmd", "mdir", "partx")
     for tool in (*tools, "partclone.ext4", "partclone.restore"):
         if not shutil.which(tool):
             print(f"bench: {tool} is missing (sudo make deps)", file=sys.stderr)
@@ -648,6 +1238,9 @@ def main() -> int:
     ws = Workspace(Path(tempfile.mkdtemp(prefix="rescueui-bench-", dir=args.workdir)))
     results: dict[str, object] = {"cpus": os.cpu_count(), "runs": args.runs}
     try:
+        if args.only_dirty:
+            results["dirty"] = run_dirty_suite(args, ws)
+            return 0
         half = ws.root / "half.img"
         used = make_source_disk(ws, half, args.size_gib * GiB, fill="files")
         print(f"source: {args.size_gib} GiB GPT disk, ext4 with {used / GiB:.2f} GiB of real files")
@@ -675,12 +1268,14 @@ def main() -> int:
             rnd.unlink()
         if not args.skip_rss:
             results["rss"] = rss_scaling(args, ws)
+        if not args.skip_dirty and not args.only_foreign:
+            results["dirty"] = run_dirty_suite(args, ws)
     finally:
         ws.close()
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2, default=str))
     if not args.skip_foreign:
         print("\n" + foreign_table(results))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
     return 0
 
 
