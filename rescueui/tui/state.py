@@ -16,6 +16,7 @@ class Flow:
     target_part: Any = None  # rescueui.core.disks.Partition it goes onto
     findings: list[Any] = field(default_factory=list)
     confirmed: Any = None  # rescueui.core.identity.ConfirmedTarget
+    exact: bool = False  # the operator asked the space no filesystem uses to be made zero too
 
     def reset(self) -> None:
         self.image = None
@@ -24,3 +25,4 @@ class Flow:
         self.target_part = None
         self.findings = []
         self.confirmed = None
+        self.exact = False

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rescueui.core.disks import Disk, Partition
 from rescueui.core.errors import UnsafeTargetError
+from rescueui.core.images.usage import usage_line
 from rescueui.core.progress import ChunkEvent, Progress
 from rescueui.core.session import CheckLine, ImageSummary, Session, StreamSummary
 from rescueui.core.units import GiB, MiB
@@ -69,7 +72,7 @@ def canned_image() -> ImageSummary:
         path=Path("/run/live/medium/images/web01-2026-11-20"),
         ok=True,
         kind="rescueui",
-        description="rescueui image (format 1), 3 stream(s), 400.5 GiB of disk",
+        description="rescueui image (format 2), 3 stream(s), 400.5 GiB of disk",
         integrity="chunk-blake3",
         integrity_words="a BLAKE3 for every chunk in the image's index: each chunk is checked "
         "against it before it is written",
@@ -127,6 +130,58 @@ def frozen_progress(phase: str = "write") -> Progress:
     )  # fmt: skip
 
 
+CANNED_USAGE = [
+    "p1 vfat: 120.0 MiB used of 512.0 MiB - 392.0 MiB not copied",
+    "p2 ext4: 58.1 GiB used of 400.0 GiB - 341.9 GiB not copied",
+]
+
+DIRTY = (
+    "p2 (ext4) was not cleanly unmounted (needs_recovery): its used blocks were captured as "
+    "they are on the disk, without a journal replay or check; the restored filesystem replays "
+    "or needs a check at its first mount. Capture every byte instead to keep the disk exactly "
+    "as it is."
+)
+
+
+@dataclass
+class CannedPlan:
+    """What the core's PlannedStream offers the capture estimate."""
+
+    name: str
+    kind: str
+    size: int
+    fs_type: str | None = None
+    used_bytes: int | None = None  # None: every byte is read
+    all_blocks: str | None = None
+    warning: str | None = None
+
+    @property
+    def read_bytes(self) -> int:
+        return self.size if self.used_bytes is None else self.used_bytes
+
+    def usage(self) -> str:
+        return usage_line(self.name, self.fs_type, self.size, self.used_bytes, self.all_blocks)
+
+
+def canned_plans(all_blocks: bool) -> list[CannedPlan]:
+    why = "every byte was asked for" if all_blocks else None
+    return [
+        CannedPlan("head", "head", MiB),
+        CannedPlan("p1", "partition", 512 * MiB, "vfat", None if all_blocks else 120 * MiB, why),
+        CannedPlan(
+            "p2",
+            "partition",
+            400 * GiB,
+            "ext4",
+            None if all_blocks else int(58.1 * GiB),
+            why,
+            None if all_blocks else DIRTY,
+        ),
+        CannedPlan("p3", "partition", 16 * GiB, "crypto_LUKS", None, "a LUKS container"),
+        CannedPlan("tail", "tail", 17 * 1024 * 32),
+    ]
+
+
 class CannedSession(Session):
     """Answers like the core would, from fixed data; jobs show a frozen mid-run state."""
 
@@ -134,6 +189,11 @@ class CannedSession(Session):
         super().__init__()
         self.extra = False
         self.corrupt = corrupt
+        self.estimates: list[bool] = []  # all_blocks of each estimate asked for
+        self.estimate_delay = 0.0  # seconds an estimate takes (the partclone maps)
+        self.captures: list[dict[str, Any]] = []
+        self.capture_gate = threading.Event()  # set: the canned capture finishes
+        self.restores: list[dict[str, Any]] = []
 
     @property
     def is_demo(self) -> bool:
@@ -158,7 +218,9 @@ class CannedSession(Session):
             CheckLine("ok", "fits", "The image (400.5 GiB) fits on /dev/sda (480.0 GiB)."),
             CheckLine("ok", "firmware", "Both machines boot with UEFI."),
             CheckLine("warn", "memory", "This machine has 64.0 GiB of memory; the source had 128.0 GiB.", "Services sized for the old memory may need tuning."),
+            CheckLine("info", "usage.p1", CANNED_USAGE[0]),
             CheckLine("info", "grow", "Partition 2 will be grown to fill the disk.", "The target is 79.5 GiB larger than the image: the GPT is written for the real disk size and the ext4 filesystem of partition 2 is grown with resize2fs after the verify."),
+            CheckLine("info", "usage.p2", CANNED_USAGE[1]),
         ]  # fmt: skip
 
     def confirmation_code(self, disk: Any) -> str:
@@ -181,9 +243,11 @@ class CannedSession(Session):
         resume: bool = False,
         partition: int | None = None,
         accepted_codes: Any = (),
+        exact: bool = False,
     ) -> Any:
         assert progress is not None and cancel is not None
         assert set(accepted_codes) == {"memory"}, accepted_codes  # acknowledged on screen
+        self.restores.append({"image_dir": image_dir, "exact": exact, "resume": resume})
         base = frozen_progress()
         from dataclasses import replace
 
@@ -194,4 +258,32 @@ class CannedSession(Session):
             progress(replace(base, last_chunk=bad))
         progress(base if not self.corrupt else replace(base, last_chunk=bad))
         cancel.wait(30)
+        return None
+
+    def estimate_capture(self, source: Any, *, all_blocks: bool = False) -> list[Any]:
+        self.estimates.append(all_blocks)
+        if self.estimate_delay:
+            time.sleep(self.estimate_delay)
+        return canned_plans(all_blocks)
+
+    def capture(
+        self,
+        source: Any,
+        image_dir: Any,
+        *,
+        progress: Any = None,
+        cancel: threading.Event | None = None,
+        all_blocks: bool = False,
+    ) -> Any:
+        """The first phase of a capture (the used-block maps), until the test lets it end."""
+        assert progress is not None and cancel is not None
+        self.captures.append({"source": source, "image_dir": image_dir, "all_blocks": all_blocks})
+        progress(
+            Progress(
+                job="capture", phase="map", bytes_done=0, bytes_total=0, elapsed=2.0,
+                message="finding the blocks the filesystem on p2 uses",
+            )
+        )  # fmt: skip
+        while not (self.capture_gate.is_set() or cancel.is_set()):
+            time.sleep(0.02)
         return None

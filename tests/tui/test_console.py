@@ -101,6 +101,12 @@ def screens_of_demo(tmp_path: Path, *, ascii_only: bool = False) -> list[str]:
         tmux.wait_for("Choose image", timeout=90)
         tmux.wait_for("demo-disk-A")
         screens.append(tmux.capture())
+        # what a capture of the selected disk (the demo's source) would store, then back
+        tmux.keys("c")
+        tmux.wait_for("Estimated image size")
+        screens.append(tmux.capture())
+        tmux.keys("Escape")
+        tmux.wait_for("Choose image")
         tmux.keys("Enter")
         tmux.wait_for("demo-server-image")
         screens.append(tmux.capture())

@@ -13,7 +13,11 @@ from rescueui.core.hotplug import DiskEvent
 from rescueui.core.session import Session
 from rescueui.tui.app import RescueApp
 from rescueui.tui.messages import DiskHotplug
-from rescueui.tui.screens.dialogs import CancelJobDialog, ConfirmTargetDialog
+from rescueui.tui.screens.dialogs import (
+    CancelJobDialog,
+    CaptureEstimateDialog,
+    ConfirmTargetDialog,
+)
 from rescueui.tui.screens.disks import DisksScreen
 from rescueui.tui.screens.images import ImageScreen
 from rescueui.tui.screens.job import JobScreen
@@ -255,6 +259,16 @@ async def test_capture_a_disk_then_verify_the_new_image(demo_env, tmp_path) -> N
         )
         await choose_row(pilot, app.screen.table, "sample-disk")
         await pilot.press("c")
+        # first what the capture will store: the core's estimate (partclone's maps)
+        await wait_for(pilot, lambda: isinstance(app.screen, CaptureEstimateDialog))
+        estimate = app.screen
+        await wait_for(pilot, lambda: not estimate.busy, timeout=60, what="the estimate")
+        assert estimate.error is None, estimate.error
+        await pilot.pause(0.1)
+        text = screen_text(app)
+        assert "p2 ext4: " in text and " used of " in text and "not copied" in text
+        assert "Estimated image size: at most " in text
+        await pilot.press("enter")
         await wait_for(pilot, lambda: type(app.screen).__name__ == "PathDialog")
         dest = tmp_path / "captured"
         app.screen.query_one("Input").value = ""
@@ -265,9 +279,16 @@ async def test_capture_a_disk_then_verify_the_new_image(demo_env, tmp_path) -> N
         await wait_for(pilot, lambda: job.finished, timeout=120, what="capture")
         assert job.outcome == "success", job.error
         assert (dest / "manifest.json").is_file()
+        # the capture read what the estimate said it would
+        assert job.latest.bytes_total == sum(p.read_bytes for p in estimate.plans)
         await pilot.press("enter")
         await wait_for(pilot, lambda: isinstance(app.screen, ReportScreen))
         assert "SUCCESS" in screen_text(app)
+        # the report says what of each partition the image holds, as the estimate did
+        report = " ".join(str(app.screen.query_one("#report").render()).split())
+        for p in estimate.plans:
+            if p.kind == "partition":
+                assert p.usage() in report
         await pilot.press("enter")  # start over
         await wait_for(pilot, lambda: isinstance(app.screen, DisksScreen))
         # the new image is opened by its path on the Image screen and verified there

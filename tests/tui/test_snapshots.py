@@ -10,8 +10,9 @@ import pytest
 from textual.pilot import Pilot
 
 from rescueui.tui.app import RescueApp
+from rescueui.tui.screens import images as images_screen
 from rescueui.tui.screens.job import JobScreen
-from tests.tui.fakes import CannedSession
+from tests.tui.fakes import CANNED_USAGE, CannedSession
 
 SIZES = [(80, 24), (120, 40)]
 
@@ -77,8 +78,25 @@ class TestScreens:
     def test_disks(self, snap_compare, size) -> None:
         assert snap_compare(make_app(), terminal_size=size, run_before=lambda p: p.pause(0.2))
 
-    def test_image(self, snap_compare, size) -> None:
-        assert snap_compare(make_app(), press=["_", "enter", "_"], terminal_size=size)
+    def test_image(self, snap_compare, size, monkeypatch) -> None:
+        # the canned image's folder does not exist: what opening it would tell
+        monkeypatch.setattr(images_screen, "read_usage", lambda path: list(CANNED_USAGE))
+
+        async def image(pilot: Pilot) -> None:
+            await pilot.pause()
+            await pilot.press("enter")
+            await pilot.pause(0.2)
+
+        assert snap_compare(make_app(), terminal_size=size, run_before=image)
+
+    def test_capture_estimate(self, snap_compare, size) -> None:
+        async def estimate(pilot: Pilot) -> None:
+            await pilot.pause()
+            await pilot.press("c")
+            await pilot.pause(0.3)
+            assert not pilot.app.screen.busy
+
+        assert snap_compare(make_app(), terminal_size=size, run_before=estimate)
 
     def test_target(self, snap_compare, size) -> None:
         assert snap_compare(make_app(), terminal_size=size, run_before=_to_target)

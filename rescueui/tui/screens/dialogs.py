@@ -1,15 +1,21 @@
-"""Modal dialogs: type a path, confirm the target by its identity, confirm a cancel."""
+"""Modal dialogs: type a path, see what a capture will store, confirm the target by its
+identity, confirm a cancel."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from rich.text import Text
+from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Vertical
+from textual.containers import Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Footer, Input, Static
+from textual.worker import get_current_worker
 
 from rescueui.core.errors import RescueError
 from rescueui.core.units import human_size
@@ -36,6 +42,188 @@ class PathDialog(ModalScreen[str | None]):
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
         self.dismiss(event.value.strip() or None)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+@dataclass(frozen=True)
+class CaptureChoice:
+    """What the operator chose on the capture estimate: every byte or the used blocks, and
+    the estimate they saw (None: it could not be made)."""
+
+    all_blocks: bool
+    read_bytes: int | None = None
+
+    def size_words(self) -> str:
+        if self.read_bytes is None:
+            return ""
+        return f"estimated image size: at most {human_size(self.read_bytes)} before compression"
+
+
+ESTIMATING = "Finding the blocks each filesystem uses"
+FILESYSTEM_KINDS = ("partition", "disk")
+
+
+def estimate_text(disk: Any, plans: list[Any]) -> Text:
+    """The core's plan of a capture: what of each partition it reads, the total, the image
+    size it can reach at most, and the warnings (a filesystem not cleanly unmounted)."""
+    text = Text()
+    parts = [p for p in plans if p.kind in FILESYSTEM_KINDS]
+    others = [p for p in plans if p.kind not in FILESYSTEM_KINDS]
+    text.append("Per partition:" if any(p.kind == "partition" for p in parts) else "The disk:")
+    for p in parts:
+        text.append(f"\n  {esc(p.usage())}")
+    if others:
+        text.append(
+            f"\n  boot code, gaps and table copies: {human_size(sum(p.read_bytes for p in others))}"
+        )
+    total = sum(p.read_bytes for p in plans)
+    size = int(getattr(disk, "size_bytes", 0) or 0) or sum(p.size for p in plans)
+    text.append(f"\nThe capture reads {human_size(total)} of the disk's {human_size(size)}.")
+    text.append(
+        f"\nEstimated image size: at most {human_size(total)} before compression", style="bold"
+    )
+    text.append(" (an upper bound: compression makes it smaller, by as much as the data allows).")
+    for p in plans:
+        if p.warning:
+            text.append("\nWARNING:", style="bold reverse")
+            text.append(f" {esc(p.warning)}", style="bold")
+    return text
+
+
+def mode_text(all_blocks: bool) -> Text:
+    if all_blocks:
+        return Text.assemble(
+            ("Copy: EVERY BYTE of every partition", "bold reverse"),
+            " (a: only the blocks each filesystem uses)",
+        )
+    return Text.assemble(
+        ("Copy: only the blocks each filesystem uses", "bold"), " (a: every byte instead)"
+    )
+
+
+class CaptureEstimateDialog(ModalScreen[CaptureChoice | None]):
+    """Before a capture: what it will read and store, per partition, from the core's estimate
+    (read-only, a few seconds per filesystem, in a worker thread). ``a`` switches between the
+    used blocks (default) and every byte, and estimates again; Enter goes on with that
+    choice (then the image folder is asked); Esc cancels."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("enter", "accept", "Choose the image folder...", id="accept"),
+        Binding("a", "mode(True)", "Every byte", id="every-byte"),
+        Binding("a", "mode(False)", "Used blocks only", id="used-only"),
+        Binding("escape", "cancel", "Cancel", id="cancel"),
+    ]
+
+    def __init__(self, disk: Any, estimate: Callable[[bool], list[Any]]) -> None:
+        super().__init__()
+        self.disk = disk
+        self.estimate = estimate  # (all_blocks) -> the core's planned streams; may raise
+        self.all_blocks = False
+        self.plans: list[Any] | None = None
+        self.error: str | None = None
+        self.busy = False
+        self._generation = 0
+        self._started = 0.0
+
+    def compose(self) -> ComposeResult:
+        d = self.disk
+        with Vertical(classes="dialog", id="estimate-box"):
+            yield Static(
+                Text(
+                    f"Capture {esc(d.path)} ({esc(d.model or d.name)}, "
+                    f"{human_size(d.size_bytes)}) into an image folder."
+                )
+            )
+            yield Static(mode_text(self.all_blocks), id="mode")
+            with VerticalScroll(id="estimate-scroll"):
+                yield Static("", id="estimate")
+            yield Static("", id="estimate-status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#estimate-box").border_title = "Capture: what it will store"
+        self.set_interval(0.5, self._tick)
+        self._start()
+
+    # -- the estimate (worker thread) ------------------------------------
+    def _start(self) -> None:
+        self._generation += 1
+        self.busy = True
+        self.plans, self.error = None, None
+        self._started = time.monotonic()
+        self.query_one("#mode", Static).update(mode_text(self.all_blocks))
+        self.query_one("#estimate", Static).update("")
+        self._tick()
+        self.refresh_bindings()
+        self.compute(self.all_blocks, self._generation)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="estimate")
+    def compute(self, all_blocks: bool, generation: int) -> None:
+        plans: list[Any] | None = None
+        error: str | None = None
+        try:
+            plans = list(self.estimate(all_blocks))
+        except RescueError as exc:
+            error = str(exc)
+        except Exception as exc:  # a bug must not leave the dialog at "Finding..."
+            error = f"internal error in the estimate: {type(exc).__name__}: {exc}"
+        if get_current_worker().is_cancelled:
+            return  # the dialog is gone (Esc) or a newer estimate runs
+        try:
+            self.app.call_from_thread(self._show, generation, plans, error)
+        except RuntimeError:  # the app is shutting down
+            pass
+
+    def _show(self, generation: int, plans: list[Any] | None, error: str | None) -> None:
+        if generation != self._generation or not self.is_attached:
+            return  # an older estimate (the operator switched the mode meanwhile)
+        self.busy = False
+        self.plans, self.error = plans, error
+        out = self.query_one("#estimate", Static)
+        if plans is not None:
+            out.update(estimate_text(self.disk, plans))
+        else:
+            out.update(plain(f"The estimate failed: {error}", style="bold"))
+        self._tick()
+        self.refresh_bindings()
+
+    def _tick(self) -> None:
+        status = self.query_one("#estimate-status", Static)
+        if self.busy:
+            seconds = int(time.monotonic() - self._started)
+            what = ESTIMATING if not self.all_blocks else "Reading the partition table"
+            status.update(
+                Text(f"{what}... {seconds} s (a few seconds per filesystem; Esc: cancel)")
+            )
+        elif self.error is not None:
+            status.update(
+                Text("Enter: capture anyway (the capture says what went wrong)   Esc: cancel")
+            )
+        else:
+            other = "only the used blocks" if self.all_blocks else "every byte"
+            status.update(Text(f"Enter: choose the image folder   a: {other}   Esc: cancel"))
+
+    # -- keys ------------------------------------------------------------
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "mode":
+            return bool(parameters) and parameters[0] != self.all_blocks
+        if action == "accept":
+            return None if self.busy else True  # dimmed while the estimate runs
+        return True
+
+    def action_mode(self, all_blocks: bool) -> None:
+        if all_blocks != self.all_blocks:
+            self.all_blocks = all_blocks
+            self._start()
+
+    def action_accept(self) -> None:
+        if self.busy:
+            self.app.bell()
+            return
+        total = sum(p.read_bytes for p in self.plans) if self.plans is not None else None
+        self.dismiss(CaptureChoice(self.all_blocks, total))
 
     def action_cancel(self) -> None:
         self.dismiss(None)
@@ -142,12 +330,15 @@ class ConfirmTargetDialog(ModalScreen[Any]):
         Binding("escape", "cancel", "Cancel (nothing is written)", id="cancel")
     ]
 
-    def __init__(self, disk: Any, code: str, confirm: Any, part: Any = None) -> None:
+    def __init__(
+        self, disk: Any, code: str, confirm: Any, part: Any = None, *, exact: bool = False
+    ) -> None:
         super().__init__()
         self.disk = disk
         self.part = part  # a partition restore: only this partition is overwritten
         self.code = code
         self.confirm = confirm  # callable(disk, typed) -> ConfirmedTarget, raises RescueError
+        self.exact = exact  # shown: the operator asked for an exact restore
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog danger", id="confirm-box"):
@@ -157,6 +348,8 @@ class ConfirmTargetDialog(ModalScreen[Any]):
                 else destroyed_text(self.disk)
             )
             yield Static(what, id="destroyed")
+            if self.exact:
+                yield Static(Text("Exact restore: the space no filesystem uses is made zero too."))
             prompt = Text("\nTo confirm, type the code ")
             prompt.append(f" {esc(self.code)} ", style="bold reverse")
             prompt.append(" (the end of the disk's identity above) and press Enter:")

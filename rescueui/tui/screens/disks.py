@@ -91,7 +91,9 @@ class DisksScreen(StepScreen):
         self.app.push_screen(ImageScreen())
 
     def action_capture(self) -> None:
-        from rescueui.tui.screens.dialogs import PathDialog
+        """What the capture will store (the core's estimate, used blocks or every byte),
+        then the image folder, then the capture job."""
+        from rescueui.tui.screens.dialogs import CaptureChoice, CaptureEstimateDialog, PathDialog
         from rescueui.tui.screens.job import JobScreen
 
         disk = self.table.selected_disk()
@@ -99,14 +101,28 @@ class DisksScreen(StepScreen):
             return
         default = self.session.default_capture_dir(disk)
 
-        def start(path: str | None) -> None:
-            if path:
-                self.app.push_screen(JobScreen.capture(disk, path))
+        def estimate(all_blocks: bool) -> list[Any]:
+            return list(self.session.estimate_capture(disk.path, all_blocks=all_blocks))
 
-        self.app.push_screen(
-            PathDialog(
-                f"Capture {disk.path} ({disk.model or disk.name}) into an image folder:",
-                str(default),
-            ),
-            start,
-        )
+        def chosen(choice: CaptureChoice | None) -> None:
+            if choice is None:
+                return
+
+            def start(path: str | None) -> None:
+                if path:
+                    self.app.push_screen(
+                        JobScreen.capture(disk, path, all_blocks=choice.all_blocks)
+                    )
+
+            mode = "every byte" if choice.all_blocks else "the blocks each filesystem uses"
+            size = choice.size_words()
+            self.app.push_screen(
+                PathDialog(
+                    f"Capture {disk.path} ({disk.model or disk.name}), {mode}"
+                    f"{'; ' + size if size else ''}. Into the image folder:",
+                    str(default),
+                ),
+                start,
+            )
+
+        self.app.push_screen(CaptureEstimateDialog(disk, estimate), chosen)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, ClassVar
 
 from rich.text import Text
@@ -27,10 +28,31 @@ def size_text(img: Any) -> str:
     return f"~{size}" if getattr(img, "size_is_estimate", False) else size
 
 
-def image_layout(img: Any) -> Text:
+def read_usage(path: Any) -> list[str]:
+    """What the image at ``path`` holds of each partition (the core's lines: "p2 ext4: 58.1
+    GiB used of 200 GiB - 141.9 GiB not copied"); [] when it does not say (format-1 images)
+    or cannot be opened (the listing already says why). Opens the image: call it in a worker
+    thread."""
+    from rescueui.core.images import open_image
+    from rescueui.core.images.usage import image_usage
+
+    try:
+        image = open_image(path, measure=False)
+    except Exception:
+        return []
+    try:
+        return list(image_usage(image))
+    except Exception:
+        return []
+    finally:
+        with contextlib.suppress(Exception):
+            image.close()
+
+
+def image_layout(img: Any, usage: list[str] | None = None) -> Text:
     """The selected image's details. Everything from the image (path, source, machine,
     warnings, labels, its own description) is outside text: shown escaped, never read as
-    markup."""
+    markup. ``usage``: the lines of :func:`read_usage` (None: not read yet)."""
     text = Text()
     text.append(esc(img.path), style="bold")
     if getattr(img, "description", ""):
@@ -55,6 +77,10 @@ def image_layout(img: Any) -> Text:
         f"\n{created}{needs}; {human_size(img.stored_bytes)} stored; "
         f"table {esc(img.table_type or 'none')}"
     )
+    if usage:  # next to the sizes, where an 80x24 screen still shows it
+        text.append("\nWhat the image holds, per partition:", style="bold")
+        for line in usage:
+            text.append(f"\n  {esc(line)}")
     if getattr(img, "integrity_words", ""):
         text.append(f"\nChecks: {esc(img.integrity_words)}")
     if not img.complete:
@@ -97,6 +123,7 @@ class ImageScreen(StepScreen):
         super().__init__()
         self.images: list[Any] = []
         self.extra_paths: list[str] = []
+        self.usage: dict[Any, list[str]] = {}  # image path -> its usage lines (read once)
 
     def compose(self) -> ComposeResult:
         yield StepsBar(self.STEP, demo=self.session.is_demo)
@@ -122,6 +149,7 @@ class ImageScreen(StepScreen):
 
     def _show(self, images: list[Any]) -> None:
         self.images = images
+        self.usage = {}  # a rescan may find an image captured anew under the same name
         table = self.query_one(DataTable)
         rows = [
             (
@@ -156,7 +184,29 @@ class ImageScreen(StepScreen):
 
     def _details(self) -> None:
         img = self.selected()
-        self.query_one("#details", Static).update(image_layout(img) if img else "No image found.")
+        if img is None:
+            self.query_one("#details", Static).update("No image found.")
+            return
+        usage = self.usage.get(img.path)
+        self.query_one("#details", Static).update(image_layout(img, usage))
+        # only our own folders record what each filesystem uses (format 2); opening a
+        # foreign image may mean reading all of it
+        if usage is None and img.ok and getattr(img, "kind", "") == "rescueui":
+            self.load_usage(img.path)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="usage")
+    def load_usage(self, path: Any) -> None:
+        from textual.worker import get_current_worker
+
+        lines = read_usage(path)
+        if not get_current_worker().is_cancelled:
+            self.app.call_from_thread(self._usage_read, path, lines)
+
+    def _usage_read(self, path: Any, lines: list[str]) -> None:
+        self.usage[path] = lines
+        img = self.selected()
+        if img is not None and img.path == path and lines:
+            self.query_one("#details", Static).update(image_layout(img, lines))
 
     def action_rescan(self) -> None:
         self.scan()

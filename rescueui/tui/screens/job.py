@@ -34,6 +34,14 @@ from rescueui.tui.widgets.steps import StepsBar
 
 MAX_SAMPLES = 600
 
+# The engine's phase names in words (others are shown as the engine names them).
+PHASE_WORDS = {
+    "map": "Used-block maps",
+    "capture": "Reading, hashing and compressing",
+    "write": "Writing (each chunk checked before it is written)",
+    "verify": "Read-back verify of the target",
+}
+
 JobFn = Callable[..., Any]  # (progress=, cancel=) -> JobReport
 
 
@@ -114,9 +122,11 @@ class JobScreen(StepScreen):
         partition: int | None = None,
         part: Any = None,
         accepted_codes: tuple[str, ...] = (),
+        exact: bool = False,
     ) -> JobScreen:
         """``accepted_codes``: the pre-flight warnings the operator acknowledged one by one
-        (the core refuses the restore if any other warning comes up)."""
+        (the core refuses the restore if any other warning comes up). ``exact``: the space no
+        filesystem uses is made zero on any target (the core decides where it is otherwise)."""
 
         def job(*, session: Any, progress: Any, cancel: threading.Event) -> Any:
             return session.restore(
@@ -127,6 +137,7 @@ class JobScreen(StepScreen):
                 resume=resume,
                 partition=partition,
                 accepted_codes=accepted_codes,
+                exact=exact,
             )
 
         name = image.name
@@ -135,9 +146,10 @@ class JobScreen(StepScreen):
             name = f"{name} ({label})"  # the kind, where it is not our own folder
         what = f"partition {partition} of {name}" if partition else name
         where = part.path if part is not None else disk.path
+        mode = " (exact: unused space made zero)" if exact else ""
         return cls(
             "restore",
-            f"{'Resume' if resume else 'Restore'} {what} -> {where}",
+            f"{'Resume' if resume else 'Restore'} {what} -> {where}{mode}",
             job,
             image_dir=image.path,
             context={
@@ -147,20 +159,27 @@ class JobScreen(StepScreen):
                 "partition": partition,
                 "part": part,
                 "accepted_codes": accepted_codes,
+                "exact": exact,
             },
         )
 
     @classmethod
-    def capture(cls, disk: Any, image_dir: str) -> JobScreen:
-        def job(*, session: Any, progress: Any, cancel: threading.Event) -> Any:
-            return session.capture(disk.path, image_dir, progress=progress, cancel=cancel)
+    def capture(cls, disk: Any, image_dir: str, *, all_blocks: bool = False) -> JobScreen:
+        """``all_blocks``: read every byte of every partition (default: only the blocks
+        each filesystem uses)."""
 
+        def job(*, session: Any, progress: Any, cancel: threading.Event) -> Any:
+            return session.capture(
+                disk.path, image_dir, progress=progress, cancel=cancel, all_blocks=all_blocks
+            )
+
+        mode = " (every byte)" if all_blocks else ""
         return cls(
             "capture",
-            f"Capture {disk.path} -> {image_dir}",
+            f"Capture {disk.path} -> {image_dir}{mode}",
             job,
             image_dir=image_dir,
-            context={"disk": disk},
+            context={"disk": disk, "all_blocks": all_blocks},
         )
 
     @classmethod
@@ -301,10 +320,7 @@ class JobScreen(StepScreen):
             alarm.update(self._alarm_text())
         if p is None:
             return
-        phase = {
-            "write": "Writing (each chunk checked before it is written)",
-            "verify": "Read-back verify of the target",
-        }.get(p.phase, p.phase)
+        phase = PHASE_WORDS.get(p.phase, p.phase)
         stream = f"  stream {esc(p.stream)}" if p.stream else ""
         msg = f"  {esc(p.message)}" if p.message else ""
         self.query_one("#phase", Static).update(Text(f"Phase: {esc(phase)}{stream}{msg}"))
@@ -317,10 +333,16 @@ class JobScreen(StepScreen):
         of = human_size(p.bytes_total)
         if self.facts.size_is_estimate:  # not for a measured image (a restore measures it)
             of = f"about {of} (estimated)"
-        self.query_one("#numbers", Static).update(
-            f"{human_size(p.bytes_done)} of {of}   "
-            f"elapsed {human_duration(p.elapsed)}   ETA {human_duration(p.eta) if not self.finished else '00:00'}"
-        )
+        if not p.bytes_total and p.phase in ("start", "map"):
+            # a capture counts the bytes it reads once each filesystem's map is known
+            numbers = f"elapsed {human_duration(p.elapsed)}   bytes to read: not known yet"
+        else:
+            eta = human_duration(p.eta) if not self.finished else "00:00"
+            numbers = (
+                f"{human_size(p.bytes_done)} of {of}   "
+                f"elapsed {human_duration(p.elapsed)}   ETA {eta}"
+            )
+        self.query_one("#numbers", Static).update(numbers)
         self.query_one("#rate-now", BigNumber).value = f"{p.rate_now / 1e6:.1f}"
         self.query_one("#rate-avg", BigNumber).value = f"{p.rate_avg / 1e6:.1f}"
         self.query_one(ThroughputGraph).set_samples(self.samples)

@@ -5,10 +5,16 @@ warning and ``a`` (or Space) toggles it; the row then says ``[ACK]``. Enter (con
 target) is refused, with the reason on screen, until every warning is acknowledged; a stop
 cannot be confirmed past at all. Going back (Esc) and returning starts with nothing
 acknowledged. The acknowledged codes go to the restore, which records them in the report.
+
+The per-partition lines of what the image holds (info findings ``usage.pN``) are shown as
+one row after the other findings, so they never push a warning out of sight. ``e`` asks for
+an exact restore: the space no filesystem uses is made zero on the target too (otherwise the
+core makes it zero only where the target does that fast).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from rich.text import Text
@@ -35,15 +41,59 @@ class FindingsBox(VerticalScroll, can_focus=False):
     """The list of findings; the screen's keys move its cursor (it never takes the focus)."""
 
 
+USAGE_PREFIX = "usage."  # the core's info findings: one usage line per partition
+
+
+@dataclass(frozen=True)
+class UsageGroup:
+    """The pre-flight's usage lines (``usage.pN``) as one row: what the image holds of each
+    partition."""
+
+    lines: tuple[str, ...]
+    level: str = "info"
+    code: str = "usage"
+    message: str = "What the image holds, per partition:"
+    detail_style: str = ""  # the lines are the point of this row: not dimmed
+
+    @property
+    def detail(self) -> str:
+        return "\n".join(self.lines)
+
+
+def shown_findings(findings: list[Any]) -> list[Any]:
+    """The rows of the screen: the findings in the core's order, the usage lines grouped in
+    one row after them."""
+    usage = [f for f in findings if f.level == "info" and f.code.startswith(USAGE_PREFIX)]
+    if not usage:
+        return list(findings)
+    ids = {id(f) for f in usage}
+    rest = [f for f in findings if id(f) not in ids]
+    return [*rest, UsageGroup(tuple(str(f.message) for f in usage))]
+
+
+def exact_text(exact: bool) -> Text:
+    """The line saying what the restore does with the space no filesystem uses."""
+    if exact:
+        return Text(
+            " EXACT: the space no filesystem uses is made zero on the target too. e: undo ",
+            style="bold reverse",
+        )
+    return Text(
+        "Space no filesystem uses: made zero where the target does it fast, else left as it "
+        "is. e: exact restore (all of it zero)"
+    )
+
+
 class PreflightScreen(StepScreen):
     STEP = "Pre-flight"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "confirm", "Confirm target...", priority=True, id="confirm"),
         Binding("a,space", "acknowledge", "Acknowledge warning", id="acknowledge"),
-        Binding("down", "cursor(1)", "Next line", key_display="Down", id="down"),
+        Binding("down", "cursor(1)", "Next", key_display="Down", id="down"),
         Binding("up", "cursor(-1)", "Previous line", show=False, id="up"),
         Binding("pagedown", "cursor(5)", "", show=False),
         Binding("pageup", "cursor(-5)", "", show=False),
+        Binding("e", "exact", "Exact", id="exact"),
         Binding("escape", "back", "Back", id="back"),
     ]
 
@@ -77,6 +127,7 @@ class PreflightScreen(StepScreen):
                     "size, so it is decompressed once)"
                 )
             yield Static(checking, id="findings")
+        yield Static(exact_text(self.flow.exact), id="exact")
         yield Static("", id="verdict")
         yield Footer()
 
@@ -117,12 +168,18 @@ class PreflightScreen(StepScreen):
             # on a stop nothing can be acknowledged past: the rows do not ask for it
             go = self.session.allows_restore(findings)
             self.rows = [
-                FindingRow(f, needs_ack=go and self.session.needs_acknowledgement(f), index=i)
-                for i, f in enumerate(findings)
+                FindingRow(
+                    f,
+                    needs_ack=go
+                    and not isinstance(f, UsageGroup)
+                    and self.session.needs_acknowledgement(f),
+                    index=i,
+                )
+                for i, f in enumerate(shown_findings(findings))
             ]
             self.query_one("#findings-box").mount_all(self.rows)
             open_ = self._open()
-            self.cursor = findings.index(open_[0]) if open_ else 0
+            self.cursor = self._row_of(open_[0]) if open_ else 0
             self._redraw_rows()
         self._update_verdict()
         self.refresh_bindings()
@@ -130,6 +187,13 @@ class PreflightScreen(StepScreen):
     def _open(self) -> list[Any]:
         """The warnings not yet acknowledged (the core decides what needs acknowledging)."""
         return self.session.open_warnings(self.findings or [], self.acknowledged)
+
+    def _row_of(self, finding: Any) -> int:
+        """The row showing ``finding`` (the usage lines share one row)."""
+        for i, row in enumerate(self.rows):
+            if row.finding is finding:
+                return i
+        return 0
 
     def _redraw_rows(self, scroll: bool = True) -> None:
         for i, row in enumerate(self.rows):
@@ -202,7 +266,7 @@ class PreflightScreen(StepScreen):
             self.acknowledged.add(f.code)
             open_ = self._open()
             if open_:  # on to the next warning still open
-                self.cursor = (self.findings or []).index(open_[0])
+                self.cursor = self._row_of(open_[0])
         self._redraw_rows()
         self._update_verdict()
         self.refresh_bindings()
@@ -226,7 +290,16 @@ class PreflightScreen(StepScreen):
             return self._loaded() and bool(self._warnings())
         if action == "cursor":
             return bool(self.rows)
+        if action == "exact":
+            return self._loaded()
         return super().check_action(action, parameters)
+
+    def action_exact(self) -> None:
+        """Toggle the exact restore (kept for this restore until the operator starts over)."""
+        if not self._loaded():
+            return
+        self.flow.exact = not self.flow.exact
+        self.query_one("#exact", Static).update(exact_text(self.flow.exact))
 
     def action_confirm(self) -> None:
         from rescueui.tui.screens.dialogs import ConfirmTargetDialog
@@ -238,7 +311,7 @@ class PreflightScreen(StepScreen):
         open_ = self._open()
         if open_:
             self.app.bell()
-            self.cursor = (self.findings or []).index(open_[0])
+            self.cursor = self._row_of(open_[0])
             self._redraw_rows()
             self._update_verdict(
                 f"acknowledge each warning first ({len(open_)} open, at >): read it, press a."
@@ -251,6 +324,7 @@ class PreflightScreen(StepScreen):
             self.query_one("#verdict", Static).update(plain(f" {exc} ", style="bold reverse"))
             return
         accepted = tuple(f.code for f in self._warnings() if f.code in self.acknowledged)
+        exact = self.flow.exact
 
         def confirmed(result: Any) -> None:
             if result is not None:
@@ -263,7 +337,10 @@ class PreflightScreen(StepScreen):
                         partition=number,
                         part=part,
                         accepted_codes=accepted,
+                        exact=exact,
                     )
                 )
 
-        self.app.push_screen(ConfirmTargetDialog(disk, code, self.session.confirm, part), confirmed)
+        self.app.push_screen(
+            ConfirmTargetDialog(disk, code, self.session.confirm, part, exact=exact), confirmed
+        )

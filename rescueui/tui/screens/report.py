@@ -99,5 +99,6 @@ class ReportScreen(StepScreen):
                 partition=ctx.get("partition"),
                 part=ctx.get("part"),
                 accepted_codes=ctx.get("accepted_codes", ()),
+                exact=ctx.get("exact", False),
             )
         )

@@ -42,7 +42,8 @@ def finding_renderable(
     detail = str(getattr(finding, "detail", "") or "")
     if detail:
         body.append("\n")
-        body.append("\n".join(esc(line) for line in detail.split("\n")), style="dim")
+        style = getattr(finding, "detail_style", "dim")
+        body.append("\n".join(esc(line) for line in detail.split("\n")), style=style)
     if needs_ack:
         body.append("\n")
         if acked:
