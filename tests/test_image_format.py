@@ -220,9 +220,9 @@ def test_symlink_data_file_outside_folder_is_refused(image_copy: Path, tmp_path:
 
 def test_unknown_version_is_refused(image_copy: Path) -> None:
     d = _manifest(image_copy)
-    d["version"] = 2
+    d["version"] = 3
     _write_manifest(image_copy, d)
-    with pytest.raises(UnsupportedImageError, match=r"version 2.*reads version 1"):
+    with pytest.raises(UnsupportedImageError, match=r"version 3.*reads version 1, 2 only"):
         Image.open(image_copy)
 
 

@@ -204,13 +204,14 @@ def test_whole_disk_onto_same_size_random_disk(
     src = sources[label]
     _, ext_n, fat_n = LAYOUTS[label]
     target = loops.create(64, fill="random")
-    plan = plan_restore(src["image"], confirmed(target.path), accept_warnings=True)
+    plan = plan_restore(src["image"], confirmed(target.path), accept_warnings=True, exact=True)
     extent = plan.image.extent_bytes
     rec = Recorder()
     report = run_restore(plan, progress=rec)
     assert report.outcome == "success", report.error
 
-    # Bit for bit over the image's whole extent: tables, gaps, zero ranges included.
+    # Bit for bit over the image's whole extent: tables, gaps, zero ranges included (an
+    # exact restore: the space no filesystem uses is zero on the source and made zero here).
     assert sha(target.path, 0, extent) == sha(src["disk"].path, 0, extent)
     r = subprocess.run(["cmp", "-n", str(extent), src["disk"].path, target.path])
     assert r.returncode == 0
@@ -248,7 +249,9 @@ def test_gpt_onto_larger_disk_keeps_partitions(
     """--no-grow: partitions and data exactly as in the image; only the GPT backup moves."""
     src = sources["gpt"]
     target = loops.create(96, fill="random")
-    plan = plan_restore(src["image"], confirmed(target.path), grow=False, accept_warnings=True)
+    plan = plan_restore(
+        src["image"], confirmed(target.path), grow=False, accept_warnings=True, exact=True
+    )
     report = run_restore(plan)
     assert report.outcome == "success", report.error
     extent = plan.image.extent_bytes
@@ -269,7 +272,7 @@ def test_gpt_onto_larger_disk_grows_last_partition(
 ) -> None:
     src = sources["gpt"]
     target = loops.create(96, fill="random")
-    plan = plan_restore(src["image"], confirmed(target.path), accept_warnings=True)
+    plan = plan_restore(src["image"], confirmed(target.path), accept_warnings=True, exact=True)
     report = run_restore(plan)
     assert report.outcome == "success", report.error
     target.rescan()
@@ -297,7 +300,12 @@ def test_partition_restore_onto_existing_partition(
     p2_size = int(run(["blockdev", "--getsize64", target.part(2)]).stdout)
     tail_before = sha(target.part(2), 44 * MiB, p2_size - 44 * MiB)
     plan = plan_restore(
-        stream, confirmed(target.part(2)), partition=2, grow=False, accept_warnings=True
+        stream,
+        confirmed(target.part(2)),
+        partition=2,
+        grow=False,
+        accept_warnings=True,
+        exact=True,
     )
     n = plan.stream.size_bytes  # type: ignore[union-attr]
     report = run_restore(plan)

@@ -1,4 +1,5 @@
-"""`rescueui capture SOURCE IMAGE_DIR [--level N] [--partition N ...] [--allow-mounted]`."""
+"""`rescueui capture SOURCE IMAGE_DIR [--level N] [--partition N ...] [--allow-mounted]
+[--all-blocks]`."""
 
 from __future__ import annotations
 
@@ -58,6 +59,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         help="capture even if a filesystem on the source is mounted read-write "
         "(the image may be inconsistent; the report says so)",
     )
+    p.add_argument(
+        "--all-blocks",
+        action="store_true",
+        help="read every byte of every partition (default: only the blocks each filesystem "
+        "uses, from partclone's map; swap gets a fresh header)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress display")
 
@@ -74,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
             level=args.level,
             partitions=args.partition,
             allow_mounted_rw=args.allow_mounted,
+            all_blocks=args.all_blocks,
             progress=progress,
             cancel=cancel,
         ),

@@ -90,6 +90,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "--no-verify", action="store_true", help="skip the read-back verify of the target"
     )
     p.add_argument(
+        "--exact",
+        action="store_true",
+        help="make the space no filesystem uses zero on any target too (default: only where "
+        "the target zeroes fast; a spinning disk keeps its old bytes there)",
+    )
+    p.add_argument(
         "--no-grow",
         action="store_true",
         help="on a larger disk keep the partitions at their image sizes",
@@ -331,6 +337,7 @@ def run(args: argparse.Namespace) -> int:
             verify=not args.no_verify,
             resume=args.resume,
             grow=not args.no_grow,
+            exact=args.exact,
             accept_warnings=args.accept_warnings,
             accepted_codes=args.accept_warning,
             acknowledged_by="--accept-warnings" if args.accept_warnings else "--accept-warning",

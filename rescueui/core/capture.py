@@ -26,6 +26,7 @@ import fcntl
 import itertools
 import math
 import os
+import re
 import stat
 import subprocess
 import threading
@@ -46,6 +47,7 @@ from rescueui.core.image import (
     CHUNK_SIZE,
     FORMAT_VERSION,
     INCOMPLETE_MARKER,
+    INDEX_VERSIONS,
     MANIFEST_NAME,
     ImageManifest,
     IndexBuilder,
@@ -54,12 +56,16 @@ from rescueui.core.image import (
     write_file_atomic,
     zero_digest,
 )
+from rescueui.core.images.usage import usage_line
 from rescueui.core.lock import WriterLock
+from rescueui.core.pipeline import is_all_zero
 from rescueui.core.progress import ChunkEvent, ProgressCallback, ProgressMeter
 from rescueui.core.report import JobReport, now_iso
+from rescueui.core.swap import swap_header
 from rescueui.core.targets.rule import capture_destination_problem, loop_aliases
 from rescueui.core.tools import find_tool
 from rescueui.core.units import human_size
+from rescueui.core.usedblocks import AllBlocks, UsedMap, partition_device, read_used_map
 
 REPORTS_SUBDIR = "reports"
 DEFAULT_WORKERS = max(1, min(3, os.cpu_count() or 2))
@@ -79,10 +85,37 @@ class PlannedStream:
     optional: bool = False  # a gap: dropped again if it turns out all zeros
     fs_type: str | None = None
     label: str | None = None
+    fs_uuid: str | None = None
+    used: UsedMap | None = None  # what the filesystem uses; None: every byte is read
+    all_blocks: str | None = None  # a partition read whole: why (for the report)
+    synth: bytes | None = None  # swap: the header mkswap made, stored instead of the pages
+    warning: str | None = None  # e.g. a filesystem that was not cleanly unmounted
 
     @property
     def end(self) -> int:
         return self.start + self.size
+
+    @property
+    def read_bytes(self) -> int:
+        """Bytes a capture reads (and progress counts): the used ones, or all."""
+        return self.size if self.used is None else self.used.used_bytes
+
+    def used_in(self, start: int, end: int) -> list[tuple[int, int]] | None:
+        """The used ranges within ``[start, end)`` of the stream (None: all of it)."""
+        if self.used is None:
+            return None
+        return [(a, a + n) for a, n in self.used.used_in(start, end)]
+
+    def usage(self) -> str:
+        """One line for the operator: what of this stream a capture stores."""
+        return usage_line(
+            self.name,
+            self.fs_type,
+            self.size,
+            None if self.used is None else self.read_bytes,
+            self.all_blocks,
+            swap=self.synth is not None,
+        )
 
 
 def plan_streams(
@@ -155,11 +188,14 @@ def plan_streams(
     return out
 
 
-def probe_filesystem(source: str, start: int, size: int) -> tuple[str | None, str | None]:
-    """(fs type, label) of the filesystem at ``start`` on ``source`` (blkid low-level probe)."""
+def probe_filesystem(
+    source: str, start: int, size: int
+) -> tuple[str | None, str | None, str | None]:
+    """(fs type, label, UUID) of the filesystem at ``start`` on ``source`` (blkid
+    low-level probe)."""
     blkid = find_tool("blkid")
     if blkid is None:
-        return None, None
+        return None, None, None
     try:
         proc = subprocess.run(
             [blkid, "-p", "-o", "export", "-O", str(start), "-S", str(size), source],
@@ -169,9 +205,76 @@ def probe_filesystem(source: str, start: int, size: int) -> tuple[str | None, st
             check=False,
         )
     except (OSError, subprocess.TimeoutExpired):
-        return None, None
+        return None, None, None
     props = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
-    return props.get("TYPE"), props.get("LABEL")
+    uuid = props.get("UUID")
+    if uuid is not None and not FS_UUID_RE.match(uuid):
+        uuid = None
+    return props.get("TYPE"), props.get("LABEL"), uuid
+
+
+FS_UUID_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z-]{0,63}$")
+
+
+def map_used_blocks(
+    source: str,
+    plans: list[PlannedStream],
+    *,
+    all_blocks: bool,
+    cancel: threading.Event | None = None,
+    on_stream: Any = None,
+) -> None:
+    """Probe each partition's filesystem and learn which blocks it uses (partclone's map,
+    :mod:`rescueui.core.usedblocks`); swap gets a fresh header instead of its pages. Sets
+    the streams' ``used``, ``all_blocks``, ``synth`` and ``warning``. ``all_blocks``: every
+    byte of every partition (the operator asked)."""
+    for p in plans:
+        if p.kind not in ("partition", "disk"):
+            continue
+        p.fs_type, p.label, p.fs_uuid = probe_filesystem(source, p.start, p.size)
+        if all_blocks:
+            p.all_blocks = "every byte was asked for"
+            continue
+        if on_stream is not None:
+            on_stream(p)
+        if p.fs_type == "swap":
+            try:
+                p.synth = swap_header(p.size, p.fs_uuid, p.label)
+            except RescueError as exc:
+                p.all_blocks = f"swap copied whole: {exc.message}"
+                continue
+            runs = [(0, len(p.synth))]
+            p.used = UsedMap("swap", "mkswap", p.size, tuple(runs), True)
+            continue
+        with partition_device(source, p.start, p.size) as dev:
+            found = read_used_map(dev, p.fs_type, p.size, cancel=cancel)
+        if isinstance(found, AllBlocks):
+            p.all_blocks = found.reason
+            continue
+        p.used = found
+        if not found.clean:
+            p.warning = (
+                f"{p.name} ({p.fs_type}) was not cleanly unmounted"
+                + (f" ({found.note})" if found.note else "")
+                + ": its used blocks were captured as they are on the disk, without a "
+                "journal replay or check; the restored filesystem replays or needs a check at "
+                "its first mount. Capture every byte instead to keep the disk exactly as it is."
+            )
+
+
+def estimate_capture(
+    source: str, *, partitions: list[int] | None = None, all_blocks: bool = False
+) -> list[PlannedStream]:
+    """What a capture of ``source`` would store, before it starts (read-only): its streams
+    with the filesystems' used blocks (``PlannedStream.usage()`` and ``read_bytes``)."""
+    try:
+        table = parttable.read_table(source)
+    except DiskError as exc:
+        raise CaptureError(exc.message, hint=exc.hint) from exc
+    size = blockdev.device_size(source)
+    plans = plan_streams(table, size, partitions, source)
+    map_used_blocks(source, plans, all_blocks=all_blocks)
+    return plans
 
 
 # ---- source safety --------------------------------------------------------------------
@@ -341,6 +444,8 @@ class _Result:
     zero: bool
     digest: bytes
     frame: bytes
+    moved: int  # bytes read from the source for this chunk
+    unused: bool = False  # no byte of the chunk is used by the filesystem: nothing read
 
 
 @dataclass
@@ -349,6 +454,7 @@ class CaptureStats:
     bytes_stored: int = 0
     chunks: int = 0
     zero_chunks: int = 0
+    unused_chunks: int = 0
     direct_io: bool = False
     streams: list[StreamEntry] = field(default_factory=list)
 
@@ -367,7 +473,9 @@ class _Capture:
         meter: ProgressMeter,
         cancel: threading.Event,
         direct: bool,
+        format_version: int = FORMAT_VERSION,
     ) -> None:
+        self.index_version = INDEX_VERSIONS[format_version]
         self.src_fd = src_fd
         self.src_path = src_path
         self.image_dir = image_dir
@@ -395,7 +503,7 @@ class _Capture:
             self.free.put(blockdev.aligned_buffer(chunk_size))
         self.work: Queue[Any] = Queue()
         self.max_pending = nbuf
-        self.zero = bytes(chunk_size)
+        self.zero = memoryview(bytes(chunk_size))  # sliced without copying
         self._zero_frames: dict[int, bytes] = {}
         self._local = threading.local()
         self.stats = CaptureStats(direct_io=direct)
@@ -433,11 +541,42 @@ class _Capture:
         finally:
             view.release()
 
+    def _fill(self, buf: Any, p: PlannedStream, off: int, n: int, runs: list[Any]) -> int:
+        """Read the used ``runs`` (stream offsets) of the chunk at ``off`` into ``buf``,
+        zeros elsewhere; returns the bytes read. Mostly used: one read, then the gaps
+        zeroed; mostly free: zeros, then one read per run."""
+        used = sum(b - a for a, b in runs)
+        with memoryview(buf) as view:
+            if p.synth is not None:  # swap: the new header, not the old pages
+                view[:n] = self.zero[:n]
+                for a, b in runs:
+                    view[a - off : b - off] = p.synth[a:b]
+                return used
+            if used * 4 >= n * 3:
+                self._read_exact(buf, n, p.start + off)
+                pos = off
+                for a, b in [*runs, (off + n, off + n)]:
+                    if a > pos:
+                        view[pos - off : a - off] = self.zero[: a - pos]
+                    pos = b
+                return n
+            view[:n] = self.zero[:n]
+            for a, b in runs:
+                with view[a - off : b - off] as part:
+                    self._read_exact(part, b - a, p.start + a)
+        return used
+
     def _reader(self) -> None:
         try:
             for st in self.states:
                 p = st.plan
                 for i in range(st.count):
+                    off = i * st.chunk_size
+                    n = min(st.chunk_size, p.size - off)
+                    runs = p.used_in(off, off + n)
+                    if runs is not None and not runs:
+                        self.work.put((st, i, None, n, 0))  # unused: nothing to read
+                        continue
                     buf = None
                     while buf is None:
                         if self.stop.is_set() or self.cancel.is_set():
@@ -446,10 +585,12 @@ class _Capture:
                             buf = self.free.get(timeout=0.2)
                         except Empty:
                             continue
-                    off = i * st.chunk_size
-                    n = min(st.chunk_size, p.size - off)
-                    self._read_exact(buf, n, p.start + off)
-                    self.work.put((st, i, buf, n))
+                    if runs is None or runs == [(off, off + n)]:
+                        self._read_exact(buf, n, p.start + off)
+                        moved = n
+                    else:
+                        moved = self._fill(buf, p, off, n, runs)
+                    self.work.put((st, i, buf, n, moved))
         except BaseException as exc:  # handed to the writer, which raises it
             self.work.put(exc)
             return
@@ -471,16 +612,17 @@ class _Capture:
             frame = self._zero_frames[n] = self._cctx().compress(bytes(n))
         return frame
 
-    def _process(self, item: tuple[_StreamState, int, Any, int]) -> _Result:
-        st, i, buf, n = item
+    def _process(self, item: tuple[_StreamState, int, Any, int, int]) -> _Result:
+        st, i, buf, n, moved = item
+        if buf is None:  # not used by the filesystem: known hash, constant frame
+            return _Result(st, i, n, True, zero_digest(n), self._zero_frame(n), 0, True)
         try:
-            zero = buf[:n] == (self.zero if n == self.chunk_size else self.zero[:n])
-            if zero:
-                return _Result(st, i, n, True, zero_digest(n), self._zero_frame(n))
             with memoryview(buf) as mv, mv[:n] as view:
+                if is_all_zero(view):
+                    return _Result(st, i, n, True, zero_digest(n), self._zero_frame(n), moved)
                 digest = blake3.blake3(view).digest()
                 frame = self._cctx().compress(view)
-            return _Result(st, i, n, False, digest, frame)
+            return _Result(st, i, n, False, digest, frame, moved)
         finally:
             self.free.put(buf)
 
@@ -529,16 +671,17 @@ class _Capture:
                 )
             except OSError as exc:
                 raise self._dest_error(exc, st.data_path) from exc
-            st.index = IndexBuilder(st.chunk_size)
+            st.index = IndexBuilder(st.chunk_size, self.index_version)
         assert st.index is not None
         self._write_all(st.fd, r.frame, st.data_path)
-        st.index.add(len(r.frame), r.n, r.digest, r.zero)
+        st.index.add(len(r.frame), r.n, r.digest, r.zero, r.unused)
         st.nonzero = st.nonzero or not r.zero
         st.chunks_written += 1
-        self.stats.bytes_read += r.n
+        self.stats.bytes_read += r.moved
         self.stats.bytes_stored += len(r.frame)
         self.stats.chunks += 1
         self.stats.zero_chunks += int(r.zero)
+        self.stats.unused_chunks += int(r.unused)
         event = ChunkEvent(
             stream=st.plan.name,
             index=r.i,
@@ -549,7 +692,7 @@ class _Capture:
             zero=r.zero,
         )
         self.meter.advance(
-            r.n,
+            r.moved,
             stream=st.plan.name,
             chunks_done=self.stats.chunks,
             stream_chunks_done=r.i + 1,
@@ -594,6 +737,11 @@ class _Capture:
                 index_blake3=blake3.blake3(index_bytes).hexdigest(),
                 compressed_bytes=st.index.offset,
                 zero_chunks=st.index.zero_chunks,
+                fs_uuid=p.fs_uuid,
+                used_bytes=None if p.used is None else p.used.used_bytes,
+                used_map=None if p.used is None else p.used.tool,
+                all_blocks=p.all_blocks,
+                unused_chunks=st.index.unused_chunks,
             )
         )
 
@@ -766,8 +914,15 @@ def capture(
     chunk_size: int = CHUNK_SIZE,
     workers: int = DEFAULT_WORKERS,
     lock_path: str | None = None,
+    all_blocks: bool = False,
+    format_version: int = FORMAT_VERSION,
 ) -> JobReport:
     """Capture ``source`` (a block device or a disk image file) into the folder ``image_dir``.
+
+    Of each partition only the blocks its filesystem uses are read (partclone's map; swap
+    gets a fresh header); ``all_blocks`` reads every byte. ``format_version`` 1 writes the
+    previous release's format (every byte, no used-block map): kept so that the tests prove
+    such images still restore.
 
     Returns the success :class:`JobReport` (also written to ``image_dir/reports``). On
     failure or cancel raises a :class:`RescueError` (``CaptureError``, ``CancelledError``,
@@ -777,7 +932,15 @@ def capture(
     dest = Path(image_dir).absolute()
     cancel = cancel or threading.Event()
     report = JobReport(job="capture", source=src, destination=str(dest), image_dir=str(dest))
-    report.details.update({"level": level, "chunk_size": chunk_size, "workers": workers})
+    report.details.update(
+        {
+            "level": level,
+            "chunk_size": chunk_size,
+            "workers": workers,
+            "all_blocks": all_blocks,
+            "format_version": format_version,
+        }
+    )
     fd = -1
     alias_fds: list[int] = []
     lock: WriterLock | None = None
@@ -828,14 +991,29 @@ def capture(
             table = parttable.read_table(src)
         except DiskError as exc:
             raise CaptureError(exc.message, hint=exc.hint) from exc
+        if format_version not in INDEX_VERSIONS:
+            raise CaptureError(f"Image format version {format_version} cannot be written.")
         plans = plan_streams(table, size, partitions, src)
+        meter = ProgressMeter("capture", 0, progress or (lambda _p: None))
+        meter.update(phase="map", message="finding the blocks each filesystem uses")
+        map_used_blocks(
+            src,
+            plans,
+            all_blocks=all_blocks or format_version < 2,
+            cancel=cancel,
+            on_stream=lambda p: meter.update(
+                message=f"finding the blocks the filesystem on {p.name} uses"
+            ),
+        )
         for p in plans:
-            if p.kind in ("partition", "disk"):
-                p.fs_type, p.label = probe_filesystem(src, p.start, p.size)
-        total = sum(p.size for p in plans)
+            if p.warning:
+                warnings.append(p.warning)
+        total = sum(p.read_bytes for p in plans)
         report.bytes_total = total
+        meter.bytes_total = total
+        meter.update(bytes_total=total)
         manifest = ImageManifest(
-            version=FORMAT_VERSION,
+            version=format_version,
             created=now_iso(),
             tool_version=__version__,
             source_disk=describe_source(src, kind, size, lss, pss),
@@ -856,7 +1034,6 @@ def capture(
                 f"Cannot write to {dest}: {exc.strerror}.",
                 hint="Check that the image medium is mounted read-write and has free space.",
             ) from exc
-        meter = ProgressMeter("capture", total, progress or (lambda _p: None))
         job = _Capture(
             fd,
             src,
@@ -868,6 +1045,7 @@ def capture(
             meter=meter,
             cancel=cancel,
             direct=direct,
+            format_version=format_version,
         )
         stats = job.run()
         report.bytes_done = stats.bytes_read
@@ -883,10 +1061,12 @@ def capture(
             raise job._dest_error(exc, dest / MANIFEST_NAME) from exc
         meter.update(phase="done")
         report.streams = [_stream_summary(s) for s in stats.streams]
+        report.notes += [p.usage() for p in plans if p.kind in ("partition", "disk")]
         report.details.update(
             {
                 "chunks": stats.chunks,
                 "zero_chunks": stats.zero_chunks,
+                "unused_chunks": stats.unused_chunks,
                 "direct_io": stats.direct_io,
                 "gaps_skipped_all_zero": [
                     p.name
@@ -929,6 +1109,11 @@ def _stream_summary(s: StreamEntry) -> dict[str, Any]:
         "chunk_count": s.chunk_count,
         "fs_type": s.fs_type,
         "label": s.label,
+        "fs_uuid": s.fs_uuid,
+        "used_bytes": s.used_bytes,
+        "used_map": s.used_map,
+        "all_blocks": s.all_blocks,
+        "unused_chunks": s.unused_chunks,
         "root_blake3": s.root_blake3,
     }
 
@@ -953,6 +1138,8 @@ __all__ = [
     "CaptureStats",
     "PlannedStream",
     "capture",
+    "estimate_capture",
+    "map_used_blocks",
     "plan_streams",
     "prepare_destination",
 ]

@@ -38,8 +38,8 @@ from rescueui.core.text import safe_text
 MiB = 1024 * 1024
 
 FORMAT_NAME = "rescueui-image"
-FORMAT_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+FORMAT_VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
 MANIFEST_NAME = "manifest.json"
 INCOMPLETE_MARKER = "INCOMPLETE"
 
@@ -60,8 +60,15 @@ HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
 INDEX_MAGIC = b"RUIIDX01"
 INDEX_HEADER = struct.Struct("<8sIIQQ")  # magic, index version, chunk_size, stream size, count
 INDEX_RECORD = struct.Struct("<QIIB32s3x")  # offset, comp length, raw length, flags, digest
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # version 1: a format-1 image's index (no FLAG_UNUSED)
+INDEX_VERSIONS = {1: 1, 2: 2}  # manifest version -> the index version its streams carry
 FLAG_ZERO = 0x01
+# The whole chunk lies in space the filesystem does not use: it was not read, its frame is the
+# constant frame of zeros and its hash the hash of zeros (so FLAG_ZERO is set too). A restore
+# may leave such a chunk as it is on the target instead of making it zero.
+FLAG_UNUSED = 0x02
+_FLAGS_AT = 16  # offset of the flags byte in an index record
+_UNUSED_RUN_RE = re.compile(rb"[\x03]+")  # flag bytes of consecutive unused chunks
 
 
 @lru_cache(maxsize=16)
@@ -87,6 +94,7 @@ class ChunkRecord:
     raw_length: int
     blake3: str  # hex of BLAKE3 of the raw chunk alone
     zero: bool
+    unused: bool = False  # not used by the filesystem (not read at capture; zero too)
 
     @property
     def digest(self) -> bytes:
@@ -110,6 +118,15 @@ class StreamEntry:
     index_blake3: str = ""
     compressed_bytes: int = 0
     zero_chunks: int = 0
+    # Format 2: what the filesystem uses. ``used_bytes`` None: every byte was captured
+    # (``all_blocks`` says why, for a partition); else the bytes the filesystem uses, as
+    # the map of ``used_map`` (the tool that gave it) says; ``unused_chunks`` of the chunks lie
+    # wholly outside them.
+    fs_uuid: str | None = None
+    used_bytes: int | None = None
+    used_map: str | None = None
+    all_blocks: str | None = None
+    unused_chunks: int = 0
 
     @property
     def end_bytes(self) -> int:
@@ -186,38 +203,44 @@ def save_manifest(image_dir: str | Path, manifest: ImageManifest) -> None:
 
 
 # ---- index encoding -------------------------------------------------------------------
-def encode_index(chunk_size: int, size_bytes: int, records: list[ChunkRecord]) -> bytes:
-    parts = [INDEX_HEADER.pack(INDEX_MAGIC, INDEX_VERSION, chunk_size, size_bytes, len(records))]
+def encode_index(
+    chunk_size: int, size_bytes: int, records: list[ChunkRecord], version: int = INDEX_VERSION
+) -> bytes:
+    parts = [INDEX_HEADER.pack(INDEX_MAGIC, version, chunk_size, size_bytes, len(records))]
     for r in records:
-        parts.append(
-            INDEX_RECORD.pack(
-                r.offset, r.length, r.raw_length, FLAG_ZERO if r.zero else 0, r.digest
-            )
-        )
+        flags = (FLAG_ZERO if r.zero else 0) | (FLAG_UNUSED if r.unused else 0)
+        parts.append(INDEX_RECORD.pack(r.offset, r.length, r.raw_length, flags, r.digest))
     return b"".join(parts)
 
 
 class IndexBuilder:
     """Accumulates index records of one stream while it is being written (compact bytes)."""
 
-    def __init__(self, chunk_size: int) -> None:
+    def __init__(self, chunk_size: int, version: int = INDEX_VERSION) -> None:
         self.chunk_size = chunk_size
+        self.version = version
         self._records = bytearray()
         self._digests = bytearray()
         self.count = 0
         self.offset = 0
         self.zero_chunks = 0
+        self.unused_chunks = 0
 
-    def add(self, length: int, raw_length: int, digest: bytes, zero: bool) -> int:
-        """Record the next chunk (written at the current end of the data file); returns its offset."""
+    def add(
+        self, length: int, raw_length: int, digest: bytes, zero: bool, unused: bool = False
+    ) -> int:
+        """Record the next chunk (written at the current end of the data file); returns its
+        offset. An ``unused`` chunk is a zero chunk outside the filesystem's used blocks."""
+        if unused and (not zero or self.version < 2):
+            raise ValueError("an unused chunk is a zero chunk of a version-2 index")
         off = self.offset
-        self._records += INDEX_RECORD.pack(
-            off, length, raw_length, FLAG_ZERO if zero else 0, digest
-        )
+        flags = (FLAG_ZERO if zero else 0) | (FLAG_UNUSED if unused else 0)
+        self._records += INDEX_RECORD.pack(off, length, raw_length, flags, digest)
         self._digests += digest
         self.offset += length
         self.count += 1
         self.zero_chunks += int(zero)
+        self.unused_chunks += int(unused)
         return off
 
     def root(self) -> str:
@@ -225,7 +248,7 @@ class IndexBuilder:
 
     def encode(self, size_bytes: int) -> bytes:
         header = INDEX_HEADER.pack(
-            INDEX_MAGIC, INDEX_VERSION, self.chunk_size, size_bytes, self.count
+            INDEX_MAGIC, self.version, self.chunk_size, size_bytes, self.count
         )
         return header + bytes(self._records)
 
@@ -685,6 +708,24 @@ def parse_stream(d: Any, n: int, image_dir: Path, mpath: str) -> StreamEntry:
     label = _opt(d, "label", str, where)
     if label is not None and len(label) > MAX_TEXT:
         raise ImageError(f"The field 'label' in {where} is too long ({len(label)} characters).")
+    fs_uuid = _opt(d, "fs_uuid", str, where)
+    if fs_uuid is not None and not _TABLE_TOKEN_RE.match(fs_uuid):
+        raise CorruptImageError(
+            f"The field 'fs_uuid' in {where} is not a filesystem UUID "
+            f"('{safe_text(fs_uuid[:80])}').",
+            hint=_FORGED_HINT,
+        )
+    used_bytes = _opt(d, "used_bytes", int, where)
+    if used_bytes is not None and not 0 <= used_bytes <= size:
+        raise CorruptImageError(
+            f"The field 'used_bytes' in {where} ({used_bytes}) is not within the stream's "
+            f"{size} bytes.",
+            hint=_FORGED_HINT,
+        )
+    texts = _Fields(mpath)
+    used_map = texts.text(d, "used_map", f"streams.{name}")
+    all_blocks = texts.text(d, "all_blocks", f"streams.{name}")
+    unused_chunks = _int_in(d, "unused_chunks", where, 0, count) if "unused_chunks" in d else 0
     return StreamEntry(
         name=name,
         kind=kind,
@@ -703,6 +744,11 @@ def parse_stream(d: Any, n: int, image_dir: Path, mpath: str) -> StreamEntry:
         if "compressed_bytes" in d
         else 0,
         zero_chunks=_int_in(d, "zero_chunks", where, 0, count) if "zero_chunks" in d else 0,
+        fs_uuid=fs_uuid,
+        used_bytes=used_bytes,
+        used_map=used_map,
+        all_blocks=all_blocks,
+        unused_chunks=unused_chunks,
     )
 
 
@@ -920,7 +966,7 @@ class Image:
         indexes: dict[str, bytes] = {}
         sizes: dict[str, int] = {}
         for s in manifest.streams:
-            indexes[s.name], sizes[s.name] = _load_index(image_dir, s)
+            indexes[s.name], sizes[s.name] = _load_index(image_dir, s, manifest.version)
         return cls(image_dir, manifest, indexes, sizes, blake3.blake3(data).hexdigest())
 
     def close(self) -> None:
@@ -968,16 +1014,17 @@ class Image:
             f"{human_size(self.extent_bytes)} of disk"
         )
 
-    def segment_table(self, partition: int | None = None) -> Any:
-        """The restore's work in disk order (whole disk, or one partition at offset 0)."""
+    def segment_table(self, partition: int | None = None, *, leave_unused: bool = False) -> Any:
+        """The restore's work in disk order (whole disk, or one partition at offset 0);
+        with ``leave_unused`` without the chunks no filesystem uses."""
         from rescueui.core import pipeline
 
         if partition is None:
-            return pipeline.whole_disk_segments(self)
+            return pipeline.whole_disk_segments(self, leave_unused=leave_unused)
         stream = self.manifest.partition_stream(partition)
         if stream is None:
             raise ImageError(f"The image {self.dir} has no partition {partition}.")
-        return pipeline.partition_segments(self, stream)
+        return pipeline.partition_segments(self, stream, leave_unused=leave_unused)
 
     def decoder(self, table: Any) -> Any:
         """Reads, decodes (the one bounded chunk decoder) and BLAKE3-checks chunks."""
@@ -1017,7 +1064,15 @@ class Image:
     def iter_chunks(self, stream: StreamEntry) -> Iterator[ChunkRecord]:
         raw = self._indexes[stream.name]
         for i, (off, length, raw_len, flags, digest) in enumerate(INDEX_RECORD.iter_unpack(raw)):
-            yield ChunkRecord(i, off, length, raw_len, digest.hex(), bool(flags & FLAG_ZERO))
+            yield ChunkRecord(
+                i,
+                off,
+                length,
+                raw_len,
+                digest.hex(),
+                bool(flags & FLAG_ZERO),
+                bool(flags & FLAG_UNUSED),
+            )
 
     def chunks(self, stream: StreamEntry) -> list[ChunkRecord]:
         return list(self.iter_chunks(stream))
@@ -1027,7 +1082,23 @@ class Image:
         off, length, raw_len, flags, digest = INDEX_RECORD.unpack_from(
             raw, index * INDEX_RECORD.size
         )
-        return ChunkRecord(index, off, length, raw_len, digest.hex(), bool(flags & FLAG_ZERO))
+        return ChunkRecord(
+            index,
+            off,
+            length,
+            raw_len,
+            digest.hex(),
+            bool(flags & FLAG_ZERO),
+            bool(flags & FLAG_UNUSED),
+        )
+
+    def unused_runs(self, stream: StreamEntry) -> list[tuple[int, int]]:
+        """Runs of consecutive chunks the filesystem does not use, as (first, count): from
+        the index's flag bytes, without a loop per chunk (a 1 TB stream has 250 000)."""
+        if not stream.unused_chunks:
+            return []
+        flags = self._indexes[stream.name][_FLAGS_AT :: INDEX_RECORD.size]
+        return [(m.start(), m.end() - m.start()) for m in _UNUSED_RUN_RE.finditer(flags)]
 
     def chunk_disk_offset(self, stream: StreamEntry, chunk: ChunkRecord | int) -> int:
         index = chunk if isinstance(chunk, int) else chunk.index
@@ -1117,8 +1188,9 @@ def decompress_chunk(
     return chunkcodec.decode(frame, chunk.raw_length, place)
 
 
-def _load_index(image_dir: Path, s: StreamEntry) -> tuple[bytes, int]:
-    """Read and check one stream's index against the manifest and its data file size.
+def _load_index(image_dir: Path, s: StreamEntry, version: int) -> tuple[bytes, int]:
+    """Read and check one stream's index against the manifest (format ``version``) and its
+    data file size.
 
     Returns the index records and the size of the data file."""
     ipath = image_dir / s.index_file
@@ -1150,8 +1222,13 @@ def _load_index(image_dir: Path, s: StreamEntry) -> tuple[bytes, int]:
             hint="The image was edited or damaged; use another copy of it.",
         )
     magic, iver, chunk_size, size, count = INDEX_HEADER.unpack_from(data, 0)
-    if magic != INDEX_MAGIC or iver != INDEX_VERSION:
-        raise UnsupportedImageError(f"{ipath} is not a version-{INDEX_VERSION} rescueui index.")
+    want = INDEX_VERSIONS[version]
+    if magic != INDEX_MAGIC or iver != want:
+        raise UnsupportedImageError(
+            f"{ipath} is not a version-{want} rescueui index (a format-{version} image has those).",
+            hint=_DAMAGED_HINT,
+        )
+    allowed = FLAG_ZERO | (FLAG_UNUSED if want >= 2 else 0)
     if (chunk_size, size, count) != (s.chunk_size, s.size_bytes, s.chunk_count):
         raise CorruptImageError(f"The header of {ipath} disagrees with the manifest.")
     records = data[INDEX_HEADER.size :]
@@ -1162,7 +1239,7 @@ def _load_index(image_dir: Path, s: StreamEntry) -> tuple[bytes, int]:
         os.close(dfd)
     pos = 0
     digests = bytearray()
-    zeros = 0
+    zeros = unused = 0
     last = count - 1
     for i, (off, length, raw_len, flags, digest) in enumerate(INDEX_RECORD.iter_unpack(records)):
         want_raw = s.chunk_size if i < last else s.size_bytes - last * s.chunk_size
@@ -1172,8 +1249,12 @@ def _load_index(image_dir: Path, s: StreamEntry) -> tuple[bytes, int]:
                 f"(offset {off}, length {length}, raw {raw_len}).",
                 hint="The image is damaged; use another copy of it.",
             )
-        if flags & ~FLAG_ZERO:
-            raise CorruptImageError(f"Chunk {i} of stream '{s.name}' has unknown flags {flags}.")
+        if flags & ~allowed or (flags & FLAG_UNUSED and not flags & FLAG_ZERO):
+            raise CorruptImageError(
+                f"Chunk {i} of stream '{s.name}' in {ipath} has impossible flags {flags}.",
+                hint=_DAMAGED_HINT,
+            )
+        unused += bool(flags & FLAG_UNUSED)
         if flags & FLAG_ZERO:
             zeros += 1
             if digest != zero_digest(raw_len):
@@ -1194,6 +1275,12 @@ def _load_index(image_dir: Path, s: StreamEntry) -> tuple[bytes, int]:
         raise CorruptImageError(
             f"The data file {dpath} has {file_size - pos} extra bytes after the last chunk.",
             hint="The image is damaged; use another copy of it.",
+        )
+    if unused != s.unused_chunks:
+        raise CorruptImageError(
+            f"The index {ipath} marks {unused} chunks of stream '{s.name}' as unused by the "
+            f"filesystem; the manifest says {s.unused_chunks}.",
+            hint=_DAMAGED_HINT,
         )
     root = root_of(bytes(digests))
     if root != s.root_blake3:

@@ -57,6 +57,19 @@ def zero_hash(length: int) -> str:
     return blake3.blake3(bytes(length)).hexdigest()
 
 
+_ZEROS = bytes(4 * MiB)  # compared with, never written to
+
+
+def is_all_zero(view: memoryview | bytes) -> bool:
+    """Whether ``view`` holds only zero bytes: a ``memcmp`` against a preallocated zero
+    buffer (about 40 ms per GiB here; data usually differs in its first bytes). Slicing an
+    mmap copies, and ``memoryview == memoryview`` compares item by item, 100 times slower."""
+    for a in range(0, len(view), len(_ZEROS)):
+        if not _ZEROS.startswith(view[a : a + len(_ZEROS)]):
+            return False
+    return True
+
+
 @dataclass(frozen=True)
 class Segment:
     """One piece of work: a chunk of a stream (or a zero fill) at its place on the target."""
@@ -71,6 +84,7 @@ class Segment:
     file_offset: int = 0
     comp_length: int = 0
     phase: str = "write"  # "partition-table" | "write"
+    unused: bool = False  # zero, and not used by the filesystem (made zero: the target is fast)
 
     @property
     def end(self) -> int:
@@ -96,6 +110,7 @@ class _Run:
     stream: StreamEntry | None  # None for a fill
     data_file: str | None
     fill_number: int = 0  # fills: number of the first piece
+    chunk0: int = 0  # streams: the stream's chunk index of the run's first segment
 
 
 class SegmentTable:
@@ -105,24 +120,35 @@ class SegmentTable:
     not grow with the disk size beyond the index itself. Behaves like a read-only list.
     """
 
-    def __init__(self, image: Image) -> None:
+    def __init__(self, image: Image, *, leave_unused: bool = False) -> None:
         self.image = image
+        self.leave_unused = leave_unused
         self.runs: list[_Run] = []
         self._firsts: list[int] = []
         self._count = 0
         self._bytes = 0
         self._fills = 0
+        #: ranges of the target left as they are (chunks the filesystem does not use, when
+        #: ``leave_unused``): (disk offset, length), in disk order
+        self.left: list[tuple[int, int]] = []
+
+    @property
+    def left_bytes(self) -> int:
+        return sum(n for _, n in self.left)
 
     def add_stream(self, stream: StreamEntry, base: int, phase: str) -> None:
-        self._add(
-            stream.chunk_count,
-            stream.size_bytes,
-            base,
-            stream.chunk_size,
-            phase,
-            stream,
-            str(self.image.data_path(stream)),
-        )
+        data_file = str(self.image.data_path(stream))
+        size, piece = stream.size_bytes, stream.chunk_size
+        skip = self.image.unused_runs(stream) if self.leave_unused else []
+        pos = 0  # next chunk
+        for first, count in [*skip, (stream.chunk_count, 0)]:
+            if first > pos:
+                run_bytes = min(first * piece, size) - pos * piece
+                self._add(first - pos, run_bytes, base, piece, phase, stream, data_file, 0, pos)
+            if count:
+                left_end = min((first + count) * piece, size)
+                self.left.append((base + first * piece, left_end - first * piece))
+            pos = first + count
 
     def add_fill(self, start: int, end: int) -> None:
         count = -(-(end - start) // FILL_SEGMENT)
@@ -139,6 +165,7 @@ class SegmentTable:
         stream: StreamEntry | None,
         data_file: str | None,
         fill_number: int = 0,
+        chunk0: int = 0,
     ) -> None:
         if count <= 0:
             return
@@ -153,6 +180,7 @@ class SegmentTable:
             stream,
             data_file,
             fill_number,
+            chunk0,
         )
         self.runs.append(run)
         self._firsts.append(self._count)
@@ -186,6 +214,7 @@ class SegmentTable:
                 True,
                 phase=run.phase,
             )
+        j += run.chunk0
         c = self.image.chunk(run.stream, j)
         return Segment(
             stream=run.stream.name,
@@ -198,6 +227,7 @@ class SegmentTable:
             file_offset=c.offset,
             comp_length=c.length,
             phase=run.phase,
+            unused=c.unused,
         )
 
     def bytes_before(self, i: int) -> int:
@@ -236,11 +266,12 @@ def table_streams(image: Image) -> list[StreamEntry]:
     return [s for s in image.streams if s.kind == "head"]
 
 
-def whole_disk_segments(image: Image) -> SegmentTable:
+def whole_disk_segments(image: Image, *, leave_unused: bool = False) -> SegmentTable:
     """Every segment of a whole-disk restore in disk order (the head, with the partition
     table, comes first), with zero fills for the ranges below the image extent that no
-    stream covers."""
-    table = SegmentTable(image)
+    stream covers. With ``leave_unused`` the chunks no filesystem uses are left out (see
+    :attr:`SegmentTable.left`)."""
+    table = SegmentTable(image, leave_unused=leave_unused)
     pos = 0
     for s in sorted(image.streams, key=lambda s: s.start_bytes):
         if image.manifest.whole_disk and s.start_bytes > pos:
@@ -250,9 +281,11 @@ def whole_disk_segments(image: Image) -> SegmentTable:
     return table
 
 
-def partition_segments(image: Image, stream: StreamEntry) -> SegmentTable:
+def partition_segments(
+    image: Image, stream: StreamEntry, *, leave_unused: bool = False
+) -> SegmentTable:
     """A partition restore: the stream goes at offset 0 of the target partition."""
-    table = SegmentTable(image)
+    table = SegmentTable(image, leave_unused=leave_unused)
     table.add_stream(stream, 0, "write")
     return table
 
@@ -429,6 +462,7 @@ class WriteResult:
     data_bytes: int = 0  # bytes written with pwrite (the rest was made zero)
     zero_found_bytes: int = 0  # data segments that read as all zeros, made zero instead
     zero_found_segments: int = 0
+    unused_zeroed_bytes: int = 0  # space no filesystem uses, made zero
 
 
 class SegmentDecoder(Protocol):
@@ -596,7 +630,7 @@ def write_segments(
     inflight = deque()
     max_inflight = len(pool) + 64  # zero segments take no buffer
     i = start
-    written = data_bytes = found_bytes = found_segments = 0
+    written = data_bytes = found_bytes = found_segments = unused_zeroed = 0
     since_sync = 0
     zero_calls = 0
     # Pending zero range: [zstart, zend)
@@ -639,6 +673,7 @@ def write_segments(
             data_bytes=data_bytes,
             zero_found_bytes=found_bytes,
             zero_found_segments=found_segments,
+            unused_zeroed_bytes=unused_zeroed,
         )
 
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="restore-decode")
@@ -672,6 +707,8 @@ def write_segments(
                     checkpoint(idx)
                     raise
                 add_zero(seg)
+                if seg.unused:
+                    unused_zeroed += seg.length
             else:
                 assert buf is not None
                 try:

@@ -316,6 +316,8 @@ class StreamFacts:
     size_bytes: int
     fs_type: str | None = None
     label: str | None = None
+    used_bytes: int | None = None  # what the filesystem uses (format 2); None: unknown/all
+    all_blocks: str | None = None  # why every byte was captured
 
     @property
     def end_bytes(self) -> int:
@@ -361,6 +363,8 @@ class ImageFacts:
                     size_bytes=int(sg("size_bytes") or 0),
                     fs_type=sg("fs_type"),
                     label=sg("label"),
+                    used_bytes=sg("used_bytes"),
+                    all_blocks=sg("all_blocks"),
                 )
             )
         extent = max((s.end_bytes for s in streams), default=0)
@@ -613,6 +617,23 @@ def check(
     out += _check_model(source, host)
     out += _check_nics(source, host)
     out += _check_target_data(target)
+    out += _check_usage(facts, partition)
+    return out
+
+
+def _check_usage(facts: ImageFacts, partition: int | None) -> list[Finding]:
+    """Per partition: what its filesystem uses and what the image therefore holds."""
+    from rescueui.core.images.usage import stream_usage
+
+    out = []
+    for s in facts.streams:
+        if s.kind not in ("partition", "disk"):
+            continue
+        if partition is not None and s.partition_number != partition:
+            continue
+        line = stream_usage(s)
+        if line is not None:
+            out.append(Finding("info", f"usage.{s.name}", line))
     return out
 
 

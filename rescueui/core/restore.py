@@ -69,6 +69,7 @@ from rescueui.core.progress import ChunkEvent, ProgressCallback, ProgressMeter
 from rescueui.core.report import JobReport
 from rescueui.core.target import TargetHandle, check_target_safety, open_target
 from rescueui.core.targets.rule import check_fit
+from rescueui.core.targets.unused import UnusedSpace, describe_left, unused_space
 from rescueui.core.units import MiB, human_size
 
 DEFAULT_WORKERS = 2
@@ -99,6 +100,10 @@ class RestorePlan:
     checkpoint_bytes: int = DEFAULT_CHECKPOINT_BYTES
     lock_path: str | None = None  # None: rescueui.core.lock.default_lock_path()
     zero_ranges: bool = True  # False: write zero chunks as plain writes (benchmarks)
+    exact: bool = False  # True: make the space no filesystem uses zero too, on any target
+    unused: UnusedSpace = field(
+        default_factory=lambda: UnusedSpace(True, "not decided")  # set by plan_restore
+    )
 
     @property
     def identity(self) -> DiskIdentity:
@@ -217,6 +222,7 @@ def plan_restore(
     accepted_codes: Iterable[str] = (),
     acknowledged_by: str | None = None,
     preflight: bool = True,
+    exact: bool = False,
 ) -> RestorePlan:
     """Check everything that can be checked without writing; raise if the job is refused.
 
@@ -243,6 +249,7 @@ def plan_restore(
             accepted_codes=tuple(accepted_codes),
             acknowledged_by=acknowledged_by,
             preflight=preflight,
+            exact=exact,
         )
     except RescueError as exc:
         _refusal_report(image_dir, target, partition, exc)
@@ -288,6 +295,7 @@ def _plan_restore(
     accepted_codes: tuple[str, ...],
     acknowledged_by: str | None,
     preflight: bool,
+    exact: bool,
 ) -> RestorePlan:
     accepted = accepted_codes
     image = open_image(image_dir)  # any kind: our folders, VM disks, raw images
@@ -357,6 +365,8 @@ def _plan_restore(
         disk=disk,
         needed_bytes=needed,
         stream=stream,
+        exact=exact,
+        unused=unused_space(ident, exact=exact),
     )
 
 
@@ -391,8 +401,9 @@ class _Phases:
 
 
 def _segments(plan: RestorePlan) -> SegmentTable:
-    """The work, in disk order, from the image's own kind (the seam)."""
-    return plan.image.segment_table(plan.partition)
+    """The work, in disk order, from the image's own kind (the seam); without the space no
+    filesystem uses where the target leaves it (:mod:`rescueui.core.targets.unused`)."""
+    return plan.image.segment_table(plan.partition, leave_unused=plan.unused.leave)
 
 
 def _report_dir(image: Any) -> Path:
@@ -461,6 +472,12 @@ def restore(
         )
     if not checked:
         report.notes.append(f"Source checks: {image.integrity.words}.")
+    left = segments.left_bytes
+    report.details["unused_space"] = {
+        **plan.unused.to_dict(),
+        "left_bytes": left,
+        "left_ranges": len(segments.left),
+    }
     job = _RestoreJob(plan, segments, report, progress, cancel)
     outcome: str = "success"
     error: RescueError | None = None
@@ -845,6 +862,12 @@ class _RestoreJob:
         self.report.details["zero_range_calls"] = result.zero_calls
         self.report.details["zero_methods"] = sorted(result.zero_methods)
         self.report.details["data_bytes_written"] = result.data_bytes
+        unused = self.report.details["unused_space"]
+        unused["zeroed_bytes"] = result.unused_zeroed_bytes
+        if segs.left_bytes or result.unused_zeroed_bytes:
+            self.report.notes.append(
+                describe_left(segs.left_bytes, result.unused_zeroed_bytes, plan.unused)
+            )
         if isinstance(plan.image, ForeignImage):
             # data pieces that read as all zeros went into the zero calls, not written
             self.report.details["zero_found_bytes"] = result.zero_found_bytes

@@ -740,6 +740,7 @@ class Session:
         partition: int | None = None,
         accepted_codes: Iterable[str] = (),
         acknowledged_by: str = TUI_OPERATOR,
+        exact: bool = False,
     ) -> Any:
         """Plan and run a restore. The pre-flight runs again here: any stop refuses it, and
         so does any warning whose code the operator did not acknowledge (``accepted_codes``,
@@ -757,6 +758,7 @@ class Session:
             resume=resume,
             accepted_codes=accepted_codes,
             acknowledged_by=acknowledged_by,
+            exact=exact,
         )
         if self.demo is not None:
             # demo restores write only files in the demo cache: their own writer lock, so a
@@ -774,13 +776,26 @@ class Session:
         *,
         progress: ProgressCallback | None = None,
         cancel: threading.Event | None = None,
+        all_blocks: bool = False,
     ) -> Any:
         from rescueui.core.capture import capture
 
         lock = str(self.demo.build.root / "writer.lock") if self.demo is not None else None
         return capture(
-            source, image_dir, progress=self._pace(progress), cancel=cancel, lock_path=lock
+            source,
+            image_dir,
+            progress=self._pace(progress),
+            cancel=cancel,
+            lock_path=lock,
+            all_blocks=all_blocks,
         )
+
+    def estimate_capture(self, source: str | Path, *, all_blocks: bool = False) -> Any:
+        """What a capture of ``source`` would store (read-only; runs the filesystems'
+        used-block maps): a list of planned streams with ``usage()`` and ``read_bytes``."""
+        from rescueui.core.capture import estimate_capture
+
+        return estimate_capture(str(source), all_blocks=all_blocks)
 
     def verify(
         self,

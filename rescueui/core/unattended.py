@@ -22,6 +22,9 @@ no questions. Options (all on the kernel command line, ``/proc/cmdline``):
     Skip the read-back verification of the target (default: verify).
 ``rescueui.grow=0``
     Keep the partition sizes of the image (default: grow the last partition to the disk).
+``rescueui.exact=1``
+    Make the space no filesystem uses zero on any target (default: only where the target
+    zeroes fast; a spinning disk keeps its old bytes there).
 ``rescueui.strict=1``
     Also abort on pre-flight warnings (default: only on stops; warnings are printed and
     written to the report).
@@ -106,6 +109,7 @@ class UnattendedOptions:
     target: TargetPin | None = None
     verify: bool = True
     grow: bool = True
+    exact: bool = False
     strict: bool = False
     poweroff: str = "no"  # "no" | "success" | "always"
     wait_seconds: int = DEFAULT_WAIT_SECONDS
@@ -116,7 +120,8 @@ class UnattendedOptions:
             f"image:  {self.image_fs}:{self.image_path}",
             f"target: {self.target.describe() if self.target else '(none)'}",
             f"verify: {'yes' if self.verify else 'no'}, grow last partition: "
-            f"{'yes' if self.grow else 'no'}, abort on warnings: {'yes' if self.strict else 'no'}, "
+            f"{'yes' if self.grow else 'no'}, exact: {'yes' if self.exact else 'no'}, "
+            f"abort on warnings: {'yes' if self.strict else 'no'}, "
             f"power off: {self.poweroff}",
         ]
 
@@ -257,7 +262,17 @@ def parse_cmdline(text: str) -> UnattendedOptions:
         if word.startswith(PREFIX) and "=" in word:
             key, _, value = word[len(PREFIX) :].partition("=")
             raw[key.strip().lower()] = value
-    known = {"unattended", "image", "target", "verify", "grow", "strict", "poweroff", "wait"}
+    known = {
+        "unattended",
+        "image",
+        "target",
+        "verify",
+        "grow",
+        "exact",
+        "strict",
+        "poweroff",
+        "wait",
+    }
     # options the live image's console launcher reads
     launcher = {"serial_size", "serial_ascii"}
     unknown = tuple(sorted(f"{PREFIX}{k}" for k in raw if k not in known | launcher))
@@ -286,6 +301,7 @@ def parse_cmdline(text: str) -> UnattendedOptions:
         target=target,
         verify=_flag("verify", raw["verify"]) if "verify" in raw else True,
         grow=_flag("grow", raw["grow"]) if "grow" in raw else True,
+        exact=_flag("exact", raw["exact"]) if "exact" in raw else False,
         strict=_flag("strict", raw["strict"]) if "strict" in raw else False,
         poweroff=power,
         wait_seconds=int(wait),
@@ -708,6 +724,7 @@ def write_abort_report(
             "target": opts.target.describe() if opts.target else None,
             "verify": opts.verify,
             "grow": opts.grow,
+            "exact": opts.exact,
             "strict": opts.strict,
         }
     report.details.update(mode="unattended", written=written, options=options)
@@ -879,6 +896,7 @@ def _plan_and_restore(
         confirmed,
         verify=opts.verify,
         grow=opts.grow,
+        exact=opts.exact,
         accept_warnings=not opts.strict,
         # who accepted the warnings, for the report
         acknowledged_by="rescueui unattended (kernel command line; rescueui.strict=1 refuses warnings)",

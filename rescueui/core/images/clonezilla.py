@@ -43,6 +43,7 @@ from rescueui.core.errors import (
     CorruptImageError,
     DiskError,
     ImageError,
+    RescueError,
     UnsupportedImageError,
 )
 from rescueui.core.image import check_partition_table
@@ -55,6 +56,7 @@ from rescueui.core.images.source import (
     foreign_manifest,
 )
 from rescueui.core.safefile import open_regular, read_regular
+from rescueui.core.swap import swap_header
 from rescueui.core.text import safe_text
 from rescueui.core.tools import find_tool
 from rescueui.core.units import MiB, human_size
@@ -512,7 +514,7 @@ class _Area:
 
     start: int
     end: int
-    kind: str  # "data" | "zero"
+    kind: str  # "data" | "zero" | "unused" (blocks the partclone bitmap marks free)
     source: str  # "table" (the in-memory disk) | "partition"
     stream: PartitionStream | None = None
 
@@ -1094,6 +1096,20 @@ class ClonezillaImage(ForeignImage):
                 warnings=warnings,
                 fs_types=fs_types,
             )
+            for ps in streams:  # what each filesystem uses, from its partclone bitmap
+                entry = manifest.partition_stream(ps.number)
+                if entry is None:
+                    continue
+                if ps.header is not None:
+                    used = sum(
+                        min(a.end, ps.start + ps.size) - a.start
+                        for a in areas
+                        if a.stream is ps and a.kind == "data"
+                    )
+                    entry.used_bytes = min(used, entry.size_bytes)
+                    entry.used_map = "the partclone bitmap"
+                elif ps.kind == "dd":
+                    entry.all_blocks = "saved by Clonezilla as a raw partition (dd)"
             mode = "savedisk" if "disk" in folder.files else "saveparts"
             image = cls(p, manifest, memfd, areas, streams, disk, mode)
             image.notes = notes
@@ -1250,31 +1266,14 @@ class ClonezillaImage(ForeignImage):
         name: str,
     ) -> None:
         """A swap header with the saved UUID and label, made by ``mkswap`` (as Clonezilla
-        recreates swap) on an empty in-memory partition, copied into the table's disk."""
-        mkswap = find_tool("mkswap")
-        if mkswap is None or length < 64 * 1024:
-            warnings.append(f"Swap partition {name} is restored empty: mkswap is not available.")
-            return
-        fd = os.memfd_create("rescueui-swap", os.MFD_CLOEXEC)
+        recreates swap), copied into the table's disk."""
         try:
-            os.ftruncate(fd, length)
-            cmd = [mkswap, "-q"]
-            if swap[0]:
-                cmd += ["-U", swap[0]]
-            if swap[1]:
-                cmd += ["-L", swap[1]]
-            proc = _run([*cmd, f"/dev/fd/{fd}"], fd)
-            if proc.returncode != 0:
-                warnings.append(
-                    f"mkswap failed for {name} ({safe_text(proc.stderr.strip()[:120])}): it is "
-                    "restored empty."
-                )
-                return
-            head = os.pread(fd, 64 * 1024, 0)
-            os.pwrite(memfd, head, start)
-            notes.append(f"swap {name} made anew by mkswap (UUID {swap[0] or 'new'})")
-        finally:
-            os.close(fd)
+            head = swap_header(length, swap[0], swap[1])
+        except RescueError as exc:
+            warnings.append(f"Swap partition {name} is restored empty: {exc.message}")
+            return
+        os.pwrite(memfd, head, start)
+        notes.append(f"swap {name} made anew by mkswap (UUID {swap[0] or 'new'})")
 
     @staticmethod
     def _identity(folder: _Folder) -> str:
@@ -1319,7 +1318,7 @@ class ClonezillaImage(ForeignImage):
             raise ImageError(
                 f"{self.path}: a read at {offset} of {len(view)} bytes crosses a piece edge."
             )
-        if area.kind == "zero":
+        if area.kind != "data":  # zero, or blocks the filesystem does not use
             view[:] = bytes(len(view))
             return
         if area.source == "table":
@@ -1430,10 +1429,10 @@ def _stream_areas(s: PartitionStream) -> list[_Area]:
     for a, b in partclone.data_ranges(s.bits, s.header.total_blocks, merge):
         da, db = s.start + a * bs, min(s.start + b * bs, end)
         if da > pos:
-            out.append(_Area(pos, da, "zero", "partition", s))
+            out.append(_Area(pos, da, "unused", "partition", s))
         if db > da:
             out.append(_Area(da, db, "data", "partition", s))
         pos = max(pos, db)
     if end > pos:
-        out.append(_Area(pos, end, "zero", "partition", s))
+        out.append(_Area(pos, end, "unused", "partition", s))
     return out

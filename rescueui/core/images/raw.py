@@ -1701,11 +1701,11 @@ def _bmap_extents(bmap: Bmap, size: int) -> list[Extent]:
     pos = 0
     for r in bmap.ranges:
         if r.start > pos:
-            out.append(Extent(pos, r.start - pos, "zero"))
+            out.append(Extent(pos, r.start - pos, "unused"))
         out.append(Extent(r.start, r.end - r.start, "data", r.digest))
         pos = r.end
     if pos < size:
-        out.append(Extent(pos, size - pos, "zero"))
+        out.append(Extent(pos, size - pos, "unused"))
     return out
 
 

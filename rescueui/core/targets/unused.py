@@ -1,0 +1,95 @@
+"""The one rule for space the filesystems do not use: made zero on the target, or left.
+
+An image that knows which ranges its filesystems do not use (our format 2, a Clonezilla
+folder's partclone bitmaps, a bmap) lets a restore skip them: no filesystem reads them. Where
+the target makes a range zero without writing it (WRITE ZEROES offloaded to the device, a
+loop device or file whose backing file punches holes) they are made zero anyway, so the
+target reads back exactly as the image; where zeroing means writing every byte (a spinning
+disk, a device without WRITE ZEROES) they are left as they are — hours saved on a large disk
+— unless the operator asks for an exact restore.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from rescueui.core.identity import DiskIdentity
+
+SYS_DEV_BLOCK = Path("/sys/dev/block")
+
+
+@dataclass(frozen=True)
+class UnusedSpace:
+    """What a restore does with the ranges no filesystem uses, and why (for the report)."""
+
+    zero: bool  # True: made zero (fast); False: left as they are on the target
+    reason: str
+
+    @property
+    def leave(self) -> bool:
+        return not self.zero
+
+    def to_dict(self) -> dict[str, object]:
+        return {"zeroed": self.zero, "reason": self.reason}
+
+
+def _queue_dir(devnum: tuple[int, int], sys_dev_block: Path) -> Path | None:
+    """The request queue of the disk behind ``devnum`` (a partition's disk's queue)."""
+    try:
+        dev = (sys_dev_block / f"{devnum[0]}:{devnum[1]}").resolve(strict=True)
+    except OSError:
+        return None
+    if (dev / "partition").exists():
+        dev = dev.parent
+    queue = dev / "queue"
+    return queue if queue.is_dir() else None
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def unused_space(
+    identity: DiskIdentity, *, exact: bool, sys_dev_block: Path = SYS_DEV_BLOCK
+) -> UnusedSpace:
+    """Decide, for this target, whether unused ranges are made zero or left as they are."""
+    if exact:
+        return UnusedSpace(True, "an exact restore was asked: every byte as in the image")
+    if identity.kind == "file":
+        return UnusedSpace(True, "the target is a file: zero ranges become holes, nothing written")
+    queue = _queue_dir(identity.devnum, sys_dev_block) if identity.devnum else None
+    if queue is None:
+        return UnusedSpace(
+            False, "the target's queue could not be read: zeroing could mean writing every byte"
+        )
+    if _read_int(queue / "rotational") == 1:
+        return UnusedSpace(
+            False,
+            "the target is a spinning disk: zeroing the space no filesystem uses would write "
+            "every byte of it",
+        )
+    if (_read_int(queue / "write_zeroes_max_bytes") or 0) > 0:
+        return UnusedSpace(True, "the target zeroes ranges without writing them (WRITE ZEROES)")
+    return UnusedSpace(
+        False,
+        "the target cannot zero ranges without writing them (no WRITE ZEROES)",
+    )
+
+
+def describe_left(left_bytes: int, zeroed_bytes: int, space: UnusedSpace) -> str:
+    """One sentence for the report about the space no filesystem uses in this restore."""
+    from rescueui.core.units import human_size
+
+    if space.zero:
+        return f"Space no filesystem uses: {human_size(zeroed_bytes)} made zero ({space.reason})."
+    return (
+        f"Space no filesystem uses: {human_size(left_bytes)} left as it was on the target, "
+        f"not written and not read back ({space.reason}); an exact restore makes it zero."
+    )
+
+
+__all__ = ["UnusedSpace", "describe_left", "unused_space"]
