@@ -221,6 +221,9 @@ def test_restore_onto_spinning_disk_leaves_unused_space(
         assert unused["zeroed"] is False and "spinning" in unused["reason"]
         assert unused["left_bytes"] > 100 * MiB and unused["zeroed_bytes"] == 0
         assert any("left as it was" in n for n in report.notes)
+        # the pre-flight said so before anything was written
+        said = [f for f in report.findings if f.code == "unused-space"]
+        assert said and "left as it is" in said[0].message and "spinning" in said[0].detail
         # the old (random) bytes are still there: nothing was written in that space
         off = _first_unused_offset(source["image"])
         with open(target.path, "rb") as f:
@@ -255,6 +258,8 @@ def test_restore_zeroes_unused_space_where_the_target_does_it_fast(
     try:
         unused = report.details["unused_space"]
         assert unused["zeroed"] is True and "WRITE ZEROES" in unused["reason"]
+        said = [f for f in report.findings if f.code == "unused-space"]
+        assert said and "made zero" in said[0].message
         assert "blkzeroout" in report.details["zero_methods"]
         off = _first_unused_offset(source["image"])
         with open(target.path, "rb") as f:

@@ -263,17 +263,22 @@ def map_used_blocks(
 
 
 def estimate_capture(
-    source: str, *, partitions: list[int] | None = None, all_blocks: bool = False
+    source: str,
+    *,
+    partitions: list[int] | None = None,
+    all_blocks: bool = False,
+    cancel: threading.Event | None = None,
 ) -> list[PlannedStream]:
     """What a capture of ``source`` would store, before it starts (read-only): its streams
-    with the filesystems' used blocks (``PlannedStream.usage()`` and ``read_bytes``)."""
+    with the filesystems' used blocks (``PlannedStream.usage()`` and ``read_bytes``).
+    ``cancel`` stops the map tools (CancelledError)."""
     try:
         table = parttable.read_table(source)
     except DiskError as exc:
         raise CaptureError(exc.message, hint=exc.hint) from exc
     size = blockdev.device_size(source)
     plans = plan_streams(table, size, partitions, source)
-    map_used_blocks(source, plans, all_blocks=all_blocks)
+    map_used_blocks(source, plans, all_blocks=all_blocks, cancel=cancel)
     return plans
 
 

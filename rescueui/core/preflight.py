@@ -574,13 +574,40 @@ def run_preflight(
     """
     if isinstance(target, str | Path):
         target = TargetInfo.from_path(target, image_paths=[image.dir])
-    return check(
-        ImageFacts.from_image(image),
+    facts = ImageFacts.from_image(image)
+    findings = check(
+        facts,
         target,
         host=host if host is not None else read_host_profile(),
         partition=partition,
         grow=grow,
     )
+    return findings + _check_unused_space(facts, target, partition)
+
+
+def _check_unused_space(facts: ImageFacts, target: Any, partition: int | None) -> list[Finding]:
+    """What the restore will do with the space no filesystem uses, on this target."""
+    from rescueui.core.targets.unused import unused_space_of
+
+    unused = sum(
+        s.size_bytes - s.used_bytes
+        for s in facts.streams
+        if s.used_bytes is not None and (partition is None or s.partition_number == partition)
+    )
+    path = _get(target, "path")
+    if not unused or not path:
+        return []
+    space = unused_space_of(str(path))
+    if space.zero:
+        message = f"Space no filesystem uses ({human_size(unused)}): made zero, fast."
+    else:
+        message = (
+            f"Space no filesystem uses ({human_size(unused)}): left as it is on the target, "
+            "not written (an exact restore makes it zero)."
+        )
+    return [
+        Finding("info", "unused-space", message, space.reason[0].upper() + space.reason[1:] + ".")
+    ]
 
 
 def check(

@@ -366,7 +366,7 @@ def _plan_restore(
         needed_bytes=needed,
         stream=stream,
         exact=exact,
-        unused=unused_space(ident, exact=exact),
+        unused=unused_space(ident.kind, ident.devnum, exact=exact),
     )
 
 

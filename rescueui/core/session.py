@@ -790,12 +790,19 @@ class Session:
             all_blocks=all_blocks,
         )
 
-    def estimate_capture(self, source: str | Path, *, all_blocks: bool = False) -> Any:
+    def estimate_capture(
+        self,
+        source: str | Path,
+        *,
+        all_blocks: bool = False,
+        cancel: threading.Event | None = None,
+    ) -> Any:
         """What a capture of ``source`` would store (read-only; runs the filesystems'
-        used-block maps): a list of planned streams with ``usage()`` and ``read_bytes``."""
+        used-block maps): a list of planned streams with ``usage()`` and ``read_bytes``.
+        ``cancel`` stops the map tools (CancelledError)."""
         from rescueui.core.capture import estimate_capture
 
-        return estimate_capture(str(source), all_blocks=all_blocks)
+        return estimate_capture(str(source), all_blocks=all_blocks, cancel=cancel)
 
     def verify(
         self,

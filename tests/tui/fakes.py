@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from rescueui.core.disks import Disk, Partition
-from rescueui.core.errors import UnsafeTargetError
+from rescueui.core.errors import CancelledError, UnsafeTargetError
 from rescueui.core.images.usage import usage_line
 from rescueui.core.progress import ChunkEvent, Progress
 from rescueui.core.session import CheckLine, ImageSummary, Session, StreamSummary
@@ -191,6 +191,7 @@ class CannedSession(Session):
         self.corrupt = corrupt
         self.estimates: list[bool] = []  # all_blocks of each estimate asked for
         self.estimate_delay = 0.0  # seconds an estimate takes (the partclone maps)
+        self.estimates_cancelled = 0  # estimates stopped through their cancel event
         self.captures: list[dict[str, Any]] = []
         self.capture_gate = threading.Event()  # set: the canned capture finishes
         self.restores: list[dict[str, Any]] = []
@@ -260,10 +261,16 @@ class CannedSession(Session):
         cancel.wait(30)
         return None
 
-    def estimate_capture(self, source: Any, *, all_blocks: bool = False) -> list[Any]:
+    def estimate_capture(
+        self, source: Any, *, all_blocks: bool = False, cancel: threading.Event | None = None
+    ) -> list[Any]:
         self.estimates.append(all_blocks)
         if self.estimate_delay:
-            time.sleep(self.estimate_delay)
+            if cancel is None:
+                time.sleep(self.estimate_delay)
+            elif cancel.wait(self.estimate_delay):
+                self.estimates_cancelled += 1
+                raise CancelledError("estimate cancelled")
         return canned_plans(all_blocks)
 
     def capture(

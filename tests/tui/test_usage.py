@@ -148,7 +148,9 @@ async def test_the_estimate_can_be_left_while_it_runs() -> None:
         assert app.screen is dialog
         await pilot.press("escape")
         await wait_for(pilot, lambda: isinstance(app.screen, DisksScreen), what="back")
-        await pilot.pause(1.2)  # the estimate's late answer goes nowhere
+        # Esc stopped the estimate (its map tools) at once, not after its 1 s
+        await wait_for(pilot, lambda: session.estimates_cancelled == 1, what="cancel")
+        await pilot.pause(1.2)  # nothing late arrives
         assert isinstance(app.screen, DisksScreen)
         assert session.captures == []
 

@@ -11,10 +11,10 @@ disk, a device without WRITE ZEROES) they are left as they are — hours saved o
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
-
-from rescueui.core.identity import DiskIdentity
 
 SYS_DEV_BLOCK = Path("/sys/dev/block")
 
@@ -54,14 +54,19 @@ def _read_int(path: Path) -> int | None:
 
 
 def unused_space(
-    identity: DiskIdentity, *, exact: bool, sys_dev_block: Path = SYS_DEV_BLOCK
+    kind: str,
+    devnum: tuple[int, int] | None,
+    *,
+    exact: bool,
+    sys_dev_block: Path = SYS_DEV_BLOCK,
 ) -> UnusedSpace:
-    """Decide, for this target, whether unused ranges are made zero or left as they are."""
+    """Decide, for a target (``kind`` "block" or "file", its device number), whether the
+    space no filesystem uses is made zero or left as it is."""
     if exact:
         return UnusedSpace(True, "an exact restore was asked: every byte as in the image")
-    if identity.kind == "file":
+    if kind == "file":
         return UnusedSpace(True, "the target is a file: zero ranges become holes, nothing written")
-    queue = _queue_dir(identity.devnum, sys_dev_block) if identity.devnum else None
+    queue = _queue_dir(devnum, sys_dev_block) if devnum else None
     if queue is None:
         return UnusedSpace(
             False, "the target's queue could not be read: zeroing could mean writing every byte"
@@ -75,9 +80,19 @@ def unused_space(
     if (_read_int(queue / "write_zeroes_max_bytes") or 0) > 0:
         return UnusedSpace(True, "the target zeroes ranges without writing them (WRITE ZEROES)")
     return UnusedSpace(
-        False,
-        "the target cannot zero ranges without writing them (no WRITE ZEROES)",
+        False, "the target cannot zero ranges without writing them (no WRITE ZEROES)"
     )
+
+
+def unused_space_of(path: str, *, exact: bool = False) -> UnusedSpace:
+    """:func:`unused_space` for a target named by its path (the pre-flight's view)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return unused_space("block", None, exact=exact)
+    if stat.S_ISREG(st.st_mode):
+        return unused_space("file", None, exact=exact)
+    return unused_space("block", (os.major(st.st_rdev), os.minor(st.st_rdev)), exact=exact)
 
 
 def describe_left(left_bytes: int, zeroed_bytes: int, space: UnusedSpace) -> str:
@@ -92,4 +107,4 @@ def describe_left(left_bytes: int, zeroed_bytes: int, space: UnusedSpace) -> str
     )
 
 
-__all__ = ["UnusedSpace", "describe_left", "unused_space"]
+__all__ = ["UnusedSpace", "describe_left", "unused_space", "unused_space_of"]

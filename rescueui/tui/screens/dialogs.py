@@ -3,6 +3,7 @@ identity, confirm a cancel."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -116,10 +117,13 @@ class CaptureEstimateDialog(ModalScreen[CaptureChoice | None]):
         Binding("escape", "cancel", "Cancel", id="cancel"),
     ]
 
-    def __init__(self, disk: Any, estimate: Callable[[bool], list[Any]]) -> None:
+    def __init__(self, disk: Any, estimate: Callable[[bool, threading.Event], list[Any]]) -> None:
         super().__init__()
         self.disk = disk
-        self.estimate = estimate  # (all_blocks) -> the core's planned streams; may raise
+        # (all_blocks, cancel) -> the core's planned streams; may raise (CancelledError
+        # when cancel is set: the map tools are stopped)
+        self.estimate = estimate
+        self._cancel = threading.Event()
         self.all_blocks = False
         self.plans: list[Any] | None = None
         self.error: str | None = None
@@ -149,6 +153,8 @@ class CaptureEstimateDialog(ModalScreen[CaptureChoice | None]):
 
     # -- the estimate (worker thread) ------------------------------------
     def _start(self) -> None:
+        self._cancel.set()  # an estimate still running is not needed any more
+        self._cancel = threading.Event()
         self._generation += 1
         self.busy = True
         self.plans, self.error = None, None
@@ -157,14 +163,14 @@ class CaptureEstimateDialog(ModalScreen[CaptureChoice | None]):
         self.query_one("#estimate", Static).update("")
         self._tick()
         self.refresh_bindings()
-        self.compute(self.all_blocks, self._generation)
+        self.compute(self.all_blocks, self._generation, self._cancel)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="estimate")
-    def compute(self, all_blocks: bool, generation: int) -> None:
+    def compute(self, all_blocks: bool, generation: int, cancel: threading.Event) -> None:
         plans: list[Any] | None = None
         error: str | None = None
         try:
-            plans = list(self.estimate(all_blocks))
+            plans = list(self.estimate(all_blocks, cancel))
         except RescueError as exc:
             error = str(exc)
         except Exception as exc:  # a bug must not leave the dialog at "Finding..."
@@ -226,6 +232,7 @@ class CaptureEstimateDialog(ModalScreen[CaptureChoice | None]):
         self.dismiss(CaptureChoice(self.all_blocks, total))
 
     def action_cancel(self) -> None:
+        self._cancel.set()  # stops the map tools of an estimate still running
         self.dismiss(None)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any, ClassVar
 
 from rich.text import Text
@@ -101,8 +102,10 @@ class DisksScreen(StepScreen):
             return
         default = self.session.default_capture_dir(disk)
 
-        def estimate(all_blocks: bool) -> list[Any]:
-            return list(self.session.estimate_capture(disk.path, all_blocks=all_blocks))
+        def estimate(all_blocks: bool, cancel: threading.Event) -> list[Any]:
+            return list(
+                self.session.estimate_capture(disk.path, all_blocks=all_blocks, cancel=cancel)
+            )
 
         def chosen(choice: CaptureChoice | None) -> None:
             if choice is None:
