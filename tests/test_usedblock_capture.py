@@ -350,3 +350,39 @@ def test_swap_and_raw_partitions_in_the_report(source: dict) -> None:
     assert streams["p3"]["fs_uuid"] == SWAP_UUID and streams["p3"]["used_map"] == "mkswap"
     assert streams["p4"]["all_blocks"]
     settle()
+
+
+def test_a_target_that_only_pretends_to_zero_fast_keeps_its_unused_space(
+    source: dict, tmp_path: Path
+) -> None:
+    """A loop device on tmpfs offers WRITE ZEROES, but tmpfs cannot zero a range in place:
+    the kernel writes the zeros instead (and then drops WRITE ZEROES). The restore probes
+    the first unused range before its writes, sees it, and leaves the unused space."""
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    run(["mount", "-t", "tmpfs", "-o", "size=512m", "tmpfs", str(mnt)])
+    dev = ""
+    try:
+        backing = mnt / "target.img"
+        with open(backing, "wb") as f:
+            for _ in range(DISK_MIB):
+                f.write(os.urandom(MiB))
+        dev = run(["losetup", "--find", "--show", "--direct-io=on", str(backing)]).stdout.strip()
+        name = os.path.basename(dev)
+        Path(f"/sys/block/{name}/queue/rotational").write_text("0")
+        assert int(Path(f"/sys/block/{name}/queue/write_zeroes_max_bytes").read_text()) > 0
+        plan = plan_restore(
+            source["image"],
+            confirm_target(dev, confirmation_code(identity_of(dev))),
+            accept_warnings=True,
+        )
+        assert plan.unused.zero  # what the queue says, before the probe
+        report = restore(plan)
+        unused = report.details["unused_space"]
+        assert unused["zeroed"] is False and "after all" in unused["reason"], unused
+        assert unused["left_bytes"] > 100 * MiB and unused["zeroed_bytes"] == 0
+        assert report.outcome == "success"
+    finally:
+        if dev:
+            subprocess.run(["losetup", "-d", dev], check=False)
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -39,7 +39,19 @@ class _Parser(argparse.ArgumentParser):
         super()._print_message(safe_text(message, newlines=True), file)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_of(argv: Sequence[str] | None) -> str | None:
+    """The sub-command named on the command line (its first word that is not an option),
+    if it is one of ours: only its module is imported (a job's start-up time counts)."""
+    for word in sys.argv[1:] if argv is None else argv:
+        if word == "--":
+            return None
+        if not word.startswith("-"):
+            return word if word in COMMANDS else None
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; for a named sub-command only that one (``--help`` alone lists all)."""
     parser = _Parser(
         prog="rescueui",
         description="Restore and capture disk images. Without a command, starts the full-screen app.",
@@ -54,14 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--ascii", action="store_true", help="ASCII-only drawing (serial lines, poor fonts)"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
+    wanted = _command_of(argv)
+    for name in COMMANDS if wanted is None else (wanted,):
         module = importlib.import_module(f"rescueui.cli.{name}")
         module.add_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         if args.command is None:

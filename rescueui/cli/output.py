@@ -12,7 +12,7 @@ markup (``[bold]``) that would change how it looks. Every CLI module writes thro
   newlines), so even outside text that slipped into a template never reaches the terminal raw.
 - :func:`echo_block` for a multi-line text of ours that quotes outside text (a report).
 - :func:`echo_json` for ``--json`` (JSON escapes every control character itself).
-- :func:`console` for Rich output (tables, coloured findings): a Rich console that never reads
+- :func:`console` for Rich output (Rich is imported on first use) (tables, coloured findings): a Rich console that never reads
   markup or emoji codes in strings and escapes control characters in every string it renders
   (tables' cells too). Styled text is built with :func:`plain`, never with markup strings.
 """
@@ -21,15 +21,17 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, TextIO
-
-from rich.console import Console
-from rich.style import Style
-from rich.text import Text
+from functools import cache
+from typing import TYPE_CHECKING, Any, TextIO
 
 from rescueui.core.text import safe_text
 
-__all__ = ["SafeConsole", "console", "echo", "echo_block", "echo_json", "line", "plain", "say"]
+if TYPE_CHECKING:  # Rich is imported when first drawn with: a job's start-up time counts
+    from rich.console import Console
+    from rich.style import Style
+    from rich.text import Text
+
+__all__ = ["console", "echo", "echo_block", "echo_json", "line", "plain", "say"]
 
 
 def line(template: str = "", *values: object) -> str:
@@ -68,26 +70,36 @@ def echo_json(data: Any) -> None:
 def plain(value: object, style: str | Style = "", *, newlines: bool = False) -> Text:
     """A Rich ``Text`` of an outside value: no markup read, control characters escaped (a
     line feed too, unless ``newlines``)."""
+    from rich.text import Text
+
     return Text(safe_text(value, newlines=newlines), style=style)
 
 
-class SafeConsole(Console):
-    """A Rich console for outside text: markup, emoji codes and highlighting off by default,
-    and every string it renders (``print("...")``, table cells) escaped with ``safe_text``.
-    ``Text`` objects are taken as they are: build them with :func:`plain`."""
+@cache
+def _safe_console_class() -> type[Console]:
+    from rich.console import Console
 
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.setdefault("markup", False)
-        kwargs.setdefault("emoji", False)
-        kwargs.setdefault("highlight", False)
-        super().__init__(**kwargs)
+    class SafeConsole(Console):
+        """A Rich console for outside text: markup, emoji codes and highlighting off by
+        default, and every string it renders (``print("...")``, table cells) escaped with
+        ``safe_text``. ``Text`` objects are taken as they are: build them with
+        :func:`plain`."""
 
-    def render_str(self, text: str, **kwargs: Any) -> Text:
-        return super().render_str(safe_text(text, newlines=True), **kwargs)
+        def __init__(self, **kwargs: Any) -> None:
+            kwargs.setdefault("markup", False)
+            kwargs.setdefault("emoji", False)
+            kwargs.setdefault("highlight", False)
+            super().__init__(**kwargs)
+
+        def render_str(self, text: str, **kwargs: Any) -> Text:
+            return super().render_str(safe_text(text, newlines=True), **kwargs)
+
+    return SafeConsole
 
 
-def console(*, stderr: bool = False, **kwargs: Any) -> SafeConsole:
-    return SafeConsole(stderr=stderr, **kwargs)
+def console(*, stderr: bool = False, **kwargs: Any) -> Console:
+    """A Rich console that escapes every string it renders (see the module doc)."""
+    return _safe_console_class()(stderr=stderr, **kwargs)
 
 
 def partition_number(text: str) -> int:

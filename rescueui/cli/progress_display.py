@@ -17,10 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Any
-
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskID, TextColumn
+from typing import TYPE_CHECKING, Any
 
 from rescueui.cli.output import console as safe_console
 from rescueui.cli.output import echo, echo_block, echo_json, say
@@ -32,9 +29,15 @@ from rescueui.core.report import JobReport
 from rescueui.core.text import safe_text
 from rescueui.core.units import human_duration, human_rate, human_size
 
+if TYPE_CHECKING:  # Rich is imported when a live display is drawn (not for --quiet)
+    from rich.console import Console
+    from rich.progress import TaskID
+
 
 class ProgressDisplay:
     def __init__(self, title: str, *, console: Console | None = None) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn
+
         self.console = console or safe_console(stderr=True)
         self.title = title
         self.live = self.console.is_terminal

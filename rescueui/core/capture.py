@@ -564,7 +564,7 @@ class _Capture:
                     if a > pos:
                         view[pos - off : a - off] = self.zero[: a - pos]
                     pos = b
-                return n
+                return used  # progress counts the used bytes (its total is theirs)
             view[:n] = self.zero[:n]
             for a, b in runs:
                 with view[a - off : b - off] as part:

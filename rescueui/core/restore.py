@@ -62,6 +62,7 @@ from rescueui.core.pipeline import (
     BufferPool,
     Segment,
     SegmentTable,
+    device_error,
     verify_segments,
     write_segments,
 )
@@ -69,7 +70,12 @@ from rescueui.core.progress import ChunkEvent, ProgressCallback, ProgressMeter
 from rescueui.core.report import JobReport
 from rescueui.core.target import TargetHandle, check_target_safety, open_target
 from rescueui.core.targets.rule import check_fit
-from rescueui.core.targets.unused import UnusedSpace, describe_left, unused_space
+from rescueui.core.targets.unused import (
+    UnusedSpace,
+    describe_left,
+    probe_zeroing,
+    unused_space,
+)
 from rescueui.core.units import MiB, human_size
 
 DEFAULT_WORKERS = 2
@@ -533,17 +539,49 @@ class _RestoreJob:
         # thread; the read-back verify reads the target and may use them all.
         self.workers = 1 if plan.image.sequential else plan.workers
         self.phases = _Phases()
-        self.write_total = segments.total_bytes
-        total = self.write_total * (2 if plan.verify else 1)
+        total = segments.total_bytes * (2 if plan.verify else 1)
         self.meter = ProgressMeter("restore", total, progress or (lambda _p: None))
+        self._use_segments(segments)
         self.chunks_done = 0
+        self.journal: Journal | None = None
+        self.journal_warned = False
+
+    def _use_segments(self, segments: SegmentTable) -> None:
+        """The work of this restore (again, when the unused space is left after all)."""
+        self.segments = segments
+        self.write_total = segments.total_bytes
+        total = self.write_total * (2 if self.plan.verify else 1)
+        if total != self.meter.bytes_total:
+            self._set_total(total)
         # chunks per stream ("fill": the zero ranges no stream covers), for the counters
         self.stream_chunks: dict[str, int] = {}
         for run in segments.runs:
             name = run.stream.name if run.stream is not None else "fill"
             self.stream_chunks[name] = self.stream_chunks.get(name, 0) + run.count
-        self.journal: Journal | None = None
-        self.journal_warned = False
+        unused = self.report.details.get("unused_space")
+        if isinstance(unused, dict):
+            unused.update(
+                self.plan.unused.to_dict(),
+                left_bytes=segments.left_bytes,
+                left_ranges=len(segments.left),
+            )
+
+    def _probe_zeroing(self, handle: TargetHandle) -> None:
+        """The target said it zeroes fast: check it on the first unused range before the
+        writes; if it does not, leave the unused space as it is (a new segment table)."""
+        plan = self.plan
+        if not plan.unused.zero or plan.unused.asked or handle.identity.kind != "block":
+            return
+        table = plan.image.segment_table(plan.partition, leave_unused=True)
+        if not table.left:
+            return
+        try:
+            revised = probe_zeroing(plan.unused, handle.identity.devnum, table.left, handle.zero)
+        except OSError as exc:
+            raise device_error(exc, handle.path, table.left[0][0], "zeroing") from exc
+        if revised is not plan.unused:
+            plan.unused = revised
+            self._use_segments(table)
 
     def _grow_partition(self, handle: TargetHandle) -> None:
         """Partition mode on a larger partition: grow the filesystem to fill it."""
@@ -635,6 +673,7 @@ class _RestoreJob:
             self.report.details["direct_io"] = handle.direct
             pool = BufferPool(self.workers + POOL_EXTRA, self.segments.max_chunk())
             try:
+                self._probe_zeroing(handle)
                 start = self._start_position(pool)
                 self._write(handle, pool, start)
                 if plan.verify:

@@ -13,10 +13,16 @@ from __future__ import annotations
 
 import os
 import stat
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 SYS_DEV_BLOCK = Path("/sys/dev/block")
+
+
+PROBE_BYTES = 64 * 1024 * 1024  # zeroed once to see whether zeroing is really fast
+MIN_ZERO_RATE = 2e9  # bytes/s: zeroing slower than this writes the zeros
 
 
 @dataclass(frozen=True)
@@ -25,6 +31,7 @@ class UnusedSpace:
 
     zero: bool  # True: made zero (fast); False: left as they are on the target
     reason: str
+    asked: bool = False  # the operator asked for an exact restore: zeroed however slow
 
     @property
     def leave(self) -> bool:
@@ -63,7 +70,7 @@ def unused_space(
     """Decide, for a target (``kind`` "block" or "file", its device number), whether the
     space no filesystem uses is made zero or left as it is."""
     if exact:
-        return UnusedSpace(True, "an exact restore was asked: every byte as in the image")
+        return UnusedSpace(True, "an exact restore was asked: every byte as in the image", True)
     if kind == "file":
         return UnusedSpace(True, "the target is a file: zero ranges become holes, nothing written")
     queue = _queue_dir(devnum, sys_dev_block) if devnum else None
@@ -82,6 +89,43 @@ def unused_space(
     return UnusedSpace(
         False, "the target cannot zero ranges without writing them (no WRITE ZEROES)"
     )
+
+
+def probe_zeroing(
+    space: UnusedSpace,
+    devnum: tuple[int, int] | None,
+    ranges: list[tuple[int, int]],
+    zero: Callable[[int, int], object],
+    *,
+    sys_dev_block: Path = SYS_DEV_BLOCK,
+) -> UnusedSpace:
+    """Before a restore writes (its target open): make the start of the first unused range
+    zero as the restore would (``zero(offset, length)``) and see whether that was fast. A
+    device that offers WRITE ZEROES may still fall back to writing zeros (a loop device on
+    tmpfs: the kernel then drops its WRITE ZEROES), or offload it slowly: then the space is
+    left as it is after all. Only for a block device whose queue said it zeroes fast."""
+    if not space.zero or space.asked or devnum is None or not ranges:
+        return space
+    offset, length = ranges[0]
+    length = min(length, PROBE_BYTES)
+    started = time.monotonic()
+    zero(offset, length)
+    seconds = max(time.monotonic() - started, 1e-6)
+    queue = _queue_dir(devnum, sys_dev_block)
+    if queue is not None and (_read_int(queue / "write_zeroes_max_bytes") or 0) == 0:
+        return UnusedSpace(
+            False,
+            "the target offered to zero ranges without writing them (WRITE ZEROES) but "
+            "writes the zeros after all",
+        )
+    rate = length / seconds
+    if length >= 4 * 1024 * 1024 and rate < MIN_ZERO_RATE:
+        return UnusedSpace(
+            False,
+            f"zeroing on the target ran at {rate / 1e6:.0f} MB/s: it writes the zeros, which "
+            "would cost as much as writing data",
+        )
+    return space
 
 
 def unused_space_of(path: str, *, exact: bool = False) -> UnusedSpace:
@@ -107,4 +151,10 @@ def describe_left(left_bytes: int, zeroed_bytes: int, space: UnusedSpace) -> str
     )
 
 
-__all__ = ["UnusedSpace", "describe_left", "unused_space", "unused_space_of"]
+__all__ = [
+    "UnusedSpace",
+    "describe_left",
+    "probe_zeroing",
+    "unused_space",
+    "unused_space_of",
+]
