@@ -358,3 +358,17 @@ def test_file_too_large_for_destination_is_explained(tmp_path: Path) -> None:
     assert r.returncode == 3, r.stderr
     assert "FAT holds at most 4 GiB per file" in r.stdout and "exFAT" in r.stdout
     assert (tmp_path / "img" / "INCOMPLETE").exists()
+
+
+def test_holes_of_a_sparse_source_file_are_not_read(tmp_path: Path) -> None:
+    """A disk image file with holes: its hole chunks are zeros known without reading them
+    (SEEK_HOLE), and the image is still the file byte for byte."""
+    src = tmp_path / "sparse.img"
+    with open(src, "wb") as f:
+        f.truncate(64 * MiB)
+        f.seek(10 * MiB)
+        f.write(os.urandom(MiB))
+    report = capture(src, tmp_path / "img")
+    assert report.details["hole_chunks"] == 15  # 16 chunks of 4 MiB, one holds data
+    assert report.details["zero_chunks"] == 15
+    assert _zstd_dc(tmp_path / "img" / "disk.zst") == src.read_bytes()

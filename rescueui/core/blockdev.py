@@ -258,3 +258,49 @@ def tell_kernel_partitions(path: str | Path) -> None:
     from rescueui.core.parttable import tell_kernel
 
     tell_kernel(path)
+
+
+MIN_HOLE = 64 * 1024  # smaller holes of a sparse file are read as data (bounds the list)
+MAX_DATA_RANGES = 200_000
+
+
+def file_data_ranges(fd: int, size: int) -> list[tuple[int, int]]:
+    """The ranges ``[start, end)`` of a regular file that hold data (SEEK_DATA/SEEK_HOLE);
+    the rest are holes, which read as zeros without being stored. Holes smaller than
+    :data:`MIN_HOLE` count as data, and the threshold grows until the list is bounded.
+    A filesystem without SEEK_HOLE: one range, all data."""
+    min_hole = MIN_HOLE
+    while True:
+        data = _data_ranges(fd, size, min_hole)
+        if len(data) <= MAX_DATA_RANGES:
+            return data
+        min_hole *= 4
+
+
+def _data_ranges(fd: int, size: int, min_hole: int) -> list[tuple[int, int]]:
+    ranges: list[tuple[int, int]] = []
+    pos = 0
+    while pos < size:
+        try:
+            a = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError:  # ENXIO: no data after pos; EINVAL: no support -> all data
+            if pos == 0 and not ranges:
+                try:
+                    os.lseek(fd, 0, os.SEEK_HOLE)
+                except OSError:
+                    return [(0, size)]
+            break
+        if a >= size:
+            break
+        try:
+            b = min(os.lseek(fd, a, os.SEEK_HOLE), size)
+        except OSError:
+            b = size
+        if ranges and a - ranges[-1][1] < min_hole:
+            ranges[-1] = (ranges[-1][0], b)
+        else:
+            ranges.append((a, b))
+        if len(ranges) > MAX_DATA_RANGES and min_hole < size:
+            return ranges  # the caller retries with a larger threshold
+        pos = b
+    return ranges

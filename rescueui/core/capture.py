@@ -20,6 +20,7 @@ On failure :func:`capture` raises a :class:`~rescueui.core.errors.RescueError` w
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import errno
 import fcntl
@@ -428,6 +429,9 @@ def prepare_destination(image_dir: Path) -> None:
 
 
 # ---- pipeline -------------------------------------------------------------------------
+ZEROS = object()  # a work item's buffer: the chunk lies in a hole of the source file
+
+
 @dataclass
 class _StreamState:
     plan: PlannedStream
@@ -460,6 +464,7 @@ class CaptureStats:
     chunks: int = 0
     zero_chunks: int = 0
     unused_chunks: int = 0
+    hole_chunks: int = 0  # in holes of a sparse source file: zeros, not read
     direct_io: bool = False
     streams: list[StreamEntry] = field(default_factory=list)
 
@@ -479,8 +484,12 @@ class _Capture:
         cancel: threading.Event,
         direct: bool,
         format_version: int = FORMAT_VERSION,
+        data_ranges: list[tuple[int, int]] | None = None,
     ) -> None:
         self.index_version = INDEX_VERSIONS[format_version]
+        # a sparse file source: where it holds data (its holes read as zeros, unread)
+        self.data_ranges = data_ranges
+        self._data_starts = [a for a, _ in data_ranges or []]
         self.src_fd = src_fd
         self.src_path = src_path
         self.image_dir = image_dir
@@ -571,6 +580,15 @@ class _Capture:
                     self._read_exact(part, b - a, p.start + a)
         return used
 
+    def _in_hole(self, start: int, end: int) -> bool:
+        """Whether ``[start, end)`` of a sparse file source holds no data at all."""
+        if self.data_ranges is None:
+            return False
+        j = bisect.bisect_right(self._data_starts, start) - 1
+        if j >= 0 and self.data_ranges[j][1] > start:
+            return False
+        return j + 1 >= len(self.data_ranges) or self.data_ranges[j + 1][0] >= end
+
     def _reader(self) -> None:
         try:
             for st in self.states:
@@ -581,6 +599,12 @@ class _Capture:
                     runs = p.used_in(off, off + n)
                     if runs is not None and not runs:
                         self.work.put((st, i, None, n, 0))  # unused: nothing to read
+                        continue
+                    if p.synth is None and self._in_hole(p.start + off, p.start + off + n):
+                        # a hole of the source file: zeros, known without reading
+                        moved = n if runs is None else sum(b - a for a, b in runs)
+                        self.stats.hole_chunks += 1
+                        self.work.put((st, i, ZEROS, n, moved))
                         continue
                     buf = None
                     while buf is None:
@@ -621,6 +645,8 @@ class _Capture:
         st, i, buf, n, moved = item
         if buf is None:  # not used by the filesystem: known hash, constant frame
             return _Result(st, i, n, True, zero_digest(n), self._zero_frame(n), 0, True)
+        if buf is ZEROS:  # a hole of the source file
+            return _Result(st, i, n, True, zero_digest(n), self._zero_frame(n), moved)
         try:
             with memoryview(buf) as mv, mv[:n] as view:
                 if is_all_zero(view):
@@ -1051,6 +1077,7 @@ def capture(
             cancel=cancel,
             direct=direct,
             format_version=format_version,
+            data_ranges=blockdev.file_data_ranges(fd, size) if kind == "file" else None,
         )
         stats = job.run()
         report.bytes_done = stats.bytes_read
@@ -1072,6 +1099,7 @@ def capture(
                 "chunks": stats.chunks,
                 "zero_chunks": stats.zero_chunks,
                 "unused_chunks": stats.unused_chunks,
+                "hole_chunks": stats.hole_chunks,
                 "direct_io": stats.direct_io,
                 "gaps_skipped_all_zero": [
                     p.name

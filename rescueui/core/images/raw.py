@@ -46,6 +46,7 @@ from typing import Any
 import blake3
 import zstandard
 
+from rescueui.core import blockdev
 from rescueui.core.errors import (
     CorruptImageError,
     ImageError,
@@ -84,8 +85,6 @@ HEAD_BYTES = 1 * MiB  # the part of a compressed image the partition table is re
 IDENTITY_HEAD = 64 * 1024
 READ_CHUNK = 1 * MiB  # compressed bytes read at a time
 SCRATCH = 4 * MiB  # output buffer for skipping and for the counting pass
-MIN_HOLE = 64 * 1024  # smaller holes of a sparse file are read as data (bounds the extents)
-MAX_EXTENTS = 200_000
 BMAP_LIMIT = 32 * MiB
 MAX_IMAGE_SIZE = 1 << 56  # 64 PiB: anything larger is a forged header
 ZSTD_BLOCK_MAX = 128 * 1024
@@ -1647,17 +1646,10 @@ def _probe_filesystems(
 
 
 def _sparse_extents(fd: int, size: int) -> list[Extent]:
-    """Data and hole ranges of a plain file (SEEK_DATA/SEEK_HOLE); holes smaller than
-    :data:`MIN_HOLE` are read as data, and the threshold grows until the list is bounded."""
-    min_hole = MIN_HOLE
-    while True:
-        data = _data_ranges(fd, size, min_hole)
-        if len(data) <= MAX_EXTENTS:
-            break
-        min_hole *= 4
+    """Data and hole ranges of a plain file (:func:`blockdev.file_data_ranges`)."""
     out: list[Extent] = []
     pos = 0
-    for a, b in data:
+    for a, b in blockdev.file_data_ranges(fd, size):
         if a > pos:
             out.append(Extent(pos, a - pos, "zero"))
         out.append(Extent(a, b - a, "data"))
@@ -1665,35 +1657,6 @@ def _sparse_extents(fd: int, size: int) -> list[Extent]:
     if pos < size:
         out.append(Extent(pos, size - pos, "zero"))
     return out
-
-
-def _data_ranges(fd: int, size: int, min_hole: int) -> list[tuple[int, int]]:
-    ranges: list[tuple[int, int]] = []
-    pos = 0
-    while pos < size:
-        try:
-            a = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError:  # ENXIO: no data after pos; EINVAL: no support -> all data
-            if pos == 0 and not ranges:
-                try:
-                    os.lseek(fd, 0, os.SEEK_HOLE)
-                except OSError:
-                    return [(0, size)]
-            break
-        if a >= size:
-            break
-        try:
-            b = min(os.lseek(fd, a, os.SEEK_HOLE), size)
-        except OSError:
-            b = size
-        if ranges and a - ranges[-1][1] < min_hole:
-            ranges[-1] = (ranges[-1][0], b)
-        else:
-            ranges.append((a, b))
-        if len(ranges) > MAX_EXTENTS and min_hole < size:
-            return ranges  # the caller retries with a larger threshold
-        pos = b
-    return ranges
 
 
 def _bmap_extents(bmap: Bmap, size: int) -> list[Extent]:
