@@ -228,6 +228,7 @@ def test_unreplayed_xfs_log_or_btrfs_log_tree_is_captured_whole(
     word = "xfs log" if fs == "xfs" else "btrfs log tree"
     assert m.reason.startswith(f"the {word} was not replayed"), m.reason
     assert m.reason.endswith("captured whole")
+    assert m.unclean  # the capture warns
 
 
 @pytest.mark.root
@@ -261,7 +262,8 @@ def test_dirty_fat_is_captured_whole(images: Callable[[str], FsImage], tmp_path:
     m = read_used_map(str(dirty), "vfat", img.size)
     assert m == AllBlocks(
         "partclone.fat could not read the filesystem: Filesystem isn't in valid state. "
-        "May be it is not cleanly unmounted."
+        "May be it is not cleanly unmounted.",
+        unclean=True,  # the capture warns
     )
 
 

@@ -36,6 +36,8 @@ def run(args: argparse.Namespace) -> int:
         bits = [f"#{p['number']}", f"at {p['start_bytes']}", human_size(p["size_bytes"])]
         bits += [str(p[k]) for k in ("fs_type", "label") if p.get(k)]
         say("  {}", "  ".join(bits))
+        if p.get("usage"):
+            say("      {}", p["usage"])
     say("Checksums:  {}", info["integrity_words"])
     say("Resumable:  {}", "yes" if info["resumable"] else "no")
     machine = info["source_machine"]

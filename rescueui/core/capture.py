@@ -224,17 +224,24 @@ def map_used_blocks(
     all_blocks: bool,
     cancel: threading.Event | None = None,
     on_stream: Any = None,
+    in_use: bool = False,
 ) -> None:
     """Probe each partition's filesystem and learn which blocks it uses (partclone's map,
     :mod:`rescueui.core.usedblocks`); swap gets a fresh header instead of its pages. Sets
     the streams' ``used``, ``all_blocks``, ``synth`` and ``warning``. ``all_blocks``: every
-    byte of every partition (the operator asked)."""
+    byte of every partition (the operator asked); ``in_use``: the source is mounted or
+    open for writing, so its maps could be stale by the time the blocks are read: every
+    byte too."""
     for p in plans:
         if p.kind not in ("partition", "disk"):
             continue
         p.fs_type, p.label, p.fs_uuid = probe_filesystem(source, p.start, p.size)
-        if all_blocks:
-            p.all_blocks = "every byte was asked for"
+        if all_blocks or in_use:
+            p.all_blocks = (
+                "in use while captured: which blocks it uses may change meanwhile"
+                if in_use and not all_blocks
+                else "every byte was asked for"
+            )
             continue
         if on_stream is not None:
             on_stream(p)
@@ -247,10 +254,19 @@ def map_used_blocks(
             runs = [(0, len(p.synth))]
             p.used = UsedMap("swap", "mkswap", p.size, tuple(runs), True)
             continue
-        with partition_device(source, p.start, p.size) as dev:
-            found = read_used_map(dev, p.fs_type, p.size, cancel=cancel)
+        try:
+            with partition_device(source, p.start, p.size) as dev:
+                found = read_used_map(dev, p.fs_type, p.size, cancel=cancel)
+        except CaptureError as exc:  # no loop device for the map tool (not root, no losetup)
+            found = AllBlocks(f"no used-block map: {exc.message}")
         if isinstance(found, AllBlocks):
             p.all_blocks = found.reason
+            if found.unclean:
+                p.warning = (
+                    f"{p.name} ({p.fs_type}) was not cleanly unmounted: it was captured "
+                    f"byte for byte ({found.reason}); the restored filesystem replays its "
+                    "journal or needs a check at its first mount."
+                )
             continue
         p.used = found
         if not found.clean:
@@ -1031,6 +1047,7 @@ def capture(
             src,
             plans,
             all_blocks=all_blocks or format_version < 2,
+            in_use=bool(busy),
             cancel=cancel,
             on_stream=lambda p: meter.update(
                 message=f"finding the blocks the filesystem on {p.name} uses"

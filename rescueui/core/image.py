@@ -639,6 +639,19 @@ def _safe_file(image_dir: Path, name: str, where: str) -> Path:
 _NAME_KINDS = {"head": "head", "tail": "tail", "disk": "disk"}
 
 
+def _opt_token(
+    d: dict[str, Any], key: str, where: str, pattern: re.Pattern[str], what: str
+) -> str | None:
+    """An optional text field that must match ``pattern`` (refused as forged otherwise)."""
+    value = _opt(d, key, str, where)
+    if value is not None and not pattern.match(value):
+        raise CorruptImageError(
+            f"The field '{key}' in {where} is not {what} ('{safe_text(value[:80])}').",
+            hint=_FORGED_HINT,
+        )
+    return value
+
+
 def parse_stream(d: Any, n: int, image_dir: Path, mpath: str) -> StreamEntry:
     where = f"stream #{n} of {mpath}"
     name = _req(d, "name", str, where)
@@ -698,23 +711,11 @@ def parse_stream(d: Any, n: int, image_dir: Path, mpath: str) -> StreamEntry:
     _safe_file(image_dir, index_file, where)
     if data_file == index_file:
         raise ImageError(f"{where} uses the same file for data and index.")
-    fs_type = _opt(d, "fs_type", str, where)
-    if fs_type is not None and not FS_TYPE_RE.match(fs_type):
-        raise CorruptImageError(
-            f"The field 'fs_type' in {where} is not a filesystem name "
-            f"('{safe_text(fs_type[:80])}').",
-            hint=_FORGED_HINT,
-        )
+    fs_type = _opt_token(d, "fs_type", where, FS_TYPE_RE, "a filesystem name")
     label = _opt(d, "label", str, where)
     if label is not None and len(label) > MAX_TEXT:
         raise ImageError(f"The field 'label' in {where} is too long ({len(label)} characters).")
-    fs_uuid = _opt(d, "fs_uuid", str, where)
-    if fs_uuid is not None and not _TABLE_TOKEN_RE.match(fs_uuid):
-        raise CorruptImageError(
-            f"The field 'fs_uuid' in {where} is not a filesystem UUID "
-            f"('{safe_text(fs_uuid[:80])}').",
-            hint=_FORGED_HINT,
-        )
+    fs_uuid = _opt_token(d, "fs_uuid", where, _TABLE_TOKEN_RE, "a filesystem UUID")
     used_bytes = _opt(d, "used_bytes", int, where)
     if used_bytes is not None and not 0 <= used_bytes <= size:
         raise CorruptImageError(

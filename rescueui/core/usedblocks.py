@@ -114,9 +114,11 @@ class UsedMap:
 
 @dataclass(frozen=True)
 class AllBlocks:
-    """No used-block map: every byte is captured, for ``reason`` (operator's words)."""
+    """No used-block map: every byte is captured, for ``reason`` (operator's words).
+    ``unclean``: because the filesystem was not cleanly unmounted (the caller warns)."""
 
     reason: str
+    unclean: bool = False
 
 
 class MapError(ValueError):
@@ -175,17 +177,13 @@ def read_used_map(
                 dirty = _ext_dirty(runner, device, fs_type)
                 if dirty:
                     return _ext_replayed(runner, Path(tmp), tool, device, fs_type, size, dirty)
-            elif fs_type == "xfs":
-                if _xfs_log_dirty(runner, device):
+            elif fs_type in _UNREPLAYED:
+                log, unreplayed = _UNREPLAYED[fs_type]
+                if unreplayed(runner, device):
                     return AllBlocks(
-                        "the xfs log was not replayed (not cleanly unmounted); a map of "
-                        "the blocks before the replay would miss data: captured whole"
-                    )
-            elif fs_type == "btrfs":
-                if _btrfs_log_root(runner, device):
-                    return AllBlocks(
-                        "the btrfs log tree was not replayed (not cleanly unmounted); a map "
-                        "of the blocks before the replay would miss data: captured whole"
+                        f"the {log} was not replayed (not cleanly unmounted); a map of the "
+                        "blocks before the replay would miss data: captured whole",
+                        unclean=True,
                     )
             return _partclone_map(runner, Path(tmp), tool, name, device, fs_type, size)
         except _Failed as exc:
@@ -201,7 +199,7 @@ def _partclone_map(
         return UsedMap(fs_type, name, size, runs, clean=True)
     except _Refused as first:
         if fs_type not in RECHECK or not _CHECK_REFUSAL.search(first.words):
-            return AllBlocks(str(first))
+            return AllBlocks(str(first), unclean=bool(_CHECK_REFUSAL.search(first.words)))
         try:
             runs = _partclone_runs(
                 runner, tmp, tool, name, device, fs_type, size, ignore_check=True
@@ -294,25 +292,29 @@ def _ext_replayed(
     name = used_map_tool(fs_type) or "partclone"
     e2image, e2fsck = find_tool("e2image"), find_tool("e2fsck")
     if e2image is None or e2fsck is None:
-        return AllBlocks(f"{dirty}, and e2image/e2fsck (e2fsprogs) are not installed")
+        return AllBlocks(f"{dirty}, and e2image/e2fsck (e2fsprogs) are not installed", unclean=True)
     meta = tmp / "metadata.img"
     rc, err = runner.run([e2image, "-r", device, str(meta)], tmp, "e2image")
     if rc != 0:
         return AllBlocks(
-            f"{dirty}; e2image could not copy its metadata: {_last_line(err, 'e2image')}"
+            f"{dirty}; e2image could not copy its metadata: {_last_line(err, 'e2image')}",
+            unclean=True,
         )
     # 0-2: clean or repaired; 4: errors left; 8 and above: e2fsck itself failed
     rc, err = runner.run([e2fsck, "-fy", str(meta)], tmp, "e2fsck")
     if rc not in (0, 1, 2):
         return AllBlocks(
-            f"{dirty}; e2fsck could not repair a copy of it: {_last_line(err, 'e2fsck')}"
+            f"{dirty}; e2fsck could not repair a copy of it: {_last_line(err, 'e2fsck')}",
+            unclean=True,
         )
     try:
         after = _partclone_runs(
             runner, tmp, tool, name, str(meta), fs_type, size, ignore_check=True
         )
     except _Refused as exc:
-        return AllBlocks(f"{dirty}; {name} could not read it after e2fsck: {exc.words}")
+        return AllBlocks(
+            f"{dirty}; {name} could not read it after e2fsck: {exc.words}", unclean=True
+        )
     return UsedMap(
         fs_type,
         f"e2image+e2fsck+{name}",
@@ -351,6 +353,10 @@ def _checker(name: str, package: str) -> str:
             f"{name} ({package}) is not installed, so it is unknown whether the filesystem is clean"
         )
     return path
+
+
+_UNREPLAYED = {"xfs": ("xfs log", _xfs_log_dirty), "btrfs": ("btrfs log tree", _btrfs_log_root)}
+"""Filesystems whose map is wrong until their log is replayed: how to tell that it is not."""
 
 
 def _last_line(text: str, name: str = "") -> str:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from rescueui.core.images.source import open_image
+from rescueui.core.images.usage import stream_usage
 
 
 def inspect_image(path: str | Path) -> dict[str, Any]:
@@ -33,6 +34,8 @@ def inspect_image(path: str | Path) -> dict[str, Any]:
                     "size_bytes": s.size_bytes,
                     "fs_type": s.fs_type,
                     "label": s.label,
+                    "used_bytes": s.used_bytes,
+                    "usage": stream_usage(s),
                 }
                 for s in m.streams
                 if s.kind == "partition"
