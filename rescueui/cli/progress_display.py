@@ -35,53 +35,66 @@ if TYPE_CHECKING:  # Rich is imported when a live display is drawn (not for --qu
 
 
 class ProgressDisplay:
-    def __init__(self, title: str, *, console: Console | None = None) -> None:
-        from rich.progress import BarColumn, Progress, TextColumn
+    """Progress on stderr: a live Rich bar on a terminal, else a plain line every 10 %.
+    Rich is imported only for the live bar (a job's start-up time counts)."""
 
-        self.console = console or safe_console(stderr=True)
+    def __init__(self, title: str, *, console: Console | None = None) -> None:
         self.title = title
-        self.live = self.console.is_terminal
+        self.live = console.is_terminal if console is not None else os.isatty(2)
         self._last_tenth: object = -1
-        self._progress = Progress(
-            TextColumn("{task.description}", style="bold", markup=False),
-            BarColumn(bar_width=None),
-            TextColumn("{task.percentage:>5.1f}%", markup=False),
-            TextColumn("{task.fields[done]} / {task.fields[size]}", markup=False),
-            TextColumn("{task.fields[rate]}", markup=False),
-            TextColumn("ETA {task.fields[eta]}", markup=False),
-            TextColumn("{task.fields[chunk]}", markup=False),
-            console=self.console,
-            refresh_per_second=4,
-            transient=False,
-            disable=not self.live,
-        )
+        self._started = False
         self._task: TaskID | None = None
+        self._progress: Any = None
+        if self.live:
+            from rich.progress import BarColumn, Progress, TextColumn
+
+            self._progress = Progress(
+                TextColumn("{task.description}", style="bold", markup=False),
+                BarColumn(bar_width=None),
+                TextColumn("{task.percentage:>5.1f}%", markup=False),
+                TextColumn("{task.fields[done]} / {task.fields[size]}", markup=False),
+                TextColumn("{task.fields[rate]}", markup=False),
+                TextColumn("ETA {task.fields[eta]}", markup=False),
+                TextColumn("{task.fields[chunk]}", markup=False),
+                console=console or safe_console(stderr=True),
+                refresh_per_second=4,
+                transient=False,
+            )
 
     def __enter__(self) -> ProgressDisplay:
-        self._progress.start()
-        self._task = self._progress.add_task(
-            self.title, total=1, done="0 B", size="", rate="", eta="--:--", chunk=""
-        )
+        self._started = True
+        if self._progress is not None:
+            self._progress.start()
+            self._task = self._progress.add_task(
+                self.title, total=1, done="0 B", size="", rate="", eta="--:--", chunk=""
+            )
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._progress.stop()
+        if self._progress is not None:
+            self._progress.stop()
 
-    def callback(self, snap: Snapshot) -> None:
-        if self._task is None:
+    def update_bar(self, snap: Snapshot, description: str, rate: str) -> None:
+        """The live bar (a terminal only)."""
+        if self._progress is None or self._task is None:
             return
-        desc = safe_text(f"{self.title} {snap.stream or ''}".strip())
         self._progress.update(
             self._task,
-            description=desc,
+            description=description,
             completed=snap.bytes_done,
             total=max(snap.bytes_total, 1),
             done=human_size(snap.bytes_done),
             size=human_size(snap.bytes_total),
-            rate=human_rate(snap.rate_now or snap.rate_avg),
+            rate=rate,
             eta=human_duration(snap.eta),
             chunk=chunk_text(snap),
         )
+
+    def callback(self, snap: Snapshot) -> None:
+        if not self._started:
+            return
+        desc = safe_text(f"{self.title} {snap.stream or ''}".strip())
+        self.update_bar(snap, desc, human_rate(snap.rate_now or snap.rate_avg))
         if not self.live and snap.bytes_total:
             tenth = int(snap.bytes_done * 10 // snap.bytes_total)
             if tenth != self._last_tenth:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from rescueui.cli.output import partition_number, say
-from rescueui.cli.progress_display import ProgressDisplay, chunk_text
+from rescueui.cli.progress_display import ProgressDisplay
 from rescueui.core.errors import (
     CancelledError,
     RescueError,
@@ -374,7 +374,7 @@ def run(args: argparse.Namespace) -> int:
         lambda progress, cancel: restore(plan, progress=progress, cancel=cancel),
         quiet=args.quiet,
         as_json=args.json,
-        display=RestoreDisplay("restore"),
+        display=None if args.quiet else RestoreDisplay("restore"),
         after=lambda exc: _created_note(created, exc, args.image_dir),
     )
 
@@ -383,18 +383,12 @@ class RestoreDisplay(ProgressDisplay):
     """The shared progress display, plus the phase and both rates (now / average)."""
 
     def callback(self, snap: Any) -> None:
-        if self._task is None:
+        if not self._started:
             return
-        self._progress.update(
-            self._task,
-            description=f"{snap.phase:15}",
-            completed=snap.bytes_done,
-            total=max(snap.bytes_total, 1),
-            done=human_size(snap.bytes_done),
-            size=human_size(snap.bytes_total),
-            rate=f"{human_rate(snap.rate_now)} now, {human_rate(snap.rate_avg)} avg",
-            eta=human_duration(snap.eta),
-            chunk=chunk_text(snap),
+        self.update_bar(
+            snap,
+            f"{snap.phase:15}",
+            f"{human_rate(snap.rate_now)} now, {human_rate(snap.rate_avg)} avg",
         )
         if not self.live and snap.bytes_total:
             step = int(snap.bytes_done * 20 // snap.bytes_total)  # a line every 5 %
