@@ -79,7 +79,9 @@ from rescueui.core.targets.unused import (
 from rescueui.core.units import MiB, human_size
 
 DEFAULT_WORKERS = 2
-DEFAULT_CHECKPOINT_BYTES = 64 * MiB
+# A checkpoint flushes the target and writes the journal on the image medium (about 20 ms
+# here); a resume re-checks at most this much written after the last one.
+DEFAULT_CHECKPOINT_BYTES = 256 * MiB
 POOL_EXTRA = 4  # buffers beyond one per decoder: the write queue holds some, and decoders
 # must find one free when they finish, or they idle until the coordinator wakes up
 
