@@ -19,6 +19,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from rescueui.core.identity import confirm_target, confirmation_code, identity_of
+from rescueui.core.report import JobReport
+from rescueui.core.restore import plan_restore, restore
+from tests.loopdisk import LoopDisk, LoopFactory
+
 MiB = 1024 * 1024
 STDLIB = Path("/usr/lib/python3.11")
 CONTENT_DIRS = ("email", "json", "xml", "logging", "unittest", "http")
@@ -318,3 +323,48 @@ def processes_with(marker: str) -> list[int]:
         if marker.encode() in cmdline:
             pids.append(int(entry))
     return pids
+
+
+# --------------------------------------------------------------------------- used-block tests
+
+
+def blkid_ids(dev: str) -> dict[str, str]:
+    """TYPE, UUID and LABEL of the filesystem on ``dev`` (low-level probe)."""
+    proc = subprocess.run(
+        ["blkid", "-p", "-o", "export", dev], capture_output=True, text=True, check=False
+    )
+    props = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
+    return {k: props[k] for k in ("TYPE", "UUID", "LABEL") if k in props}
+
+
+def partclone_zstd_size(dev: str, fs: str, out: Path) -> int:
+    """The size of ``partclone.<fs> -c | zstd -3`` of ``dev`` (what Clonezilla stores)."""
+    subprocess.run(
+        f"set -o pipefail; partclone.{fs} -q -c -s {dev} -o - | zstd -q -3 > {out}",
+        shell=True,
+        executable="/bin/bash",
+        check=True,
+        capture_output=True,
+    )
+    size = out.stat().st_size
+    out.unlink()
+    return size
+
+
+def restore_onto(
+    factory: LoopFactory, image: Path, size_mib: int, *, rotational: str = "1", exact: bool = False
+) -> tuple[LoopDisk, JobReport]:
+    """A random-filled loop disk of ``size_mib`` whose queue says ``rotational`` (``"1"``:
+    it spins, the space no filesystem uses is left), restored from ``image``."""
+    target = factory.create(size_mib, fill="random")
+    Path(f"/sys/block/{target.name}/queue/rotational").write_text(rotational)
+    ident = identity_of(target.path)
+    plan = plan_restore(
+        image,
+        confirm_target(target.path, confirmation_code(ident)),
+        accept_warnings=True,
+        exact=exact,
+    )
+    report = restore(plan)
+    target.rescan()
+    return target, report

@@ -18,9 +18,11 @@ from rescueui.core.capture import capture
 from rescueui.core.errors import CorruptImageError, UnsupportedImageError
 from rescueui.core.identity import confirm_target, confirmation_code, identity_of
 from rescueui.core.image import INDEX_HEADER, INDEX_RECORD, Image, save_manifest
+from rescueui.core.report import JobReport
 from rescueui.core.restore import plan_restore, restore
+from tests import fsfixtures as fx
 from tests.imagefixtures import STDLIB
-from tests.loopdisk import LoopDisk, LoopFactory, have_root, run, settle, udev_running
+from tests.loopdisk import LoopDisk, LoopFactory, have_root, run, udev_running
 
 pytestmark = pytest.mark.skipif(
     not (have_root() and udev_running()),
@@ -63,14 +65,6 @@ def _vfat_tree(dev: str, dest: Path) -> dict[str, str]:
     return _tree(dest)
 
 
-def _blkid(dev: str) -> dict[str, str]:
-    proc = subprocess.run(
-        ["blkid", "-p", "-o", "export", dev], capture_output=True, text=True, check=False
-    )
-    props = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
-    return {k: props[k] for k in ("TYPE", "UUID", "LABEL") if k in props}
-
-
 @pytest.fixture(scope="module")
 def factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoopFactory]:
     f = LoopFactory(tmp_path_factory.mktemp("usedblocks"))
@@ -105,7 +99,7 @@ def source(factory: LoopFactory, tmp_path_factory: pytest.TempPathFactory) -> di
     run(["mdel", "-i", disk.part(2), "::/junk.bin"])
     run(["mcopy", "-s", "-i", disk.part(2), str(STDLIB / "json"), "::/"])
     efi_tree = _vfat_tree(disk.part(2), tmp / "efi")
-    ids = {n: _blkid(disk.part(n)) for n in (1, 2, 3)}
+    ids = {n: fx.blkid_ids(disk.part(n)) for n in (1, 2, 3)}
     with open(disk.part(4), "rb") as f:
         raw = hashlib.sha256(f.read()).hexdigest()
     image = tmp / "image"
@@ -120,17 +114,6 @@ def source(factory: LoopFactory, tmp_path_factory: pytest.TempPathFactory) -> di
         "raw": raw,
         "tmp": tmp,
     }
-
-
-def _partclone_size(part: str, fs: str, tmp: Path) -> int:
-    out = tmp / f"pc-{fs}.zst"
-    subprocess.run(
-        f"partclone.{fs} -q -c -s {part} -o - | zstd -q -3 -T0 > {out}",
-        shell=True,
-        check=True,
-        capture_output=True,
-    )
-    return out.stat().st_size
 
 
 def test_capture_stores_only_used_blocks(source: dict) -> None:
@@ -149,9 +132,10 @@ def test_capture_stores_only_used_blocks(source: dict) -> None:
     assert p3.compressed_bytes < 64 * 1024
     assert p4.used_bytes is None and p4.all_blocks and "no filesystem" in p4.all_blocks
     # the image is about as small as what Clonezilla stores (partclone | zstd -3)
-    pc = _partclone_size(source["disk"].part(1), "ext4", source["tmp"]) + _partclone_size(
-        source["disk"].part(2), "vfat", source["tmp"]
-    )
+    tmp = source["tmp"]
+    pc = fx.partclone_zstd_size(
+        source["disk"].part(1), "ext4", tmp / "pc1.zst"
+    ) + fx.partclone_zstd_size(source["disk"].part(2), "vfat", tmp / "pc2.zst")
     ours = p1.compressed_bytes + p2.compressed_bytes
     assert ours <= 1.10 * pc, (ours, pc)
     # the operator sees it: per partition used vs total, in the report
@@ -173,26 +157,15 @@ def test_zstd_dc_of_a_used_block_stream_is_the_partition(source: dict, tmp_path:
 
 def _restore_onto(
     factory: LoopFactory, image: Path, *, rotational: str, exact: bool = False
-) -> tuple[LoopDisk, object]:
-    target = factory.create(DISK_MIB, fill="random")
-    Path(f"/sys/block/{target.name}/queue/rotational").write_text(rotational)
-    ident = identity_of(target.path)
-    plan = plan_restore(
-        image,
-        confirm_target(target.path, confirmation_code(ident)),
-        accept_warnings=True,
-        exact=exact,
-    )
-    report = restore(plan)
-    target.rescan()
-    return target, report
+) -> tuple[LoopDisk, JobReport]:
+    return fx.restore_onto(factory, image, DISK_MIB, rotational=rotational, exact=exact)
 
 
 def _check_restored(source: dict, target: LoopDisk, tmp: Path) -> None:
     run(["e2fsck", "-fn", target.part(1)])
     run(["fsck.vfat", "-n", target.part(2)])
     for n in (1, 2, 3):
-        assert _blkid(target.part(n)) == source["ids"][n], n
+        assert fx.blkid_ids(target.part(n)) == source["ids"][n], n
     with open(target.part(4), "rb") as f:
         assert hashlib.sha256(f.read()).hexdigest() == source["raw"]
     mnt = tmp / "restored"
@@ -344,7 +317,6 @@ def test_swap_and_raw_partitions_in_the_report(source: dict) -> None:
     streams = {s["name"]: s for s in source["report"].streams}
     assert streams["p3"]["fs_uuid"] == SWAP_UUID and streams["p3"]["used_map"] == "mkswap"
     assert streams["p4"]["all_blocks"]
-    settle()
 
 
 def test_a_target_that_only_pretends_to_zero_fast_keeps_its_unused_space(

@@ -21,11 +21,9 @@ from pathlib import Path
 import pytest
 
 from rescueui.core.capture import capture
-from rescueui.core.identity import confirm_target, confirmation_code, identity_of
 from rescueui.core.image import Image
-from rescueui.core.restore import plan_restore, restore
 from tests import fsfixtures as fx
-from tests.loopdisk import LoopDisk, LoopFactory, have_root, udev_running
+from tests.loopdisk import LoopFactory, have_root, udev_running
 
 pytestmark = pytest.mark.skipif(
     not (have_root() and udev_running()),
@@ -71,14 +69,6 @@ def _missing(fs: str) -> str | None:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _blkid(dev: str) -> dict[str, str]:
-    proc = subprocess.run(
-        ["blkid", "-p", "-o", "export", dev], capture_output=True, text=True, check=False
-    )
-    props = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
-    return {k: props[k] for k in ("TYPE", "UUID", "LABEL") if k in props}
 
 
 def _wait_no_process_with(marker: str) -> None:
@@ -132,20 +122,6 @@ def _zstd_dc_sha256(path: Path) -> tuple[str, int]:
     return h.hexdigest(), n
 
 
-def _partclone_zstd_size(dev: str, fs: str, out: Path) -> int:
-    """The size of ``partclone.<fs> -c | zstd -3`` of ``dev`` (what Clonezilla stores)."""
-    subprocess.run(
-        f"set -o pipefail; partclone.{fs} -q -c -s {dev} -o - | zstd -q -3 > {out}",
-        shell=True,
-        executable="/bin/bash",
-        check=True,
-        capture_output=True,
-    )
-    size = out.stat().st_size
-    out.unlink()
-    return size
-
-
 def _content(dest: Path) -> Path:
     """Real files (part of the Python standard library), an incompressible file, and names
     with spaces and UTF-8."""
@@ -178,20 +154,6 @@ def _copy_in(content: Path, where: Path) -> None:
         else:
             shutil.copyfile(p, where / p.name)
     fx.run(["sync", "-f", where])
-
-
-def _restore_onto(factory: LoopFactory, image: Path, size_mib: int) -> tuple[LoopDisk, object]:
-    """A random-filled disk of ``size_mib`` whose queue says it spins, restored from ``image``
-    (the space no filesystem uses is left as it is)."""
-    target = factory.create(size_mib, fill="random")
-    Path(f"/sys/block/{target.name}/queue/rotational").write_text("1")
-    ident = identity_of(target.path)
-    plan = plan_restore(
-        image, confirm_target(target.path, confirmation_code(ident)), accept_warnings=True
-    )
-    report = restore(plan)
-    target.rescan()
-    return target, report
 
 
 @pytest.fixture(scope="module")
@@ -245,16 +207,16 @@ def disks(
             "dev": dev,
             "size": mib * MiB,
             "junk": junk,
-            "ids": _blkid(dev),
+            "ids": fx.blkid_ids(dev),
             "tree": tree,
-            "partclone": _partclone_zstd_size(dev, fs, tmp / f"pc-{fs}.zst"),
+            "partclone": fx.partclone_zstd_size(dev, fs, tmp / f"pc-{fs}.zst"),
         }
     image = tmp / "image"
     started = time.monotonic()
     cap = capture(disk.path, image)
     capture_s = time.monotonic() - started
     started = time.monotonic()
-    target, rep = _restore_onto(factory, image, DISK_MIB)
+    target, rep = fx.restore_onto(factory, image, DISK_MIB)
     restore_s = time.monotonic() - started
     return {
         "disk": disk,
@@ -311,7 +273,7 @@ def test_restored_filesystem_is_clean_and_the_same(disks: dict, fs: str) -> None
     src = _fs(disks, fs)
     dev = disks["target"].part(src["n"])
     fx.run([*FSCK[fs], dev])
-    ids = _blkid(dev)
+    ids = fx.blkid_ids(dev)
     assert set(ids) == {"TYPE", "UUID", "LABEL"}, ids
     assert ids == src["ids"]
     with _mounted(dev, fs, disks["tmp"] / f"restored-{fs}", read_only=True) as where:
@@ -346,7 +308,7 @@ def test_a_luks_partition_is_captured_whole(
         ],
         input="not a secret",
     )
-    assert _blkid(disk.part(1))["TYPE"] == "crypto_LUKS"
+    assert fx.blkid_ids(disk.part(1))["TYPE"] == "crypto_LUKS"
     report = capture(disk.path, tmp_path / "image")
     s = Image.open(tmp_path / "image").manifest.partition_stream(1)
     assert s is not None
@@ -414,7 +376,7 @@ def test_a_dirty_ext4_gives_the_warning_and_restores_to_a_replayable_ext4(
     assert s.used_bytes < DIRTY_MIB * MiB // 2  # the current state's used blocks, no fsck
 
     # the restore writes the filesystem as it was: its journal still needs the replay
-    target, rep = _restore_onto(loops, image, DIRTY_MIB + 2)
+    target, rep = fx.restore_onto(loops, image, DIRTY_MIB + 2)
     assert rep.outcome == "success", rep.error
     dev = target.part(1)
     assert "needs_recovery" in fx.run(["dumpe2fs", "-h", dev]).stdout

@@ -10,6 +10,7 @@ safety rules (only a confirmed target is ever opened for writing).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -18,9 +19,13 @@ import mmap
 import os
 import stat
 import struct
+import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from rescueui.core.errors import DiskError
+from rescueui.core.tools import find_tool
 
 # <linux/fs.h>
 BLKGETSIZE64 = 0x80081272  # _IOR(0x12, 114, size_t)
@@ -304,3 +309,54 @@ def _data_ranges(fd: int, size: int, min_hole: int) -> list[tuple[int, int]]:
             return ranges  # the caller retries with a larger threshold
         pos = b
     return ranges
+
+
+@contextlib.contextmanager
+def range_device(source: str, start: int, size: int, *, read_only: bool) -> Iterator[str]:
+    """A loop device over bytes ``[start, start + size)`` of ``source`` (a block device or
+    a file): how a tool that wants a device of its own reaches one partition here, where
+    the kernel has no partition parsers. Detached on exit; :class:`DiskError` if it cannot
+    be attached."""
+    if start < 0 or size <= 0:
+        raise ValueError(f"bad range: start {start}, size {size}")
+    losetup = find_tool("losetup")
+    if losetup is None:
+        raise DiskError(
+            "The program 'losetup' is not installed.",
+            hint="It is part of util-linux; install it (it is in the live image).",
+        )
+    cmd = [losetup, "--find", "--show", *(["--read-only"] if read_only else [])]
+    cmd += ["--offset", str(start), "--sizelimit", str(size), source]
+    env = dict(os.environ, LC_ALL="C")
+    err = ""
+    dev = ""
+    for _ in range(5):  # --find can race with another program attaching a loop device
+        try:
+            proc = subprocess.run(
+                cmd, capture_output=True, text=True, errors="replace", timeout=60, env=env
+            )
+        except subprocess.TimeoutExpired:
+            err = "losetup did not answer in 60 s"
+            break
+        dev = proc.stdout.strip()
+        if proc.returncode == 0 and dev.startswith("/dev/"):
+            break
+        err = proc.stderr.strip() or f"losetup failed (exit status {proc.returncode})"
+        dev = ""
+        if not Path(source).exists():
+            break
+        time.sleep(0.2)
+    if not dev:
+        raise DiskError(
+            f"Cannot make a {'read-only ' if read_only else ''}device for bytes "
+            f"{start}-{start + size} of {source}: {err}.",
+            hint="Check that it is readable and that loop devices are available.",
+        )
+    try:
+        yield dev
+    finally:
+        for _ in range(25):  # udev may still be probing the new device
+            r = subprocess.run([losetup, "-d", dev], capture_output=True, env=env, check=False)
+            if r.returncode == 0:
+                break
+            time.sleep(0.2)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import shutil
 import stat
@@ -36,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rescueui.core import parttable
 from rescueui.core.errors import RescueError, ToolMissingError
 from rescueui.core.tools import find_tool, require_tool
 from rescueui.core.units import MiB
@@ -176,11 +176,8 @@ def build_sample_disk(path: Path, workdir: Path) -> None:
             "type=L, name=rootfs\n"
         ),
     )
-    table = json.loads(
-        subprocess.run(
-            [_tool("sfdisk"), "--json", str(path)], capture_output=True, text=True, check=True
-        ).stdout
-    )["partitiontable"]
+    table = parttable.read_table(path)
+    assert table is not None, f"sfdisk wrote no table on {path}"
     sector = int(table.get("sectorsize", 512))
     p1, p2 = table["partitions"][:2]
 
@@ -300,18 +297,11 @@ def _file_partitions(path: Path) -> tuple[str | None, list]:
     from rescueui.core.disks import Partition
 
     try:
-        out = subprocess.run(
-            [_tool("sfdisk"), "--json", str(path)],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError, RescueError):
+        table = parttable.read_table(path)
+    except (OSError, RescueError):
         return None, []
-    if out.returncode != 0 or not out.stdout.strip():
+    if table is None:
         return None, []
-    table = json.loads(out.stdout).get("partitiontable", {})
     sector = int(table.get("sectorsize", 512))
     parts = []
     for i, p in enumerate(table.get("partitions", []), start=1):

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from rescueui.core import parttable
+from rescueui.core import blockdev, parttable
 from rescueui.core.errors import RestoreError, TargetTooSmallError, ToolMissingError
 from rescueui.core.tools import require_tool
 from rescueui.core.units import MiB, human_size
@@ -264,24 +264,9 @@ def _partition_device(target_path: str, number: int, table: dict[str, Any]) -> I
         return
     ss = int(table.get("sectorsize", 512))
     part = next(p for p in table.get("partitions", []) if _number(p) == number)
-    losetup = _tool("losetup")
-    dev = _run(
-        [
-            losetup,
-            "-f",
-            "--show",
-            "--offset",
-            str(int(part["start"]) * ss),
-            "--sizelimit",
-            str(int(part["size"]) * ss),
-            target_path,
-        ],
-        f"Attaching partition {number} of {target_path}",
-    ).strip()
-    try:
+    start, size = int(part["start"]) * ss, int(part["size"]) * ss
+    with blockdev.range_device(target_path, start, size, read_only=False) as dev:
         yield dev
-    finally:
-        subprocess.run([losetup, "-d", dev], capture_output=True, check=False)
 
 
 def _part_bytes(table: dict[str, Any], number: int) -> int:

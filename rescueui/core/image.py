@@ -100,6 +100,21 @@ class ChunkRecord:
     def digest(self) -> bytes:
         return bytes.fromhex(self.blake3)
 
+    @classmethod
+    def unpacked(
+        cls, index: int, offset: int, length: int, raw_length: int, flags: int, digest: bytes
+    ) -> ChunkRecord:
+        """A record from the fields of one :data:`INDEX_RECORD`."""
+        return cls(
+            index,
+            offset,
+            length,
+            raw_length,
+            digest.hex(),
+            bool(flags & FLAG_ZERO),
+            bool(flags & FLAG_UNUSED),
+        )
+
 
 @dataclass
 class StreamEntry:
@@ -1064,33 +1079,16 @@ class Image:
 
     def iter_chunks(self, stream: StreamEntry) -> Iterator[ChunkRecord]:
         raw = self._indexes[stream.name]
-        for i, (off, length, raw_len, flags, digest) in enumerate(INDEX_RECORD.iter_unpack(raw)):
-            yield ChunkRecord(
-                i,
-                off,
-                length,
-                raw_len,
-                digest.hex(),
-                bool(flags & FLAG_ZERO),
-                bool(flags & FLAG_UNUSED),
-            )
+        for i, fields in enumerate(INDEX_RECORD.iter_unpack(raw)):
+            yield ChunkRecord.unpacked(i, *fields)
 
     def chunks(self, stream: StreamEntry) -> list[ChunkRecord]:
         return list(self.iter_chunks(stream))
 
     def chunk(self, stream: StreamEntry, index: int) -> ChunkRecord:
         raw = self._indexes[stream.name]
-        off, length, raw_len, flags, digest = INDEX_RECORD.unpack_from(
-            raw, index * INDEX_RECORD.size
-        )
-        return ChunkRecord(
-            index,
-            off,
-            length,
-            raw_len,
-            digest.hex(),
-            bool(flags & FLAG_ZERO),
-            bool(flags & FLAG_UNUSED),
+        return ChunkRecord.unpacked(
+            index, *INDEX_RECORD.unpack_from(raw, index * INDEX_RECORD.size)
         )
 
     def unused_runs(self, stream: StreamEntry) -> list[tuple[int, int]]:

@@ -480,12 +480,6 @@ def restore(
         )
     if not checked:
         report.notes.append(f"Source checks: {image.integrity.words}.")
-    left = segments.left_bytes
-    report.details["unused_space"] = {
-        **plan.unused.to_dict(),
-        "left_bytes": left,
-        "left_ranges": len(segments.left),
-    }
     job = _RestoreJob(plan, segments, report, progress, cancel)
     outcome: str = "success"
     error: RescueError | None = None
@@ -560,13 +554,11 @@ class _RestoreJob:
         for run in segments.runs:
             name = run.stream.name if run.stream is not None else "fill"
             self.stream_chunks[name] = self.stream_chunks.get(name, 0) + run.count
-        unused = self.report.details.get("unused_space")
-        if isinstance(unused, dict):
-            unused.update(
-                self.plan.unused.to_dict(),
-                left_bytes=segments.left_bytes,
-                left_ranges=len(segments.left),
-            )
+        self.report.details["unused_space"] = {
+            **self.plan.unused.to_dict(),
+            "left_bytes": segments.left_bytes,
+            "left_ranges": len(segments.left),
+        }
 
     def _probe_zeroing(self, handle: TargetHandle) -> None:
         """The target said it zeroes fast: check it on the first unused range before the

@@ -30,9 +30,11 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
-from rescueui.core.errors import CancelledError, CaptureError
+from rescueui.core import blockdev
+from rescueui.core.errors import CancelledError, CaptureError, DiskError
 from rescueui.core.tools import find_tool
 
 MiB = 1024 * 1024
@@ -94,7 +96,7 @@ class UsedMap:
                 raise ValueError(f"run {i} ({off}, {length}) is not sorted, merged and in range")
             end = off + length
 
-    @property
+    @cached_property
     def used_bytes(self) -> int:
         return sum(length for _, length in self.runs)
 
@@ -555,55 +557,11 @@ def _tail(path: Path, limit: int = 16384) -> str:
 @contextlib.contextmanager
 def partition_device(source: str, start: int, size: int) -> Iterator[str]:
     """A read-only loop device over bytes ``[start, start + size)`` of ``source`` (a block
-    device or a file), detached on exit. :class:`CaptureError` if it cannot be attached."""
-    if start < 0 or size <= 0:
-        raise ValueError(f"bad range: start {start}, size {size}")
-    losetup = find_tool("losetup")
-    if losetup is None:
-        raise CaptureError(
-            "The program 'losetup' is not installed.",
-            hint="It is part of util-linux; install it (it is in the live image).",
-        )
-    cmd = [
-        losetup,
-        "--find",
-        "--show",
-        "--read-only",
-        "--offset",
-        str(start),
-        "--sizelimit",
-        str(size),
-        source,
-    ]
-    env = dict(os.environ, LC_ALL="C")
-    err = ""
-    dev = ""
-    for _ in range(5):  # --find can race with another program attaching a loop device
+    device or a file), detached on exit (:func:`blockdev.range_device`).
+    :class:`CaptureError` if it cannot be attached."""
+    with contextlib.ExitStack() as stack:
         try:
-            proc = subprocess.run(
-                cmd, capture_output=True, text=True, errors="replace", timeout=60, env=env
-            )
-        except subprocess.TimeoutExpired:
-            err = "losetup did not answer in 60 s"
-            break
-        dev = proc.stdout.strip()
-        if proc.returncode == 0 and dev.startswith("/dev/"):
-            break
-        err = proc.stderr.strip() or f"losetup failed (exit status {proc.returncode})"
-        dev = ""
-        if not Path(source).exists():
-            break
-        time.sleep(0.2)
-    if not dev:
-        raise CaptureError(
-            f"Cannot make a read-only device for bytes {start}-{start + size} of {source}: {err}.",
-            hint="Check that the source is readable and that loop devices are available.",
-        )
-    try:
+            dev = stack.enter_context(blockdev.range_device(source, start, size, read_only=True))
+        except DiskError as exc:
+            raise CaptureError(exc.message, hint=exc.hint) from exc
         yield dev
-    finally:
-        for _ in range(25):  # udev may still be probing the new device
-            r = subprocess.run([losetup, "-d", dev], capture_output=True, env=env, check=False)
-            if r.returncode == 0:
-                break
-            time.sleep(0.2)

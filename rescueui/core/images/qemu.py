@@ -74,7 +74,13 @@ from typing import Any
 
 import blake3
 
-from rescueui.core.errors import CorruptImageError, ImageError, UnsupportedImageError
+from rescueui.core import parttable
+from rescueui.core.errors import (
+    CorruptImageError,
+    ImageError,
+    RescueError,
+    UnsupportedImageError,
+)
 from rescueui.core.image import check_partition_table
 from rescueui.core.images.source import (
     NO_SOURCE_CHECKS,
@@ -1694,26 +1700,11 @@ def _start_server(res: _Resources, qemu_nbd: str, chain: list[_Layer], vsize: in
 
 
 def _sfdisk(probe: Path) -> dict[str, Any] | None:
-    tool = find_tool("sfdisk")
-    if tool is None:
-        return None
+    """The probe's partition table (:func:`parttable.read_table`), None if none or unread."""
     try:
-        proc = subprocess.run(
-            [tool, "--json", str(probe)],
-            capture_output=True,
-            timeout=PROBE_TIMEOUT,
-            check=False,
-            env=dict(os.environ, LC_ALL="C"),
-        )
-    except (OSError, subprocess.SubprocessError):
+        return parttable.read_table(probe)
+    except RescueError:
         return None
-    if proc.returncode != 0 or len(proc.stdout) > 4 * MiB:
-        return None
-    try:
-        table = json.loads(proc.stdout)["partitiontable"]
-    except (ValueError, KeyError, TypeError):
-        return None
-    return table if isinstance(table, dict) else None
 
 
 def _neutral_nodes(table: dict[str, Any], probe: Path) -> dict[str, Any]:

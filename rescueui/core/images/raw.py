@@ -46,7 +46,7 @@ from typing import Any
 import blake3
 import zstandard
 
-from rescueui.core import blockdev
+from rescueui.core import blockdev, parttable
 from rescueui.core.errors import (
     CorruptImageError,
     ImageError,
@@ -1511,43 +1511,36 @@ def _partition_table(
     size: int,
     warnings: list[str],
 ) -> tuple[dict[str, Any] | None, int]:
-    """``sfdisk --json`` of the image (compressed: of a sparse copy of its head at full size)."""
-    sfdisk = find_tool("sfdisk")
-    if sfdisk is None:
-        warnings.append("sfdisk is not installed: the image's partition table was not read.")
-        return None, SECTOR
+    """The image's partition table (:func:`parttable.read_table`; compressed: of a sparse
+    copy of its head at full size)."""
     sector = SECTOR
     gpt = gpt_disk_size(head)
     if gpt is not None:
         sector = gpt[1]
-    cmd = [sfdisk, "--json"]
-    if sector != SECTOR:
-        cmd += ["--sector-size", str(sector)]
-    if compression is None and (gpt is None or gpt[0] <= size):
-        proc = _run([*cmd, _fd_path(fd)], (fd,))
-    else:
-        # sfdisk needs a file as large as the disk (a GPT's backup header is at its end,
-        # and a GPT on a shorter file is taken for its protective MBR): a sparse copy of
-        # the head at full size, in memory
-        mfd = os.memfd_create("rescueui-head", os.MFD_CLOEXEC)
-        try:
-            os.ftruncate(mfd, max(size, gpt[0] if gpt else 0, len(head)))
-            os.pwrite(mfd, head, 0)
-            proc = _run([*cmd, _fd_path(mfd)], (mfd,))
-        finally:
-            os.close(mfd)
-    if proc is None:
-        warnings.append("sfdisk did not answer: the image's partition table was not read.")
+    try:
+        if compression is None and (gpt is None or gpt[0] <= size):
+            found = parttable.read_table(_fd_path(fd), sector_size=sector, pass_fds=(fd,))
+        else:
+            # sfdisk needs a file as large as the disk (a GPT's backup header is at its end,
+            # and a GPT on a shorter file is taken for its protective MBR): a sparse copy of
+            # the head at full size, in memory
+            mfd = os.memfd_create("rescueui-head", os.MFD_CLOEXEC)
+            try:
+                os.ftruncate(mfd, max(size, gpt[0] if gpt else 0, len(head)))
+                os.pwrite(mfd, head, 0)
+                found = parttable.read_table(_fd_path(mfd), sector_size=sector, pass_fds=(mfd,))
+            finally:
+                os.close(mfd)
+    except RescueError as exc:
+        warnings.append(
+            f"The image's partition table was not read ({exc.message}); it is restored as a "
+            "whole disk."
+        )
         return None, sector
-    if proc.returncode != 0:
-        if "does not contain a recognized partition table" not in proc.stderr:
-            warnings.append(
-                "sfdisk could not read a partition table in the image "
-                f"({safe_text(proc.stderr.strip()[:200])}); it is restored as a whole disk."
-            )
+    if found is None:
         return None, sector
     try:
-        table = dict(json.loads(proc.stdout)["partitiontable"])
+        table = dict(found)
         table.pop("device", None)
         _fix_nodes(table)
         check_partition_table(table, f"{p} (its partition table)")

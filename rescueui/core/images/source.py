@@ -295,10 +295,6 @@ class ForeignDecoder:
         self.image = image
         self.table = table
 
-    @staticmethod
-    def is_zero(view: memoryview) -> bool:
-        return is_all_zero(view)
-
     def read(self, offset: int, view: memoryview) -> None:
         """Fill ``view`` with the image's bytes at ``offset`` (of the whole image)."""
         self.image.read_into(offset, view)
@@ -312,7 +308,7 @@ class ForeignDecoder:
         view = out[: seg.length]
         self.read(seg.disk_offset + self.table.base, view)
         self.check(seg, view)
-        if self.is_zero(view):
+        if is_all_zero(view):
             self.table.record(seg.index, zero_hash(seg.length))
             return None
         self.table.record(seg.index, blake3.blake3(view).hexdigest())
