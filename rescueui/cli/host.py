@@ -33,6 +33,7 @@ def format_profile(profile: HostProfile) -> str:
         lines.append(f"Board:        {profile.board_vendor or '?'} {profile.board_name or '?'}")
     lines.append("Storage controllers:")
     lines += [f"  {c}" for c in profile.storage_controllers] or ["  (none found)"]
+    lines.append("Disk drivers: " + (", ".join(profile.storage_drivers) or "(none found)"))
     lines.append("Disks:")
     for d in profile.disks:
         lines.append(

@@ -14,6 +14,7 @@ import sys
 
 from rich.text import Text
 
+from rescueui.cli.adapt_options import adapt_options, add_adapt_arguments
 from rescueui.cli.output import console as safe_console
 from rescueui.cli.output import echo_json, partition_number, plain
 from rescueui.core.images import open_image
@@ -53,6 +54,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         action="store_true",
         help="as for a restore that keeps the image's partition sizes on a larger disk",
     )
+    add_adapt_arguments(p)
     p.add_argument("--json", action="store_true", help="print the findings as JSON")
 
 
@@ -88,7 +90,13 @@ def summary(findings: list[Finding]) -> str:
 def run(args: argparse.Namespace) -> int:
     with open_image(args.image_dir) as image:
         target = TargetInfo.from_path(args.target, image_paths=[image.path])
-        findings = run_preflight(image, target, partition=args.partition, grow=not args.no_grow)
+        findings = run_preflight(
+            image,
+            target,
+            partition=args.partition,
+            grow=not args.no_grow,
+            adapt=adapt_options(args) if args.partition is None else None,
+        )
     code = EXIT_STOP if stops(findings) else 0
     if args.json:
         out = preflight_report(findings)

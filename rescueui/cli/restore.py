@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rescueui.cli.adapt_options import adapt_options, add_adapt_arguments
 from rescueui.cli.output import partition_number, say
 from rescueui.cli.progress_display import ProgressDisplay
 from rescueui.core.errors import (
@@ -119,6 +120,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         help="create TARGET as a new disk image file of SIZE (e.g. 20G, or 'image' for the "
         "source disk's size)",
     )
+    add_adapt_arguments(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress display")
 
@@ -338,6 +340,7 @@ def run(args: argparse.Namespace) -> int:
             resume=args.resume,
             grow=not args.no_grow,
             exact=args.exact,
+            adapt=adapt_options(args) if args.partition is None else None,
             accept_warnings=args.accept_warnings,
             accepted_codes=args.accept_warning,
             acknowledged_by="--accept-warnings" if args.accept_warnings else "--accept-warning",

@@ -1056,6 +1056,14 @@ def capture(
         for p in plans:
             if p.warning:
                 warnings.append(p.warning)
+        system = None
+        if not partitions and format_version >= 2:
+            meter.update(phase="map", message="examining the installed system (read-only)")
+            from rescueui.core.adapt import examine_disk
+
+            found = examine_disk(src, table)
+            system = found.to_dict()
+            report.details["installed_system"] = found.describe()
         total = sum(p.read_bytes for p in plans)
         report.bytes_total = total
         meter.bytes_total = total
@@ -1071,6 +1079,7 @@ def capture(
             complete=False,
             warnings=warnings,
             whole_disk=not partitions,
+            system=system,
         )
         report.warnings = list(warnings)
         try:

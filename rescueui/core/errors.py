@@ -75,6 +75,10 @@ class RestoreError(RescueError):
     """Restoring an image failed (I/O error, device removed, ...)."""
 
 
+class AdaptError(RestoreError):
+    """The restore is written and verified, but a fix-up of the restored system failed."""
+
+
 class VerifyError(RescueError):
     """A read-back verification found the target differs from the image."""
 

@@ -16,17 +16,14 @@ Every function returns notes for the job report (what was resized, from what to 
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
 import stat
 import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from rescueui.core import blockdev, parttable
+from rescueui.core import blockdev, fsmount, parttable
 from rescueui.core.errors import RestoreError, TargetTooSmallError, ToolMissingError
 from rescueui.core.tools import require_tool
 from rescueui.core.units import MiB, human_size
@@ -59,9 +56,12 @@ def _end(part: dict[str, Any]) -> int:
 
 
 def adapt_table(
-    table: dict[str, Any], target_size: int, *, grow: bool
+    table: dict[str, Any], target_size: int, *, grow: bool, reserve_end_bytes: int = 0
 ) -> tuple[dict[str, Any], list[str]]:
     """``table`` rewritten for a target of ``target_size`` bytes, and notes for the report.
+
+    ``reserve_end_bytes``: the grown last partition leaves that much free at the end (a
+    partition the fix-ups add there).
 
     Raises :class:`TargetTooSmallError` when a partition would not fit.
     The input is not modified.
@@ -101,7 +101,7 @@ def adapt_table(
         return new, notes
     data_parts = [p for p in parts if not parttable.is_extended(new, p)]
     last = max(data_parts or parts, key=_end)
-    aligned_limit = (limit * ss // ALIGN) * ALIGN // ss
+    aligned_limit = (max(0, limit * ss - reserve_end_bytes) // ALIGN) * ALIGN // ss
     room = (aligned_limit - _end(last)) * ss
     if not grow:
         spare = (limit - _end(last)) * ss
@@ -181,20 +181,6 @@ def _ext_size(path: str) -> int:
     return count * size
 
 
-@contextlib.contextmanager
-def _temporary_mount(path: str, fs_type: str) -> Iterator[str]:
-    where = tempfile.mkdtemp(prefix="rescueui-grow-")
-    try:
-        _run([_tool("mount"), "-t", fs_type, path, where], f"Mounting {path} ({fs_type})")
-        try:
-            yield where
-        finally:
-            subprocess.run([_tool("umount"), where], capture_output=True, check=False)
-    finally:
-        with contextlib.suppress(OSError):
-            os.rmdir(where)
-
-
 def _fs_bytes(mountpoint: str) -> int:
     st = os.statvfs(mountpoint)
     return st.f_blocks * st.f_frsize
@@ -218,7 +204,7 @@ def grow_filesystem(partition_path: str, fs_type: str | None) -> str:
             f"{human_size(after)} (e2fsck -fy, resize2fs)."
         )
     if fs == "xfs":
-        with _temporary_mount(partition_path, "xfs") as mnt:
+        with fsmount.mounted(partition_path, "xfs", read_only=False, purpose="grow") as mnt:
             before = _fs_bytes(mnt)
             _run([_tool("xfs_growfs"), mnt], f"Growing xfs on {partition_path}")
             after = _fs_bytes(mnt)
@@ -227,7 +213,7 @@ def grow_filesystem(partition_path: str, fs_type: str | None) -> str:
             f"{human_size(after)} (xfs_growfs on a temporary mount)."
         )
     if fs == "btrfs":
-        with _temporary_mount(partition_path, "btrfs") as mnt:
+        with fsmount.mounted(partition_path, "btrfs", read_only=False, purpose="grow") as mnt:
             before = _fs_bytes(mnt)
             _run(
                 [_tool("btrfs"), "filesystem", "resize", "max", mnt],
@@ -255,20 +241,6 @@ def grow_filesystem(partition_path: str, fs_type: str | None) -> str:
 # --------------------------------------------------------------------------- wiring
 
 
-@contextlib.contextmanager
-def _partition_device(target_path: str, number: int, table: dict[str, Any]) -> Iterator[str]:
-    """A block device for partition ``number``: its node on a disk, or a temporary loop
-    device over that range of a disk-image file (detached afterwards)."""
-    if stat.S_ISBLK(os.stat(target_path).st_mode):
-        yield parttable.node_name(target_path, number)
-        return
-    ss = int(table.get("sectorsize", 512))
-    part = next(p for p in table.get("partitions", []) if _number(p) == number)
-    start, size = int(part["start"]) * ss, int(part["size"]) * ss
-    with blockdev.range_device(target_path, start, size, read_only=False) as dev:
-        yield dev
-
-
 def _part_bytes(table: dict[str, Any], number: int) -> int:
     ss = int(table.get("sectorsize", 512))
     part = next(p for p in table.get("partitions", []) if _number(p) == number)
@@ -277,7 +249,6 @@ def _part_bytes(table: dict[str, Any], number: int) -> int:
 
 def _kernel_sees(dev: str, size: int, disk: str, number: int) -> bool:
     """True once the kernel's size of ``dev`` is ``size``; retries ``partx -u`` for a disk."""
-    from rescueui.core import blockdev
 
     for attempt in range(3):
         try:
@@ -303,7 +274,11 @@ class HeldTarget(Protocol):
 
 
 def finish_larger_disk(
-    target_path: str | Path, image: Image, grow: bool, held: HeldTarget | None = None
+    target_path: str | Path,
+    image: Image,
+    grow: bool,
+    held: HeldTarget | None = None,
+    reserve_end_bytes: int = 0,
 ) -> list[str]:
     """After a verified whole-disk restore: fit the table to the target, grow the last fs.
 
@@ -316,7 +291,6 @@ def finish_larger_disk(
     ``held``: the restore's held target; each step re-checks it first and a target that
     went away or changed ends the step with ``TargetChangedError`` (never a write elsewhere).
     """
-    from rescueui.core import blockdev
 
     path = os.fspath(target_path)
     table = image.manifest.partition_table
@@ -332,7 +306,7 @@ def finish_larger_disk(
     src_size = int(image.manifest.source_disk.get("size_bytes") or 0)
     if size == src_size:
         return []
-    new, notes = adapt_table(table, size, grow=grow)
+    new, notes = adapt_table(table, size, grow=grow, reserve_end_bytes=reserve_end_bytes)
     if new == table:
         return notes
     ensure("writing the partition table for the larger disk")
@@ -346,7 +320,7 @@ def finish_larger_disk(
     fs_type = stream.fs_type if stream else None
     try:
         ensure(f"growing partition {number}")
-        with _partition_device(path, number, new) as dev:
+        with parttable.partition_device(path, number, new, read_only=False) as dev:
             want = _part_bytes(new, number)
             if not _kernel_sees(dev, want, path, number):
                 raise RestoreError(

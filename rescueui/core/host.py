@@ -81,6 +81,10 @@ class HostProfile:
     dmi_version: str | None = None
     board_vendor: str | None = None
     board_name: str | None = None
+    # Kernel module names of the drivers between each disk and the CPU, and of the storage
+    # controllers (e.g. "nvme", "ahci", "sd_mod", "virtio_blk", "virtio_pci"): what an
+    # initramfs needs to find a disk here.
+    storage_drivers: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -125,6 +129,7 @@ class HostProfile:
             dmi_version=opt_str("dmi_version"),
             board_vendor=opt_str("board_vendor"),
             board_name=opt_str("board_name"),
+            storage_drivers=_str_list(d.get("storage_drivers")),
         )
 
     @property
@@ -136,6 +141,54 @@ class HostProfile:
     @property
     def physical_nics(self) -> list[dict[str, Any]]:
         return [n for n in self.nics if n.get("physical")]
+
+    @property
+    def nic_drivers(self) -> list[str]:
+        """Module names of the physical network cards' drivers."""
+        return sorted(
+            {module_name(str(n["driver"])) for n in self.physical_nics if n.get("driver")}
+        )
+
+
+MAX_PROFILE_BYTES = 1 << 20
+
+
+def load_profile(path: str) -> HostProfile:
+    """Another machine's profile, from the JSON ``rescueui host --json`` printed there.
+
+    Untrusted: a regular file of at most 1 MiB (no symlink, no device), JSON, fields
+    coerced by :meth:`HostProfile.from_dict`. :class:`RescueError` names the file."""
+    import json
+
+    from rescueui.core.errors import RescueError
+    from rescueui.core.safefile import read_regular
+
+    data = read_regular(path, MAX_PROFILE_BYTES, what="machine profile")
+    try:
+        raw = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise RescueError(
+            f"The machine profile {path} is not JSON ({exc}).",
+            hint="Make it on that machine with the host command's JSON output and copy it over.",
+        ) from exc
+    if not isinstance(raw, dict) or raw.get("firmware") not in ("uefi", "bios"):
+        raise RescueError(
+            f"The machine profile {path} does not say how that machine boots (firmware "
+            "'uefi' or 'bios').",
+            hint="Make it on that machine with the host command's JSON output and copy it over.",
+        )
+    return HostProfile.from_dict(raw)
+
+
+def module_name(driver: str) -> str:
+    """The kernel's spelling of a module name (``virtio-pci`` -> ``virtio_pci``)."""
+    return driver.strip().replace("-", "_")
+
+
+def _str_list(value: Any, limit: int = 256) -> list[str]:
+    if not isinstance(value, list):
+        return []
+    return [str(v)[:256] for v in value[:limit] if isinstance(v, str | int)]
 
 
 # --- small, never-raising readers -------------------------------------------------------
@@ -366,6 +419,50 @@ def read_storage_controllers(sys: Path = SYS) -> list[str]:
     return [found[k] for k in sorted(found)]
 
 
+def _module_of(driver_link: Path) -> str | None:
+    """The module behind a ``driver`` link (its ``module`` link), else the driver's name."""
+    name = _link_name(driver_link / "module") or _link_name(driver_link)
+    return module_name(name) if name else None
+
+
+def read_storage_drivers(sys: Path = SYS) -> list[str]:
+    """Module names of every driver from each disk up to the CPU, and of the PCI storage
+    controllers: ``["ahci", "sd_mod"]``, ``["nvme"]``, ``["virtio_blk", "virtio_pci"]``."""
+    found: set[str] = set()
+    pci_root = sys / "bus" / "pci" / "devices"
+    try:
+        pci_devices = sorted(pci_root.iterdir())
+    except OSError:
+        pci_devices = []
+    for dev in pci_devices:
+        cls = (_read(dev / "class") or "").lower().removeprefix("0x")
+        if len(cls) >= 4 and cls[:2] == "01" and (dev / "driver").exists():
+            name = _module_of(dev / "driver")
+            if name:
+                found.add(name)
+    base = sys / "class" / "block"
+    try:
+        names = sorted(p.name for p in base.iterdir())
+    except OSError:
+        names = []
+    for name in names:
+        if not _is_machine_disk(name, sys):
+            continue
+        try:
+            cur = Path(os.path.realpath(base / name / "device"))
+        except OSError:
+            continue
+        for _ in range(12):
+            if (cur / "driver").exists():
+                mod = _module_of(cur / "driver")
+                if mod:
+                    found.add(mod)
+            if cur.parent == cur or str(cur) in ("/sys/devices", "/sys"):
+                break
+            cur = cur.parent
+    return sorted(found)
+
+
 def _describe_pci(dev: Path, kind: str, disk_drivers: list[str]) -> str:
     driver = _link_name(dev / "driver") or "no driver"
     drivers = [driver] + [d for d in disk_drivers if d != driver]
@@ -413,4 +510,5 @@ def read_host_profile() -> HostProfile:
         dmi_version=dmi.get("product_version"),
         board_vendor=dmi.get("board_vendor"),
         board_name=dmi.get("board_name"),
+        storage_drivers=read_storage_drivers(),
     )

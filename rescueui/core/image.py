@@ -165,6 +165,9 @@ class ImageManifest:
     whole_disk: bool = True  # False when only selected partitions were captured
     finished: str | None = None
     manifest_blake3: str = ""  # filled by save_manifest / checked by Image.open
+    # The Linux system installed on the source disk (adapt.system.InstalledSystem.to_dict());
+    # format 2, optional, untrusted: read through InstalledSystem.from_dict.
+    system: dict[str, Any] | None = None
 
     def stream(self, name: str) -> StreamEntry:
         for s in self.streams:
@@ -184,6 +187,8 @@ class ImageManifest:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        if d.get("system") is None:
+            d.pop("system", None)  # absent rather than null: older readers know every key
         d = {"format": FORMAT_NAME, **d}
         return d
 
@@ -621,6 +626,9 @@ def check_host(host: Any, mpath: str) -> dict[str, Any]:
             raise f.wrong(f"host.storage_controllers[{i}]", c, "text")
         if len(c) > MAX_TEXT:
             raise f.bad(f"host.storage_controllers[{i}]", "is too long")
+    for i, name in enumerate(f.items(h, "storage_drivers", "host")):
+        if not isinstance(name, str) or len(name) > MAX_TEXT:
+            raise f.wrong(f"host.storage_drivers[{i}]", name, "a short text")
     for i, disk in enumerate(f.items(h, "disks", "host")):
         q = f"host.disks[{i}]"
         f.obj(disk, q)
@@ -820,6 +828,7 @@ def parse_manifest(raw: dict[str, Any], image_dir: Path, mpath: str) -> ImageMan
         check_partition_table(table, mpath)
     host = _req(raw, "host", dict, mpath)
     check_host(host, mpath)
+    system = _opt(raw, "system", dict, mpath)
     warnings = _req(raw, "warnings", list, mpath) if "warnings" in raw else []
     if len(warnings) > MAX_WARNINGS or not all(
         isinstance(w, str) and len(w) <= MAX_WARNING_TEXT for w in warnings
@@ -849,6 +858,7 @@ def parse_manifest(raw: dict[str, Any], image_dir: Path, mpath: str) -> ImageMan
         whole_disk=bool(_req(raw, "whole_disk", bool, mpath)) if "whole_disk" in raw else True,
         finished=finished,
         manifest_blake3=manifest_blake3,
+        system=system,
     )
 
 

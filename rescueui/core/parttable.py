@@ -10,11 +10,13 @@ types and attributes. :func:`tell_kernel` makes the kernel see the new partition
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import stat
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +95,26 @@ def node_name(device: str, number: int) -> str:
     """``/dev/sda`` + 1 -> ``/dev/sda1``; ``/dev/loop3`` + 1 -> ``/dev/loop3p1``."""
     sep = "p" if device[-1:].isdigit() else ""
     return f"{device}{sep}{number}"
+
+
+@contextlib.contextmanager
+def partition_device(
+    disk: str | Path, number: int, table: dict[str, Any], *, read_only: bool
+) -> Iterator[str]:
+    """A block device for partition ``number`` of ``table``: its node on a disk the kernel
+    was told about (:func:`tell_kernel`), or a temporary loop device over that range of a
+    disk-image file (detached afterwards)."""
+    from rescueui.core import blockdev
+
+    path = os.fspath(disk)
+    if stat.S_ISBLK(os.stat(path).st_mode):
+        yield node_name(path, number)
+        return
+    ss = sector_size(table)
+    part = next(p for p in table.get("partitions", []) if partition_number(p) == number)
+    start, size = int(part["start"]) * ss, int(part["size"]) * ss
+    with blockdev.range_device(path, start, size, read_only=read_only) as dev:
+        yield dev
 
 
 def _quote(value: str) -> str:

@@ -31,6 +31,7 @@ from rescueui.core.host import HostProfile, read_host_profile
 from rescueui.core.units import human_size
 
 if TYPE_CHECKING:
+    from rescueui.core.adapt import AdaptOptions
     from rescueui.core.image import Image
 
 LEVELS = ("ok", "info", "warn", "stop")
@@ -565,24 +566,30 @@ def run_preflight(
     host: HostProfile | None = None,
     partition: int | None = None,
     grow: bool = True,
+    adapt: AdaptOptions | None = None,
 ) -> list[Finding]:
     """All findings for restoring ``image`` onto ``target`` on this machine.
 
     ``target``: a :class:`TargetInfo` (or the restore's TargetInfo, or a path, which is
     turned into one). ``partition``: restore only that image partition onto a target
-    partition. ``host`` defaults to :func:`read_host_profile`.
+    partition. ``host`` defaults to :func:`read_host_profile`; ``adapt``: the fix-ups the
+    operator chose and the machine they are for (its profile replaces ``host``).
     """
     if isinstance(target, str | Path):
         target = TargetInfo.from_path(target, image_paths=[image.dir])
+    if adapt is not None and adapt.host is not None:
+        host = adapt.host
+    host = host if host is not None else read_host_profile()
     facts = ImageFacts.from_image(image)
-    findings = check(
-        facts,
-        target,
-        host=host if host is not None else read_host_profile(),
-        partition=partition,
-        grow=grow,
-    )
-    return findings + _check_unused_space(facts, target, partition)
+    findings = check(facts, target, host=host, partition=partition, grow=grow)
+    findings += _check_unused_space(facts, target, partition)
+    if adapt is not None and partition is None and facts.whole_disk:
+        from rescueui.core.adapt import plan_for_image
+        from rescueui.core.adapt.plan import settle_findings
+
+        plan = plan_for_image(image, int(_get(target, "size_bytes", 0) or 0), adapt, host=host)
+        findings = settle_findings(findings + plan.findings, plan)
+    return findings
 
 
 def _check_unused_space(facts: ImageFacts, target: Any, partition: int | None) -> list[Finding]:

@@ -35,6 +35,7 @@ continues after it.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Iterable
@@ -109,6 +110,7 @@ class RestorePlan:
     lock_path: str | None = None  # None: rescueui.core.lock.default_lock_path()
     zero_ranges: bool = True  # False: write zero chunks as plain writes (benchmarks)
     exact: bool = False  # True: make the space no filesystem uses zero too, on any target
+    adapt: Any = None  # adapt.plan.AdaptPlan: the fix-ups after the restore (None: none)
     unused: UnusedSpace = field(
         default_factory=lambda: UnusedSpace(True, "not decided")  # set by plan_restore
     )
@@ -193,6 +195,7 @@ def run_preflight_hook(
     accept_warnings: bool,
     accepted_codes: Iterable[str] = (),
     acknowledged_by: str | None = None,
+    adapt: Any = None,
 ) -> tuple[list[Any], list[Any], preflight_mod.TargetInfo]:
     """Run the pre-flight checks; returns (findings, acknowledgements, target info).
 
@@ -204,7 +207,7 @@ def run_preflight_hook(
     """
     by = acknowledged_by or ("all warnings accepted at once" if accept_warnings else "operator")
     info = preflight_mod.TargetInfo.from_path(ident.path, image_paths=[image.path])
-    findings = preflight_mod.run_preflight(image, info, partition=partition, grow=grow)
+    findings = preflight_mod.run_preflight(image, info, partition=partition, grow=grow, adapt=adapt)
     try:
         acks = preflight_mod.gate(
             findings,
@@ -231,6 +234,7 @@ def plan_restore(
     acknowledged_by: str | None = None,
     preflight: bool = True,
     exact: bool = False,
+    adapt: Any = None,
 ) -> RestorePlan:
     """Check everything that can be checked without writing; raise if the job is refused.
 
@@ -258,6 +262,7 @@ def plan_restore(
             acknowledged_by=acknowledged_by,
             preflight=preflight,
             exact=exact,
+            adapt=adapt,
         )
     except RescueError as exc:
         _refusal_report(image_dir, target, partition, exc)
@@ -304,6 +309,7 @@ def _plan_restore(
     acknowledged_by: str | None,
     preflight: bool,
     exact: bool,
+    adapt: Any,
 ) -> RestorePlan:
     accepted = accepted_codes
     image = open_image(image_dir)  # any kind: our folders, VM disks, raw images
@@ -354,7 +360,15 @@ def _plan_restore(
                 accept_warnings=accept_warnings,
                 accepted_codes=accepted,
                 acknowledged_by=acknowledged_by,
+                adapt=adapt,
             )
+        adapt_plan = None
+        if adapt is not None and adapt.enabled and partition is None:
+            from rescueui.core.adapt import plan_for_image
+            from rescueui.core.host import read_host_profile
+
+            host = adapt.host if adapt.host is not None else read_host_profile()
+            adapt_plan = plan_for_image(image, ident.size_bytes, adapt, host=host)
     except BaseException:
         image.close()
         raise
@@ -375,6 +389,7 @@ def _plan_restore(
         stream=stream,
         exact=exact,
         unused=unused_space(ident.kind, ident.devnum, exact=exact),
+        adapt=adapt_plan,
     )
 
 
@@ -486,9 +501,7 @@ def restore(
     cause: BaseException | None = None
     try:
         job.run()
-        done = "written and verified" if checked else "written and read back"
-        for s in report.streams:
-            s["status"] = done if plan.verify else "written (not read back)"
+        job._mark_streams_done()
     except CancelledError as exc:
         outcome, error = "cancelled", exc
     except RescueError as exc:
@@ -680,6 +693,9 @@ class _RestoreJob:
                 self._after(handle)
                 if self.journal is not None:
                     self.journal.remove()
+                self._mark_streams_done()
+                if plan.adapt is not None:
+                    self._adapt(handle)
             finally:
                 pool.close()
                 handle.close()
@@ -945,6 +961,57 @@ class _RestoreJob:
                 hint="Resume the same restore to verify it (nothing is rewritten if it matches).",
             )
 
+    def _mark_streams_done(self) -> None:
+        checked = self.plan.image.integrity.checked_at_source
+        done = "written and verified" if checked else "written and read back"
+        for s in self.report.streams:
+            s["status"] = done if self.plan.verify else "written (not read back)"
+
+    def _adapt(self, handle: TargetHandle) -> None:
+        """The chosen fix-ups on the restored system (after the verify: the data is safe)."""
+        from rescueui.core.adapt import layout_of_image
+        from rescueui.core.adapt.apply import apply_adaptation, whole_disk_device
+        from rescueui.core.errors import AdaptError
+
+        plan = self.plan
+        ident = handle.identity
+        self.phases.start("adapt")
+        self.meter.update(phase="adapt", message="adapting the restored system to its machine")
+        details: dict[str, Any] = {"plan": plan.adapt.to_dict()}
+        self.report.details["adapt"] = details
+        if os.geteuid() != 0:
+            details["result"] = "not run: needs root"
+            self.report.notes.append(
+                "The restored system was not adapted to the machine: that needs root (it "
+                "mounts the restored filesystems)."
+            )
+            return
+        with whole_disk_device(ident.path) as disk:
+            handle.ensure("adapting the restored system")
+            from rescueui.core import blockdev
+
+            layout = layout_of_image(plan.image, blockdev.device_size(disk))
+            layout.table = parttable.read_table(disk) or layout.table
+            result = apply_adaptation(
+                disk,
+                plan.adapt,
+                layout=layout,
+                progress=lambda m: self.meter.update(phase="adapt", message=m),
+                ensure=handle.ensure,
+            )
+        details.update(result.to_dict())
+        for step in result.steps:
+            self.report.notes.append(f"Fix-up {step.fixup} ({step.title}): {step.status}.")
+        self.report.notes += result.notes
+        if result.failed:
+            names = ", ".join(s.fixup for s in result.failed)
+            first = result.failed[0]
+            raise AdaptError(
+                f"The restore is written and verified, but fix-up(s) {names} failed: "
+                f"{first.error} The restored system may not boot on this machine.",
+                hint=first.next_step,
+            )
+
     def _after(self, handle: TargetHandle) -> None:
         """Partition table housekeeping after a verified whole-disk restore (every step
         re-checks the held target first)."""
@@ -966,7 +1033,11 @@ class _RestoreJob:
                 from rescueui.core.grow import finish_larger_disk
 
                 self.report.notes += finish_larger_disk(
-                    ident.path, plan.image, plan.grow, held=handle
+                    ident.path,
+                    plan.image,
+                    plan.grow,
+                    held=handle,
+                    reserve_end_bytes=plan.adapt.reserve_end_bytes if plan.adapt else 0,
                 )
             except ImportError:
                 self.report.warnings.append(

@@ -1,0 +1,96 @@
+"""Adapting a restored Linux system to the machine it lands on.
+
+* :mod:`.system` -- what is installed (read from its files);
+* :mod:`.plan` -- the fix-ups it needs there, as pre-flight findings;
+* :mod:`.chroot` -- the system mounted, its own commands run without network;
+* :mod:`.apply` -- the fix-ups applied after the verified restore, on the record.
+
+This module holds the two entry points the rest of the engine uses:
+:func:`examine_disk` (capture records the system in the manifest) and
+:func:`plan_for_image` (pre-flight and restore plan from the image, without a target).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from rescueui.core.adapt.plan import AdaptPlan, DiskLayout, plan_adaptation
+from rescueui.core.adapt.system import InstalledSystem
+from rescueui.core.host import HostProfile
+
+
+@dataclass
+class AdaptOptions:
+    """The operator's choice: which fix-ups (``None``: all needed) and for which machine
+    (``host=None``: this one)."""
+
+    selection: set[str] | None = None
+    host: HostProfile | None = None
+    enabled: bool = True
+
+    @property
+    def for_this_machine(self) -> bool:
+        return self.host is None
+
+
+def examine_disk(disk: str, table: dict[str, Any] | None) -> InstalledSystem:
+    """The Linux system installed on ``disk`` (read-only: nothing on it is written), or
+    ``found=False`` with the reason. Never raises."""
+    if not table or not table.get("partitions"):
+        return InstalledSystem(found=False, reason="no partition table")
+    if os.geteuid() != 0:
+        return InstalledSystem(found=False, reason="not examined: mounting needs root")
+    from rescueui.core.adapt.apply import initramfs_lister
+    from rescueui.core.adapt.chroot import mount_system
+    from rescueui.core.adapt.system import examine
+    from rescueui.core.errors import RescueError
+
+    try:
+        with mount_system(disk, table, read_only=True) as ms:
+            if ms is None:
+                return InstalledSystem(found=False, reason="no partition holds /etc/os-release")
+            system = examine(ms.view)
+            system.root_partition = ms.root_partition
+            lister = initramfs_lister(ms, system.initramfs_tool)
+            for k in system.kernels:
+                k.initramfs_modules = lister(k)
+            return system
+    except (RescueError, OSError) as exc:
+        return InstalledSystem(found=False, reason=f"not examined: {exc}")
+
+
+def layout_of_image(image: Any, target_bytes: int) -> DiskLayout:
+    """The restored disk as the image will leave it on a target of ``target_bytes``."""
+    table = image.manifest.partition_table
+    uuids = {
+        s.partition_number: s.fs_uuid
+        for s in image.streams
+        if getattr(s, "partition_number", None) and getattr(s, "fs_uuid", None)
+    }
+    return DiskLayout(table, target_bytes, uuids)
+
+
+def plan_for_image(
+    image: Any, target_bytes: int, options: AdaptOptions, *, host: HostProfile
+) -> AdaptPlan:
+    """The fix-ups for restoring ``image`` (a whole disk) onto a target of
+    ``target_bytes`` for ``host``, from what the image recorded at capture."""
+    from rescueui.core.adapt.apply import rescue_grub_platforms
+
+    recorded = getattr(image.manifest, "system", None)
+    system = InstalledSystem.from_dict(recorded) if recorded else None
+    if system is None:
+        system = InstalledSystem(
+            found=False,
+            reason="the image does not record it (an older rescueui or another tool made it)",
+        )
+    return plan_adaptation(
+        system,
+        host,
+        layout_of_image(image, target_bytes),
+        selection=options.selection if options.enabled else set(),
+        for_this_machine=options.for_this_machine,
+        rescue_grub_platforms=rescue_grub_platforms(),
+    )
