@@ -582,6 +582,8 @@ def run_preflight(
     host = host if host is not None else read_host_profile()
     facts = ImageFacts.from_image(image)
     findings = check(facts, target, host=host, partition=partition, grow=grow)
+    if adapt is not None and adapt.host is not None:
+        findings = [_for_other_machine(f) for f in findings]
     findings += _check_unused_space(facts, target, partition)
     if adapt is not None and partition is None and facts.whole_disk:
         from rescueui.core.adapt import plan_for_image
@@ -590,6 +592,26 @@ def run_preflight(
         plan = plan_for_image(image, int(_get(target, "size_bytes", 0) or 0), adapt, host=host)
         findings = settle_findings(findings + plan.findings, plan)
     return findings
+
+
+# Findings that compare the source machine with the machine the disk is for.
+_HOST_CODES = ("firmware", "cpus", "memory", "virtual", "model", "nics")
+
+
+def _for_other_machine(f: Finding) -> Finding:
+    """A host comparison made for another machine's profile names that machine so."""
+    if f.code not in _HOST_CODES:
+        return f
+    return Finding(
+        f.level,
+        f.code,
+        f.message.replace("this machine", "the target machine").replace(
+            "This machine", "The target machine"
+        ),
+        f.detail.replace("this machine", "the target machine").replace(
+            "This machine", "The target machine"
+        ),
+    )
 
 
 def _check_unused_space(facts: ImageFacts, target: Any, partition: int | None) -> list[Finding]:

@@ -249,6 +249,13 @@ class JobReport:
                 else:
                     text = str(ad)
                 lines.extend(_wrap(_safe(text), width, "  [ACK]  ", " " * 9))
+        adapt = self.details.get("adapt")
+        if isinstance(adapt, dict) and adapt.get("steps") is not None:
+            from rescueui.core.adapt import fixup_lines
+
+            lines.append("Fix-ups of the restored system:")
+            for line in fixup_lines(adapt):
+                lines.extend(_wrap(_safe(line), width, "  ", "      "))
         for n in self.notes:
             add("Note:", n)
         for w in self.warnings:

@@ -1000,9 +1000,6 @@ class _RestoreJob:
                 ensure=handle.ensure,
             )
         details.update(result.to_dict())
-        for step in result.steps:
-            self.report.notes.append(f"Fix-up {step.fixup} ({step.title}): {step.status}.")
-        self.report.notes += result.notes
         if result.failed:
             names = ", ".join(s.fixup for s in result.failed)
             first = result.failed[0]

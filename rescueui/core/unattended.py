@@ -25,6 +25,11 @@ no questions. Options (all on the kernel command line, ``/proc/cmdline``):
 ``rescueui.exact=1``
     Make the space no filesystem uses zero on any target (default: only where the target
     zeroes fast; a spinning disk keeps its old bytes there).
+``rescueui.adapt=LIST``
+    Which fix-ups fit the restored Linux system to this machine after the verified
+    restore: a comma-separated choice of ``drivers``, ``boot-loader``, ``names``,
+    ``nic-rules``; ``all`` (the default: every one the pre-flight finds needed) or
+    ``none``. The pre-flight lines and the report list them.
 ``rescueui.strict=1``
     Also abort on pre-flight warnings (default: only on stops; warnings are printed and
     written to the report).
@@ -110,6 +115,7 @@ class UnattendedOptions:
     verify: bool = True
     grow: bool = True
     exact: bool = False
+    adapt: frozenset[str] | None = None  # None: every fix-up needed
     strict: bool = False
     poweroff: str = "no"  # "no" | "success" | "always"
     wait_seconds: int = DEFAULT_WAIT_SECONDS
@@ -121,6 +127,7 @@ class UnattendedOptions:
             f"target: {self.target.describe() if self.target else '(none)'}",
             f"verify: {'yes' if self.verify else 'no'}, grow last partition: "
             f"{'yes' if self.grow else 'no'}, exact: {'yes' if self.exact else 'no'}, "
+            f"fix-ups: {'all needed' if self.adapt is None else ', '.join(sorted(self.adapt)) or 'none'}, "
             f"abort on warnings: {'yes' if self.strict else 'no'}, "
             f"power off: {self.poweroff}",
         ]
@@ -269,6 +276,7 @@ def parse_cmdline(text: str) -> UnattendedOptions:
         "verify",
         "grow",
         "exact",
+        "adapt",
         "strict",
         "poweroff",
         "wait",
@@ -294,6 +302,19 @@ def parse_cmdline(text: str) -> UnattendedOptions:
             hint=f"Write {PREFIX}wait=90, or leave it out for the default "
             f"({DEFAULT_WAIT_SECONDS} s).",
         )
+    adapt: frozenset[str] | None = None
+    if "adapt" in raw:
+        from rescueui.core.adapt.plan import FIXUPS, parse_selection
+
+        try:
+            chosen = parse_selection(raw["adapt"])
+        except ValueError as exc:
+            raise UnattendedError(
+                f"Kernel option {PREFIX}adapt={raw['adapt']}: {exc}.",
+                hint=f"Write {PREFIX}adapt=all, {PREFIX}adapt=none or a list such as "
+                f"{PREFIX}adapt=drivers,boot-loader.",
+            ) from exc
+        adapt = None if chosen == set(FIXUPS) else frozenset(chosen)
     opts = UnattendedOptions(
         unattended=unattended,
         image_fs=image_fs,
@@ -302,6 +323,7 @@ def parse_cmdline(text: str) -> UnattendedOptions:
         verify=_flag("verify", raw["verify"]) if "verify" in raw else True,
         grow=_flag("grow", raw["grow"]) if "grow" in raw else True,
         exact=_flag("exact", raw["exact"]) if "exact" in raw else False,
+        adapt=adapt,
         strict=_flag("strict", raw["strict"]) if "strict" in raw else False,
         poweroff=power,
         wait_seconds=int(wait),
@@ -885,6 +907,7 @@ def _plan_and_restore(
     progress_interval: float,
 ) -> UnattendedResult:
     from rescueui.core import restore as restore_mod
+    from rescueui.core.adapt import AdaptOptions
 
     kind = image_kind_words(image_dir)
     if kind.endswith("-compressed") and "xz" not in kind:  # xz records its size
@@ -897,6 +920,10 @@ def _plan_and_restore(
         verify=opts.verify,
         grow=opts.grow,
         exact=opts.exact,
+        adapt=AdaptOptions(
+            selection=None if opts.adapt is None else set(opts.adapt),
+            enabled=opts.adapt is None or bool(opts.adapt),
+        ),
         accept_warnings=not opts.strict,
         # who accepted the warnings, for the report
         acknowledged_by="rescueui unattended (kernel command line; rescueui.strict=1 refuses warnings)",
@@ -967,6 +994,10 @@ def _restore_result(
     image, name the report files."""
     outcome = getattr(report, "outcome", "failed")
     error = getattr(report, "error", None)
+    from rescueui.core.adapt import fixup_lines
+
+    for line in fixup_lines((getattr(report, "details", None) or {}).get("adapt")):
+        say(f"fix-up {line}")
     for w in getattr(report, "warnings", []) or []:
         say(f"warning: {w}")
     # The engine writes its report to <image>/reports; the image medium is mounted read-only

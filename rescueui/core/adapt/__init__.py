@@ -94,3 +94,46 @@ def plan_for_image(
         for_this_machine=options.for_this_machine,
         rescue_grub_platforms=rescue_grub_platforms(),
     )
+
+
+def fixup_lines(details: Any, *, commands: bool = True) -> list[str]:
+    """The fix-up section of a report (``report.details["adapt"]``) as plain lines, the one
+    rendering the text report, the console of an unattended restore and the front ends
+    share. Untrusted (a report file may be read back): every field is turned to text."""
+    if not isinstance(details, dict):
+        return []
+    out: list[str] = []
+    if details.get("system"):
+        out.append(f"System: {details['system']}")
+    steps = details.get("steps") if isinstance(details.get("steps"), list) else []
+    for s in steps:
+        if not isinstance(s, dict):
+            continue
+        status = str(s.get("status", "?")).upper()
+        out.append(f"[{status}] {s.get('fixup', '?')}: {s.get('title', '')}")
+        for c in s.get("commands") or [] if commands else []:
+            if isinstance(c, dict):
+                out.append(f"    ran: {c.get('command', '')} (exit {c.get('exit_status', '?')})")
+        for f in s.get("files") or []:
+            if isinstance(f, dict):
+                before = str(f.get("sha256_before") or "new")[:12]
+                after = str(f.get("sha256_after") or "removed")[:12]
+                backup = f", backup {f['backup']}" if f.get("backup") else ""
+                out.append(
+                    f"    changed: {f.get('path', '?')} (sha256 {before} -> {after}{backup})"
+                )
+        for c in s.get("checks") or []:
+            out.append(f"    checked: {c}")
+        if s.get("error"):
+            out.append(f"    error: {s['error']}")
+        if s.get("next_step"):
+            out.append(f"    next step: {s['next_step']}")
+    for n in details.get("notes") or []:
+        out.append(f"Note: {n}")
+    if details.get("backup_dir"):
+        out.append(
+            f"Backups of the changed files: {details['backup_dir']} (in the restored system)"
+        )
+    if details.get("result"):
+        out.append(f"Result: {details['result']}")
+    return out

@@ -629,8 +629,12 @@ def _check_hardware_settings(
                 if top is not None and top >= host.cpus:
                     problem = f"names CPU {top}; {where} has CPUs 0-{host.cpus - 1}"
         elif s.kind == "memory" and host.memory_bytes:
-            if s.value.startswith("hugepages="):
-                pages = int(s.value.split("=", 1)[1] or 0)
+            if key == "hugepages" or s.value.startswith("hugepages="):
+                pages = (
+                    int(s.value.removeprefix("hugepages=") or 0)
+                    if s.value.removeprefix("hugepages=").isdigit()
+                    else 0
+                )
                 size = pages * 2 * MiB
                 if size > host.memory_bytes // 2:
                     problem = (
