@@ -44,14 +44,6 @@ _FUSE = {
 MOUNT_ROOT = Path("/run/rescueui/mnt")
 
 
-def _kernel_has(fs_type: str) -> bool:
-    try:
-        with open("/proc/filesystems") as f:
-            return any(line.split()[-1] == fs_type for line in f if line.strip())
-    except OSError:
-        return True  # let mount say
-
-
 def _run(cmd: list[str], what: str) -> None:
     proc = subprocess.run(
         cmd, capture_output=True, text=True, errors="replace", timeout=300, check=False
@@ -68,22 +60,22 @@ def mount(device: str, where: str | Path, fs_type: str, *, read_only: bool) -> s
     :class:`DiskError` when it cannot be."""
     fs = fs_type.lower()
     kind = "ext4" if fs in EXT_TYPES else "vfat" if fs in FAT_TYPES else fs
-    if kind in _FUSE and not _kernel_has(kind):
-        tool = require_tool(
-            _FUSE[kind],
-            message=f"Mounting {device} ({fs_type}) needs the kernel's {kind} driver or the "
-            f"FUSE driver '{_FUSE[kind]}', and neither is here.",
-        )
-        opts = ["ro"] if read_only else (["rw+"] if kind == "vfat" else ["rw"])
-        opts.append(f"fsname={device}")
-        _run([tool, "-o", ",".join(opts), device, os.fspath(where)], f"Mounting {device}")
-        return f"FUSE {os.path.basename(tool)}" + (" read-only" if read_only else "")
     opts = _READ_ONLY.get(fs, "ro") if read_only else "rw"
-    _run(
-        [require_tool("mount"), "-t", kind, "-o", opts, device, os.fspath(where)],
-        f"Mounting {device} ({fs_type}, {opts})",
-    )
-    return f"kernel {kind} {opts}"
+    try:
+        _run(
+            [require_tool("mount"), "-t", kind, "-o", opts, device, os.fspath(where)],
+            f"Mounting {device} ({fs_type}, {opts})",
+        )
+        return f"kernel {kind} {opts}"
+    except DiskError:
+        if kind not in _FUSE or find_tool(_FUSE[kind]) is None:
+            raise
+    # the kernel lacks the driver (this one has no vfat): the FUSE one
+    tool = require_tool(_FUSE[kind])
+    fuse_opts = ["ro"] if read_only else (["rw+"] if kind == "vfat" else ["rw"])
+    fuse_opts.append(f"fsname={device}")
+    _run([tool, "-o", ",".join(fuse_opts), device, os.fspath(where)], f"Mounting {device}")
+    return f"FUSE {os.path.basename(tool)}" + (" read-only" if read_only else "")
 
 
 def unmount(where: str | Path) -> str | None:
