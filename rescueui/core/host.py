@@ -329,13 +329,7 @@ def read_disks(sys: Path = SYS) -> list[dict[str, Any]]:
     """Each disk of the machine (not loop/ram/zram/dm): bus, size and sector sizes."""
     out: list[dict[str, Any]] = []
     base = sys / "class" / "block"
-    try:
-        names = sorted(p.name for p in base.iterdir())
-    except OSError:
-        return out
-    for name in names:
-        if not _is_machine_disk(name, sys):
-            continue
+    for name in _machine_disks(sys):
         entry = base / name
         real = os.path.realpath(entry)
         sectors = _read_int(entry / "size") or 0
@@ -375,6 +369,29 @@ def _driver_chain(device: Path) -> tuple[str | None, Path | None]:
     return driver, pci
 
 
+def _pci_storage(sys: Path) -> list[tuple[Path, str]]:
+    """PCI devices of base class 0x01 (mass storage), with their sub-class (2 hex digits)."""
+    try:
+        devices = sorted((sys / "bus" / "pci" / "devices").iterdir())
+    except OSError:
+        return []
+    out = []
+    for dev in devices:
+        cls = (_read(dev / "class") or "").lower().removeprefix("0x")
+        if len(cls) >= 4 and cls[:2] == "01":
+            out.append((dev, cls[2:4]))
+    return out
+
+
+def _machine_disks(sys: Path) -> list[str]:
+    """Names of the machine's disks in ``/sys/class/block`` (see :func:`_is_machine_disk`)."""
+    try:
+        names = sorted(p.name for p in (sys / "class" / "block").iterdir())
+    except OSError:
+        return []
+    return [n for n in names if _is_machine_disk(n, sys)]
+
+
 def read_storage_controllers(sys: Path = SYS) -> list[str]:
     """Storage controllers, one line each, e.g. ``"NVMe controller nvme (0000:01:00.0, 144d:a808)"``.
 
@@ -385,24 +402,11 @@ def read_storage_controllers(sys: Path = SYS) -> list[str]:
     pci_devs: dict[str, Path] = {}
     disk_drivers: dict[str, list[str]] = {}  # PCI slot -> drivers of the disks behind it
     other: dict[str, str] = {}  # controllers without a PCI device (e.g. platform MMC)
-    pci_root = sys / "bus" / "pci" / "devices"
-    try:
-        pci_devices = sorted(pci_root.iterdir())
-    except OSError:
-        pci_devices = []
-    for dev in pci_devices:
-        cls = (_read(dev / "class") or "").lower().removeprefix("0x")
-        if len(cls) >= 4 and cls[:2] == "01":
-            kinds[dev.name] = _PCI_STORAGE_SUBCLASS.get(cls[2:4], "storage")
-            pci_devs[dev.name] = dev
+    for dev, sub in _pci_storage(sys):
+        kinds[dev.name] = _PCI_STORAGE_SUBCLASS.get(sub, "storage")
+        pci_devs[dev.name] = dev
     base = sys / "class" / "block"
-    try:
-        names = sorted(p.name for p in base.iterdir())
-    except OSError:
-        names = []
-    for name in names:
-        if not _is_machine_disk(name, sys):
-            continue
+    for name in _machine_disks(sys):
         driver, pci = _driver_chain(base / name / "device")
         if pci is not None:
             kinds.setdefault(pci.name, "storage")
@@ -429,25 +433,12 @@ def read_storage_drivers(sys: Path = SYS) -> list[str]:
     """Module names of every driver from each disk up to the CPU, and of the PCI storage
     controllers: ``["ahci", "sd_mod"]``, ``["nvme"]``, ``["virtio_blk", "virtio_pci"]``."""
     found: set[str] = set()
-    pci_root = sys / "bus" / "pci" / "devices"
-    try:
-        pci_devices = sorted(pci_root.iterdir())
-    except OSError:
-        pci_devices = []
-    for dev in pci_devices:
-        cls = (_read(dev / "class") or "").lower().removeprefix("0x")
-        if len(cls) >= 4 and cls[:2] == "01" and (dev / "driver").exists():
-            name = _module_of(dev / "driver")
-            if name:
-                found.add(name)
+    for dev, _ in _pci_storage(sys):
+        name = _module_of(dev / "driver") if (dev / "driver").exists() else None
+        if name:
+            found.add(name)
     base = sys / "class" / "block"
-    try:
-        names = sorted(p.name for p in base.iterdir())
-    except OSError:
-        names = []
-    for name in names:
-        if not _is_machine_disk(name, sys):
-            continue
+    for name in _machine_disks(sys):
         try:
             cur = Path(os.path.realpath(base / name / "device"))
         except OSError:

@@ -488,24 +488,24 @@ def _network(view: RootView, system: InstalledSystem) -> None:
                     and m.group(2) not in ("match", "set-name")
                 ):
                     names.append(FileLine(path, no, line.strip(), m.group(2), "netplan"))
-    nm = [n for n in view.listdir("/etc/NetworkManager/system-connections")]
+    nm = list(view.listdir("/etc/NetworkManager/system-connections"))
     if nm or view.is_file("/usr/sbin/NetworkManager"):
         kinds.append("NetworkManager")
-        for n in nm:
-            path = f"/etc/NetworkManager/system-connections/{n}"
-            for no, line in view.lines(path):
-                m = re.match(r"\s*interface-name\s*=\s*(\S+)", line)
-                if m:
-                    names.append(FileLine(path, no, line.strip(), m.group(1), "NetworkManager"))
+        names += _grep(
+            view,
+            [f"/etc/NetworkManager/system-connections/{n}" for n in nm],
+            r"\s*interface-name\s*=\s*(\S+)",
+            "NetworkManager",
+        )
     networkd = [n for n in view.listdir("/etc/systemd/network") if n.endswith(".network")]
     if networkd:
         kinds.append("systemd-networkd")
-        for n in networkd:
-            path = f"/etc/systemd/network/{n}"
-            for no, line in view.lines(path):
-                m = re.match(r"\s*Name\s*=\s*(\S+)", line)
-                if m:
-                    names.append(FileLine(path, no, line.strip(), m.group(1), "systemd-networkd"))
+        names += _grep(
+            view,
+            [f"/etc/systemd/network/{n}" for n in networkd],
+            r"\s*Name\s*=\s*(\S+)",
+            "systemd-networkd",
+        )
     ifcfg_dir = next(
         (d for d in ("/etc/sysconfig/network-scripts", "/etc/sysconfig/network") if view.is_dir(d)),
         None,
@@ -514,14 +514,22 @@ def _network(view: RootView, system: InstalledSystem) -> None:
         ifcfg = [n for n in view.listdir(ifcfg_dir) if n.startswith("ifcfg-") and n != "ifcfg-lo"]
         if ifcfg:
             kinds.append("ifcfg")
-        for n in ifcfg:
-            path = f"{ifcfg_dir}/{n}"
-            for no, line in view.lines(path):
-                m = re.match(r"\s*DEVICE\s*=\s*\"?([^\"\s]+)", line)
-                if m:
-                    names.append(FileLine(path, no, line.strip(), m.group(1), "ifcfg"))
+        names += _grep(
+            view, [f"{ifcfg_dir}/{n}" for n in ifcfg], r"\s*DEVICE\s*=\s*\"?([^\"\s]+)", "ifcfg"
+        )
     system.network = kinds
     system.interfaces = names[:MAX_ITEMS]
+
+
+def _grep(view: RootView, paths: list[str], pattern: str, kind: str) -> list[FileLine]:
+    """Lines of ``paths`` that match ``pattern`` (from their start); the value is group 1."""
+    out = []
+    for path in paths:
+        for no, line in view.lines(path):
+            m = re.match(pattern, line)
+            if m:
+                out.append(FileLine(path, no, line.strip(), m.group(1), kind))
+    return out
 
 
 def kernel_name_lines(view: RootView) -> list[FileLine]:
@@ -551,14 +559,10 @@ def _nic_rules(view: RootView) -> list[FileLine]:
             if m and "address" in line:
                 out.append(FileLine(path, no, line.strip(), m.group(1).lower(), "udev-rule"))
     for d in ("/etc/sysconfig/network-scripts", "/etc/sysconfig/network"):
-        for n in view.listdir(d):
-            if not n.startswith("ifcfg-"):
-                continue
-            path = f"{d}/{n}"
-            for no, line in view.lines(path):
-                m = re.match(r"\s*(HWADDR|MACADDR)\s*=\s*\"?([0-9A-Fa-f:]{17})", line)
-                if m:
-                    out.append(FileLine(path, no, line.strip(), m.group(2).lower(), "hwaddr"))
+        paths = [f"{d}/{n}" for n in view.listdir(d) if n.startswith("ifcfg-")]
+        for x in _grep(view, paths, r"\s*(?:HWADDR|MACADDR)\s*=\s*\"?([0-9A-Fa-f:]{17})", "hwaddr"):
+            x.value = x.value.lower()
+            out.append(x)
     return out[:MAX_ITEMS]
 
 
@@ -584,13 +588,10 @@ def _hardware_settings(view: RootView) -> list[FileLine]:
                 out.append(FileLine(path, no, word, value, "cpu"))
             elif key in MEMORY_PARAMS and value:
                 out.append(FileLine(path, no, word, value, "memory"))
-    for path in ["/etc/systemd/system.conf"] + [
+    conf = ["/etc/systemd/system.conf"] + [
         f"/etc/systemd/system.conf.d/{n}" for n in view.listdir("/etc/systemd/system.conf.d")
-    ]:
-        for no, line in view.lines(path):
-            m = re.match(r"\s*CPUAffinity\s*=\s*(\S.*)$", line)
-            if m:
-                out.append(FileLine(path, no, line.strip(), m.group(1).strip(), "cpu"))
+    ]
+    out += _grep(view, conf, r"\s*CPUAffinity\s*=\s*(\S.*?)\s*$", "cpu")
     for path in ["/etc/sysctl.conf"] + [
         f"/etc/sysctl.d/{n}" for n in view.listdir("/etc/sysctl.d") if n.endswith(".conf")
     ]:
