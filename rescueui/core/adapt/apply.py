@@ -28,7 +28,6 @@ import shutil
 import stat
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -52,8 +51,8 @@ from rescueui.core.adapt.plan import (
     FixUp,
     plan_adaptation,
 )
-from rescueui.core.adapt.system import InstalledSystem, Kernel, examine
-from rescueui.core.errors import RescueError
+from rescueui.core.adapt.system import InstalledSystem, Kernel, examine, nic_rules
+from rescueui.core.errors import RescueError, TargetChangedError
 from rescueui.core.host import module_name
 from rescueui.core.text import safe_text
 from rescueui.core.tools import require_tool
@@ -311,7 +310,9 @@ def apply_adaptation(
             say("adding a partition for the boot loader")
             table = _add_boot_partition(disk, table, boot, step)
             step.status = "done"
-        except RescueError as exc:
+        except TargetChangedError:
+            raise
+        except (RescueError, OSError) as exc:
             _fail(step, exc)
             chosen.discard("boot-loader")
     check("mounting the restored system")
@@ -383,23 +384,32 @@ def apply_adaptation(
                         raise StepFailed(f"Fix-up {name} is impossible: {'; '.join(fix.changes)}.")
                     appliers[name](ms, files, fix, system, step)
                     step.status = "done"
-                except RescueError as exc:
+                except TargetChangedError:
+                    raise
+                except (RescueError, OSError) as exc:
                     _fail(step, exc)
             if files.used:
                 result.backup_dir = files.backup_rel
         if mounted is not None:  # unmount warnings come last
             result.notes += [n for n in mounted.notes if n not in result.notes]
-    except RescueError as exc:
+    except TargetChangedError:
+        raise
+    except (RescueError, OSError) as exc:
         step = AdaptStep("all", "mount the restored system")
         _fail(step, exc)
         result.steps.append(step)
     return result
 
 
-def _fail(step: AdaptStep, exc: RescueError) -> None:
+def _fail(step: AdaptStep, exc: RescueError | OSError) -> None:
+    """A step that failed: its error and the next step, in the operator's words."""
     step.status = "failed"
-    step.error = exc.message
-    step.next_step = exc.hint or (
+    if isinstance(exc, RescueError):
+        step.error, hint = exc.message, exc.hint
+    else:
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        step.error, hint = f"{exc.strerror or exc}{where}.", None
+    step.next_step = hint or (
         "The restored data is verified and intact. Boot this medium, mount the restored "
         "system, and repeat the step by hand; the report lists the commands."
     )
@@ -554,7 +564,7 @@ def _apply_nic_rules(
                     rf"(?<![\w.-]){re.escape(old)}(?![\w.-])", new_name, out[no - 1]
                 )
         files.write(step, path, "".join(out))
-    left = [r for r in examine_nic_rules(ms) if r in stale]
+    left = [r.value for r in nic_rules(ms.view) if r.value in stale]
     if left:
         raise StepFailed(f"The source's MAC(s) {', '.join(left)} are still pinned after the edit.")
     step.checks.append(
@@ -565,12 +575,6 @@ def _apply_nic_rules(
             else "."
         )
     )
-
-
-def examine_nic_rules(ms: MountedSystem) -> list[str]:
-    from rescueui.core.adapt.system import _nic_rules
-
-    return [r.value for r in _nic_rules(ms.view)]
 
 
 # --------------------------------------------------------------------------- drivers
@@ -840,4 +844,3 @@ def whole_disk_device(path: str) -> Iterator[str]:
             yield dev
         finally:
             subprocess.run([require_tool("partx"), "-d", dev], capture_output=True, check=False)
-            time.sleep(0)

@@ -277,7 +277,7 @@ def examine(view: RootView, *, list_initramfs: InitramfsLister | None = None) ->
     _boot_loader(view, system)
     _network(view, system)
     system.kernel_names = kernel_name_lines(view)
-    system.nic_rules = _nic_rules(view)
+    system.nic_rules = nic_rules(view)
     system.hardware_settings = _hardware_settings(view)
     system.storage_stack = _storage_stack(view, system)
     return system
@@ -545,7 +545,7 @@ def kernel_name_lines(view: RootView) -> list[FileLine]:
     return out[:MAX_ITEMS]
 
 
-def _nic_rules(view: RootView) -> list[FileLine]:
+def nic_rules(view: RootView) -> list[FileLine]:
     """Persistent network rules and ``HWADDR=`` lines: they pin a name to a source MAC."""
     out: list[FileLine] = []
     for n in view.listdir("/etc/udev/rules.d"):
