@@ -16,12 +16,15 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rescueui.core.demo import DemoEnvironment, paced
 from rescueui.core.errors import ImageError, RescueError
 from rescueui.core.progress import ProgressCallback
 from rescueui.core.units import human_size
+
+if TYPE_CHECKING:
+    from rescueui.core.adapt import AdaptOptions
 
 MAX_SEARCH_DEPTH = 3
 TUI_OPERATOR = "operator (TUI, one by one)"  # who acknowledged a warning, in the report
@@ -622,7 +625,11 @@ class Session:
         *,
         partition: int | None = None,
         target_path: str | None = None,
+        adapt: AdaptOptions | None = None,
     ) -> list[Any]:
+        """The pre-flight findings. ``adapt``: the fix-ups the operator keeps and the machine
+        they are for (whole-disk restores; a partition restore plans none, nor does the
+        demo: see :meth:`_adapt_for`)."""
         from rescueui.core.identity import identity_of
         from rescueui.core.images import open_image
 
@@ -641,7 +648,12 @@ class Session:
                 from rescueui.core.preflight import run_preflight
             except ImportError:
                 return self._basic_checks(image, disk)
-            return run_preflight(image, target_path or disk.path, partition=partition)
+            return run_preflight(
+                image,
+                target_path or disk.path,
+                partition=partition,
+                adapt=self._adapt_for(partition, adapt),
+            )
         finally:
             image.close()  # a VM disk's helper process, a raw image's descriptor
 
@@ -741,10 +753,13 @@ class Session:
         accepted_codes: Iterable[str] = (),
         acknowledged_by: str = TUI_OPERATOR,
         exact: bool = False,
+        adapt: AdaptOptions | None = None,
     ) -> Any:
         """Plan and run a restore. The pre-flight runs again here: any stop refuses it, and
         so does any warning whose code the operator did not acknowledge (``accepted_codes``,
         one by one on the pre-flight screen); the acknowledgements go into the report.
+        ``adapt``: the fix-ups of the restored system, as the pre-flight showed them (the same
+        options, so the same warnings come up; whole-disk restores only).
 
         Returns the report on success; a failed or cancelled restore raises its
         ``RescueError`` with the written report as ``exc.report`` (like :meth:`capture`
@@ -759,12 +774,18 @@ class Session:
             accepted_codes=accepted_codes,
             acknowledged_by=acknowledged_by,
             exact=exact,
+            adapt=self._adapt_for(partition, adapt),
         )
         if self.demo is not None:
             # demo restores write only files in the demo cache: their own writer lock, so a
             # demo never blocks (or is blocked by) a real restore on this machine
             plan.lock_path = str(self.demo.build.root / "writer.lock")
         return restore(plan, progress=self._pace(progress), cancel=cancel)
+
+    def _adapt_for(self, partition: int | None, adapt: AdaptOptions | None) -> AdaptOptions | None:
+        """The fix-ups to plan: none for a partition restore, and none in the demo (its
+        sample disk holds files, not a system that boots: there is nothing to adapt)."""
+        return adapt if partition is None and self.demo is None else None
 
     def _pace(self, progress: ProgressCallback | None) -> ProgressCallback | None:
         return paced(progress, self.demo.pace) if self.demo is not None else progress

@@ -8,10 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rescueui.core.adapt.plan import FIXUPS
 from rescueui.core.disks import Disk, Partition
 from rescueui.core.errors import CancelledError, UnsafeTargetError
 from rescueui.core.images.usage import usage_line
 from rescueui.core.progress import ChunkEvent, Progress
+from rescueui.core.report import JobReport
 from rescueui.core.session import CheckLine, ImageSummary, Session, StreamSummary
 from rescueui.core.units import GiB, MiB
 
@@ -143,6 +145,158 @@ DIRTY = (
 )
 
 
+# The fix-ups the canned image's system needs on this machine: name -> (title, why, change).
+CANNED_NEEDED = {
+    "drivers": (
+        "rebuild the initramfs with the disk and network drivers of {where}",
+        "the initramfs of 6.1.0-28-amd64 lacks megaraid_sas, the disk controller of {where}",
+        "/boot/initrd.img-6.1.0-28-amd64 (update-initramfs)",
+    ),
+    "names": (
+        "name devices by UUID instead of kernel name",
+        "kernel names change with the disk's bus and order",
+        "/etc/fstab line 3: /dev/sda2 -> UUID=0a3c6e9e-5d1f-4f43-9d55-7b0c1e2f3a4b",
+    ),
+}
+# ... and on a machine that starts in BIOS mode (the source started in UEFI mode)
+CANNED_BIOS_BOOT = (
+    "install GRUB for BIOS (i386-pc)",
+    "the installed GRUB boots by UEFI only and {where} starts in BIOS mode",
+    "new BIOS boot partition 3 at sectors 34-2047 (free space before the first partition)",
+)
+
+
+def canned_fixup_findings(adapt: Any) -> list[CheckLine]:
+    """What the core's fix-up planner says for the canned image, for ``adapt`` (the
+    operator's choice and machine)."""
+    host = adapt.host
+    where = "this machine" if host is None else f"the target machine ({host.machine})"
+    if not adapt.enabled:
+        chosen: set[str] = set()
+    else:
+        chosen = set(FIXUPS) if adapt.selection is None else set(adapt.selection)
+    needed = dict(CANNED_NEEDED)
+    if host is not None and host.firmware == "bios":
+        needed["boot-loader"] = CANNED_BIOS_BOOT
+    out = [
+        CheckLine(
+            "info",
+            "adapt.system",
+            "Installed system: Debian GNU/Linux 12 (bookworm), kernels 6.1.0-28-amd64, GRUB "
+            f"(UEFI), initramfs-tools. Fix-ups are planned for {where}.",
+            "Storage: plain partitions. Network configured by: ifupdown.",
+        )
+    ]
+    for name in FIXUPS:
+        if name not in needed:
+            if name == "boot-loader":
+                out.append(
+                    CheckLine(
+                        "ok",
+                        "adapt.boot-loader",
+                        f"The boot loader (GRUB) boots by UEFI, as {where} starts.",
+                    )
+                )
+            else:
+                out.append(
+                    CheckLine(
+                        "ok", f"adapt.{name}", "No network setting pins the source's network cards."
+                    )
+                )
+            continue
+        title, why, change = (x.format(where=where) for x in needed[name])
+        if name in chosen:
+            out.append(
+                CheckLine(
+                    "info",
+                    f"adapt.{name}",
+                    f"Fix-up {name}: {title}.",
+                    f"Why: {why} Changes: {change}.",
+                )
+            )
+        else:
+            out.append(
+                CheckLine(
+                    "warn",
+                    f"adapt.{name}",
+                    f"Fix-up {name} not chosen: {why}",
+                    f"It would: {title}. The restored system is left as it is.",
+                )
+            )
+    out.append(
+        CheckLine(
+            "warn",
+            "adapt.hardware.0",
+            f"/etc/default/grub line 6: isolcpus=8-15 names CPU 15; {where} has CPUs 0-7.",
+            "Not changed by rescueui: check it after the restore (settings sized for the "
+            "source's CPUs and memory).",
+        )
+    )
+    return out
+
+
+def canned_adapt_report(failed: bool = False) -> JobReport:
+    """A restore report whose details carry the fix-ups as the core records them."""
+    steps: list[dict[str, Any]] = [
+        {
+            "fixup": "drivers",
+            "title": "rebuild the initramfs with this machine's drivers",
+            "status": "done",
+            "commands": [{"command": "update-initramfs -u -k all", "exit_status": 0}],
+            "files": [
+                {
+                    "path": "/boot/initrd.img-6.1.0-28-amd64",
+                    "sha256_before": "1f2e3d4c5b6a79880123456789abcdef",
+                    "sha256_after": "a1b2c3d4e5f60718293a4b5c6d7e8f90",
+                    "backup": "/var/backups/rescueui-20261121-101500/boot/initrd.img-6.1.0-28-amd64",
+                }
+            ],
+            "checks": ["the initramfs of 6.1.0-28-amd64 lists megaraid_sas"],
+            "error": "",
+            "next_step": "",
+        },
+        {
+            "fixup": "names",
+            "title": "name devices by UUID instead of kernel name",
+            "status": "failed" if failed else "done",
+            "commands": [],
+            "files": [
+                {
+                    "path": "/etc/fstab",
+                    "sha256_before": "9988776655443322110000aabbccddee",
+                    "sha256_after": "9988776655443322110000aabbccddee"
+                    if failed  # not written
+                    else "00112233445566778899aabbccddeeff",
+                    "backup": None,
+                }
+            ],
+            "checks": [] if failed else ["/etc/fstab names no device by kernel name"],
+            "error": "/etc/fstab could not be written: Read-only file system." if failed else "",
+            "next_step": "Edit /etc/fstab of the restored system by hand: UUID=0a3c6e9e for /dev/sda2."
+            if failed
+            else "",
+        },
+    ]
+    report = JobReport(
+        job="restore",
+        outcome="failed" if failed else "success",
+        started="2026-11-21T10:02:11+00:00",
+        finished="2026-11-21T10:15:40+00:00",
+        duration_s=809.0,
+        target="/dev/sda",
+        image_dir=str(canned_image().path),
+    )
+    report.details["adapt"] = {
+        "plan": {},
+        "system": "Debian GNU/Linux 12 (bookworm)",
+        "steps": steps,
+        "notes": [],
+        "backup_dir": "/var/backups/rescueui-20261121-101500",
+        "result": "a fix-up failed: the system may not boot" if failed else "adapted",
+    }
+    return report
+
+
 @dataclass
 class CannedPlan:
     """What the core's PlannedStream offers the capture estimate."""
@@ -185,10 +339,15 @@ def canned_plans(all_blocks: bool) -> list[CannedPlan]:
 class CannedSession(Session):
     """Answers like the core would, from fixed data; jobs show a frozen mid-run state."""
 
-    def __init__(self, *, corrupt: bool = False) -> None:
+    def __init__(self, *, corrupt: bool = False, fixups: bool = False) -> None:
         super().__init__()
         self.extra = False
         self.corrupt = corrupt
+        self.fixups = fixups  # the pre-flight plans fix-ups of the restored system
+        self.preflights: list[dict[str, Any]] = []  # what each pre-flight was asked
+        self.findings: list[Any] = []  # what the last pre-flight said
+        self.adapt_message: str | None = None  # the restore ends in the adapt phase, saying this
+        self.finish: Any = None  # the restore ends with this (an exception is raised), not a wait
         self.estimates: list[bool] = []  # all_blocks of each estimate asked for
         self.estimate_delay = 0.0  # seconds an estimate takes (the partclone maps)
         self.estimates_cancelled = 0  # estimates stopped through their cancel event
@@ -214,7 +373,23 @@ class CannedSession(Session):
         )
         return [canned_image(), bad, canned_foreign_image()]
 
-    def preflight(self, image_dir: Any, disk: Any, **kw: Any) -> list[Any]:
+    def preflight(
+        self,
+        image_dir: Any,
+        disk: Any,
+        *,
+        partition: int | None = None,
+        target_path: str | None = None,
+        adapt: Any = None,
+    ) -> list[Any]:
+        self.preflights.append({"partition": partition, "adapt": adapt})
+        findings = self._canned_findings()
+        if self.fixups and adapt is not None and partition is None:
+            findings += canned_fixup_findings(adapt)
+        self.findings = findings
+        return findings
+
+    def _canned_findings(self) -> list[Any]:
         return [
             CheckLine("ok", "fits", "The image (400.5 GiB) fits on /dev/sda (480.0 GiB)."),
             CheckLine("ok", "firmware", "Both machines boot with UEFI."),
@@ -225,7 +400,7 @@ class CannedSession(Session):
         ]  # fmt: skip
 
     def confirmation_code(self, disk: Any) -> str:
-        return disk.serial[-4:]
+        return (getattr(disk, "serial", None) or disk.name)[-4:]  # a partition: its name
 
     def confirm(self, disk: Any, typed: str) -> Any:
         if typed != self.confirmation_code(disk):
@@ -245,10 +420,21 @@ class CannedSession(Session):
         partition: int | None = None,
         accepted_codes: Any = (),
         exact: bool = False,
+        adapt: Any = None,
     ) -> Any:
         assert progress is not None and cancel is not None
-        assert set(accepted_codes) == {"memory"}, accepted_codes  # acknowledged on screen
-        self.restores.append({"image_dir": image_dir, "exact": exact, "resume": resume})
+        # every warning of the pre-flight was acknowledged on screen
+        warns = {f.code for f in self.findings if f.level == "warn"}
+        assert set(accepted_codes) == warns, (accepted_codes, warns)
+        self.restores.append(
+            {
+                "image_dir": image_dir,
+                "exact": exact,
+                "resume": resume,
+                "adapt": adapt,
+                "accepted_codes": set(accepted_codes),
+            }
+        )
         base = frozen_progress()
         from dataclasses import replace
 
@@ -258,6 +444,12 @@ class CannedSession(Session):
             bad = ChunkEvent("p2", 41650, 174_696_169_472, 4 * MiB, HASH_B, ok=False)
             progress(replace(base, last_chunk=bad))
         progress(base if not self.corrupt else replace(base, last_chunk=bad))
+        if self.adapt_message:
+            progress(replace(base, phase="adapt", message=self.adapt_message))
+        if isinstance(self.finish, BaseException):
+            raise self.finish
+        if self.finish is not None:
+            return self.finish
         cancel.wait(30)
         return None
 

@@ -88,6 +88,10 @@ async def test_tui_restores_a_real_loop_disk(loops: LoopFactory, tmp_path: Path)
             what="pre-flight",
         )
         assert app.screen.check_action("confirm", ()) is True, screen_text(app)
+        # a whole disk: the fix-ups of the restored system are planned (the session passes
+        # the operator's choice to the core)
+        assert any(f.code == "adapt.system" for f in app.screen.findings)
+        assert "Fix-ups for: this machine." in screen_text(app)
         await acknowledge_warnings(pilot, app.screen)  # e.g. UEFI-only image, BIOS machine
         # exact: the space no filesystem uses is made zero too, so the target's partitions
         # equal the source's byte for byte (the target's old bytes are random)
@@ -103,8 +107,13 @@ async def test_tui_restores_a_real_loop_disk(loops: LoopFactory, tmp_path: Path)
         job = app.screen
         await wait_for(pilot, lambda: job.finished, timeout=300, what="restore")
         assert job.outcome == "success", job.error
+        adapt = job.report.details["adapt"]  # run after the verify: no system found here
+        assert adapt["plan"]["for"] == "this machine", adapt
         await pilot.press("enter")
         await wait_for(pilot, lambda: isinstance(app.screen, ReportScreen))
+        report = " ".join(str(app.screen.query_one("#report").render()).split())
+        assert "Fix-ups of the restored system" in report
+        assert "No Linux system found on the restored disk" in report
 
     target.rescan()
     assert _read(target.part(1)) == _read(source.part(1))
@@ -165,6 +174,8 @@ async def test_tui_restores_one_partition_onto_an_existing_partition(
             what="pre-flight",
         )
         assert "Partition 2 of image" in screen_text(app)
+        assert not any(f.code.startswith("adapt.") for f in app.screen.findings)
+        assert "Fix-ups" not in screen_text(app)  # a partition restore adapts nothing
         await acknowledge_warnings(pilot, app.screen)
         await pilot.press("e")  # exact: compared byte for byte below
         await pilot.press("enter")
@@ -175,6 +186,7 @@ async def test_tui_restores_one_partition_onto_an_existing_partition(
         job = app.screen
         await wait_for(pilot, lambda: job.finished, timeout=300, what="restore")
         assert job.outcome == "success", job.error
+        assert "adapt" not in job.report.details
 
     assert _read(target.part(2)) == _read(source.part(2))
     assert _read(target.part(1)) == p1_before  # the other partition is untouched

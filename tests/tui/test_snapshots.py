@@ -123,3 +123,86 @@ class TestScreens:
 
     def test_restore_mismatch_alarm(self, snap_compare, size) -> None:
         assert snap_compare(make_app(corrupt=True), terminal_size=size, run_before=_to_job)
+
+
+# ---- the fix-ups of the restored system (a canned system that needs some) ----------------
+
+
+def fixups_app(**attrs: object) -> RescueApp:
+    session = CannedSession(fixups=True)
+    for name, value in attrs.items():
+        setattr(session, name, value)
+    return RescueApp(
+        session,
+        console=True,
+        repaint_interval=0.05,
+        watch_disks=False,
+        sample_every=0.0,
+        graph_warmup=0.0,
+    )  # type: ignore[arg-type]
+
+
+async def _to_fixup_off(pilot: Pilot) -> None:
+    """The pre-flight with the fix-up ``names`` switched off, the cursor on it."""
+    await _to_preflight(pilot)
+    screen = pilot.app.screen
+    while screen.rows[screen.cursor].finding.code != "adapt.names":
+        await pilot.press("down")
+    await pilot.press("f")
+    await pilot.pause(0.3)
+    assert not screen.busy and "names" not in pilot.app.flow.fixups
+
+
+async def _to_fixups_job(pilot: Pilot) -> None:
+    await _to_preflight(pilot)
+    await pilot.press("a", "a")  # the memory warning, then the machine's CPU setting
+    await pilot.pause()
+    await pilot.press("enter")
+    await pilot.pause()
+    await pilot.press(*"2345", "enter")
+    await pilot.pause(0.3)
+    assert isinstance(pilot.app.screen, JobScreen)
+
+
+async def _to_fixups_report(pilot: Pilot) -> None:
+    await _to_fixups_job(pilot)
+    await pilot.pause(0.2)
+    await pilot.press("enter")
+    await pilot.pause(0.2)
+
+
+def failed_fixup() -> Exception:
+    from rescueui.core.errors import AdaptError
+    from tests.tui.fakes import canned_adapt_report
+
+    error = AdaptError(
+        "The restore is written and verified, but fix-up(s) names failed: /etc/fstab could not "
+        "be written: Read-only file system. The restored system may not boot on this machine."
+    )
+    error.report = canned_adapt_report(failed=True)  # type: ignore[attr-defined]
+    return error
+
+
+@pytest.mark.parametrize("size", SIZES)
+class TestFixups:
+    def test_preflight_fixup_off(self, snap_compare, size) -> None:
+        assert snap_compare(fixups_app(), terminal_size=size, run_before=_to_fixup_off)
+
+    def test_machine_dialog_refusal(self, snap_compare, size) -> None:
+        async def refused(pilot: Pilot) -> None:
+            await _to_preflight(pilot)
+            await pilot.press("m")
+            await pilot.pause()
+            pilot.app.screen.query_one("Input").value = "/nonexistent/rack9.json"
+            await pilot.press("enter")
+            await pilot.pause()
+
+        assert snap_compare(fixups_app(), terminal_size=size, run_before=refused)
+
+    def test_restore_adapting(self, snap_compare, size) -> None:
+        app = fixups_app(adapt_message="fix-up drivers: rebuild the initramfs of 6.1.0-28-amd64")
+        assert snap_compare(app, terminal_size=size, run_before=_to_fixups_job)
+
+    def test_report_fixup_failed(self, snap_compare, size) -> None:
+        app = fixups_app(finish=failed_fixup())
+        assert snap_compare(app, terminal_size=size, run_before=_to_fixups_report)

@@ -1,5 +1,5 @@
-"""Modal dialogs: type a path, see what a capture will store, confirm the target by its
-identity, confirm a cancel."""
+"""Modal dialogs: type a path, see what a capture will store, choose the machine the fix-ups
+are for, confirm the target by its identity, confirm a cancel."""
 
 from __future__ import annotations
 
@@ -233,6 +233,73 @@ class CaptureEstimateDialog(ModalScreen[CaptureChoice | None]):
 
     def action_cancel(self) -> None:
         self._cancel.set()  # stops the map tools of an estimate still running
+        self.dismiss(None)
+
+
+@dataclass(frozen=True)
+class MachineChoice:
+    """The machine the fix-ups are for: ``profile=None`` is this machine, else another
+    machine's profile (a core HostProfile) read from ``path``."""
+
+    profile: Any = None
+    path: str | None = None
+
+
+MACHINE_PROMPT = (
+    "Which machine will the restored disk start in? Leave the field empty for this machine. "
+    "For another machine, type the path of its machine profile: the JSON file rescueui's host "
+    "command wrote on that machine."
+)
+
+
+class MachineDialog(ModalScreen[MachineChoice | None]):
+    """Ask for the machine the fix-ups are planned for: empty is this machine, a path is
+    another machine's profile file, read (and checked) by ``load`` at once; what is wrong
+    with it is shown here and the dialog stays."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("escape", "cancel", "Cancel (keep the machine)", id="cancel")
+    ]
+
+    def __init__(self, load: Callable[[str], Any], current: str | None = None) -> None:
+        super().__init__()
+        self.load = load  # path -> the machine's profile; raises RescueError
+        self.current = current or ""
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog", id="machine-box"):
+            yield Static(Text(MACHINE_PROMPT))
+            yield Input(value=self.current, placeholder="empty: this machine", id="machine-path")
+            yield Static("", id="error")
+            yield Static("Enter: use it   Esc: cancel", classes="dim")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#machine-box").border_title = "Fix-ups: for which machine"
+        self.query_one(Input).focus()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        path = event.value.strip()
+        if not path:
+            self.dismiss(MachineChoice())
+            return
+        try:
+            profile = self.load(path)
+        except RescueError as exc:
+            problem = str(exc)
+        except FileNotFoundError:  # the core leaves a missing file to its caller
+            problem = f"There is no file {path}."
+        except OSError as exc:
+            problem = f"Cannot read {path}: {exc.strerror or exc}."
+        else:
+            self.dismiss(MachineChoice(profile, path))
+            return
+        self.query_one("#error", Static).update(
+            plain(f"Cannot use it: {problem}", style="bold reverse")
+        )
+        self.app.bell()
+
+    def action_cancel(self) -> None:
         self.dismiss(None)
 
 

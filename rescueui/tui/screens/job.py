@@ -40,7 +40,11 @@ PHASE_WORDS = {
     "capture": "Reading, hashing and compressing",
     "write": "Writing (each chunk checked before it is written)",
     "verify": "Read-back verify of the target",
+    "adapt": "Adapting the restored system to the machine (fix-ups)",
 }
+# Phases of steps rather than bytes: the engine's message (the step being done now) gets a
+# line of its own; no bytes move (no phase bar, no stream, no rate now).
+STEP_PHASES = ("adapt",)
 
 JobFn = Callable[..., Any]  # (progress=, cancel=) -> JobReport
 
@@ -123,10 +127,13 @@ class JobScreen(StepScreen):
         part: Any = None,
         accepted_codes: tuple[str, ...] = (),
         exact: bool = False,
+        adapt: Any = None,
     ) -> JobScreen:
         """``accepted_codes``: the pre-flight warnings the operator acknowledged one by one
         (the core refuses the restore if any other warning comes up). ``exact``: the space no
-        filesystem uses is made zero on any target (the core decides where it is otherwise)."""
+        filesystem uses is made zero on any target (the core decides where it is otherwise).
+        ``adapt``: the fix-ups of the restored system the pre-flight showed (the core's
+        AdaptOptions; None for a partition restore)."""
 
         def job(*, session: Any, progress: Any, cancel: threading.Event) -> Any:
             return session.restore(
@@ -138,6 +145,7 @@ class JobScreen(StepScreen):
                 partition=partition,
                 accepted_codes=accepted_codes,
                 exact=exact,
+                adapt=adapt,
             )
 
         name = image.name
@@ -160,6 +168,7 @@ class JobScreen(StepScreen):
                 "part": part,
                 "accepted_codes": accepted_codes,
                 "exact": exact,
+                "adapt": adapt,
             },
         )
 
@@ -321,13 +330,21 @@ class JobScreen(StepScreen):
         if p is None:
             return
         phase = PHASE_WORDS.get(p.phase, p.phase)
-        stream = f"  stream {esc(p.stream)}" if p.stream else ""
-        msg = f"  {esc(p.message)}" if p.message else ""
-        self.query_one("#phase", Static).update(Text(f"Phase: {esc(phase)}{stream}{msg}"))
+        steps = p.phase in STEP_PHASES
+        stream = f"  stream {esc(p.stream)}" if p.stream and not steps else ""
+        if steps and p.message:
+            line = Text(f"Phase: {esc(phase)}\n")
+            line.append("Now: ", style="bold")
+            line.append(esc(p.message))
+        else:
+            msg = f"  {esc(p.message)}" if p.message else ""
+            line = Text(f"Phase: {esc(phase)}{stream}{msg}")
+        self.query_one("#phase", Static).update(line)
         total = self.query_one("#bar-total", BlockBar)
         total.fraction = p.fraction
         total.label = "job"
         ph = self.query_one("#bar-phase", BlockBar)
+        ph.display = not steps
         ph.fraction = p.phase_bytes_done / p.phase_bytes_total if p.phase_bytes_total else 0.0
         ph.label = p.phase[:6]
         of = human_size(p.bytes_total)
@@ -343,7 +360,7 @@ class JobScreen(StepScreen):
                 f"elapsed {human_duration(p.elapsed)}   ETA {eta}"
             )
         self.query_one("#numbers", Static).update(numbers)
-        self.query_one("#rate-now", BigNumber).value = f"{p.rate_now / 1e6:.1f}"
+        self.query_one("#rate-now", BigNumber).value = f"{0 if steps else p.rate_now / 1e6:.1f}"
         self.query_one("#rate-avg", BigNumber).value = f"{p.rate_avg / 1e6:.1f}"
         self.query_one(ThroughputGraph).set_samples(self.samples)
         width = self.query_one("#checksums-box").size.width - 2

@@ -10,6 +10,15 @@ The per-partition lines of what the image holds (info findings ``usage.pN``) are
 one row after the other findings, so they never push a warning out of sight. ``e`` asks for
 an exact restore: the space no filesystem uses is made zero on the target too (otherwise the
 core makes it zero only where the target does that fast).
+
+A whole-disk restore also adapts the restored Linux system to the machine (the core's
+fix-ups, findings ``adapt.*``). ``f`` on a fix-up line switches that fix-up off or on again,
+``m`` asks for the machine the fix-ups are for (this one, or another machine's profile
+file); either runs the pre-flight again with the new choice, and the acknowledgements of
+warnings that did not change are kept. A line under the findings names the machine and the
+fix-ups that are on. The footer shows the keys of the line under the cursor: on the fix-up
+lines ``f`` and ``m`` take the places of ``Down`` and ``e`` (which still work there), so the
+footer fits 80 columns.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.widgets import Footer, Static
 
+from rescueui.core.adapt.plan import FIXUPS
 from rescueui.core.units import human_size
 from rescueui.tui.screens.base import StepScreen
 from rescueui.tui.text import esc, plain
@@ -71,6 +81,55 @@ def shown_findings(findings: list[Any]) -> list[Any]:
     return [*rest, UsageGroup(tuple(str(f.message) for f in usage))]
 
 
+ADAPT_PREFIX = "adapt."  # the core's fix-up findings
+
+
+def fixup_name(finding: Any) -> str | None:
+    """The fix-up a finding is about (``adapt.drivers`` -> ``drivers``), else None."""
+    code = str(getattr(finding, "code", ""))
+    name = code[len(ADAPT_PREFIX) :] if code.startswith(ADAPT_PREFIX) else ""
+    return name if name in FIXUPS else None
+
+
+def has_fixups(findings: list[Any]) -> bool:
+    """True when the pre-flight planned the fix-ups of the restored system."""
+    return any(str(getattr(f, "code", "")).startswith(ADAPT_PREFIX) for f in findings)
+
+
+def machine_words(machine: Any, path: str | None) -> str:
+    """The machine the fix-ups are for, in words (another machine's name is outside text:
+    the caller escapes it)."""
+    if machine is None:
+        return "this machine"
+    return f"{machine.machine} (profile file {path})"
+
+
+def adapt_text(chosen: set[str], machine: Any, path: str | None) -> Text:
+    """The lines naming the machine the fix-ups are for and the fix-ups that are on."""
+    # another machine's profile stands for the machine in every check, not only the fix-ups
+    text = Text("Fix-ups for: " if machine is None else "Checks and fix-ups for: ")
+    text.append(esc(machine_words(machine, path)), style="" if machine is None else "bold")
+    text.append(". m: choose the machine; f on a fix-up line: on/off")
+    on = [n for n in FIXUPS if n in chosen]
+    off = [n for n in FIXUPS if n not in chosen]
+    text.append("\nFix-ups on: ")
+    text.append(", ".join(on) if on else "none - the restored system is left as it is")
+    if on and off:
+        text.append("; off: ")
+        text.append(", ".join(off), style="bold")
+    return text
+
+
+def kept_acknowledgements(before: list[Any], acknowledged: set[str], after: list[Any]) -> set[str]:
+    """The acknowledged warnings the pre-flight, run again, gave word for word again."""
+
+    def key(f: Any) -> tuple[str, str, str, str]:
+        return (f.code, f.level, str(f.message), str(getattr(f, "detail", "") or ""))
+
+    same = {key(f) for f in before if f.code in acknowledged}
+    return {f.code for f in after if key(f) in same}
+
+
 def exact_text(exact: bool) -> Text:
     """The line saying what the restore does with the space no filesystem uses."""
     if exact:
@@ -89,13 +148,22 @@ class PreflightScreen(StepScreen):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "confirm", "Confirm target...", priority=True, id="confirm"),
         Binding("a,space", "acknowledge", "Acknowledge warning", id="acknowledge"),
-        Binding("down", "cursor(1)", "Next", key_display="Down", id="down"),
+        Binding("down", "next", "Next", key_display="Down", id="down"),
+        Binding("down", "quiet('next')", show=False),
         Binding("up", "cursor(-1)", "Previous line", show=False, id="up"),
         Binding("pagedown", "cursor(5)", "", show=False),
         Binding("pageup", "cursor(-5)", "", show=False),
         Binding("e", "exact", "Exact", id="exact"),
+        Binding("e", "quiet('exact')", show=False),
+        Binding("f", "fixup", "Fix-up on/off", id="fixup"),
+        Binding("f", "quiet('fixup')", show=False),
+        Binding("m", "machine", "Machine...", id="machine"),
+        Binding("m", "quiet('machine')", show=False),
         Binding("escape", "back", "Back", id="back"),
     ]
+    # keys the footer shows only for some lines (each has a twin that is not shown, so the
+    # key works on the other lines too): see ``_shown``
+    CONTEXT_KEYS = ("next", "exact", "fixup", "machine")
 
     def __init__(self) -> None:
         super().__init__()
@@ -104,6 +172,9 @@ class PreflightScreen(StepScreen):
         self.acknowledged: set[str] = set()  # codes of the warnings the operator accepted
         self.cursor = 0
         self.rows: list[FindingRow] = []
+        self.busy = True  # the pre-flight runs (first, or again after a fix-up choice)
+        self._generation = 0
+        self._focus: str | None = None  # the code to put the cursor on when it is back
 
     def compose(self) -> ComposeResult:
         img, disk, part = self.flow.image, self.flow.target, self.flow.target_part
@@ -127,16 +198,19 @@ class PreflightScreen(StepScreen):
                     "size, so it is decompressed once)"
                 )
             yield Static(checking, id="findings")
+        adapt = Static("", id="adapt")
+        adapt.display = False
+        yield adapt
         yield Static(exact_text(self.flow.exact), id="exact")
         yield Static("", id="verdict")
         yield Footer()
 
     def on_mount(self) -> None:
         self.query_one("#findings-box").border_title = "Pre-flight checks"
-        self.check()
+        self.check(self._generation, self.flow.adapt_options())
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="preflight")
-    def check(self) -> None:
+    def check(self, generation: int, adapt: Any) -> None:
         from rescueui.core.errors import RescueError
 
         try:
@@ -146,22 +220,46 @@ class PreflightScreen(StepScreen):
                 self.flow.target,
                 partition=self.flow.partition,
                 target_path=part.path if part is not None else None,
+                adapt=adapt,
             )
             error = None
         except RescueError as exc:
             findings, error = [], str(exc)
         except Exception as exc:  # a bug must not leave the screen at "Checking..."
             findings, error = [], f"internal error in the pre-flight: {type(exc).__name__}: {exc}"
-        self.app.call_from_thread(self._show, findings, error)
+        try:
+            self.app.call_from_thread(self._show, findings, error, generation)
+        except RuntimeError:  # the app is shutting down
+            pass
+
+    def _check_again(self, focus: str | None) -> None:
+        """Run the pre-flight again with the Flow's fix-up choice; the cursor comes back to
+        the line ``focus`` (a finding's code) when it is there."""
+        self.busy = True
+        self._focus = focus
+        self._generation += 1
+        self._update_adapt()
+        self._update_verdict()
+        self.refresh_bindings()
+        self.check(self._generation, self.flow.adapt_options())
 
     # -- the findings and the cursor -------------------------------------
-    def _show(self, findings: list[Any], error: str | None) -> None:
+    async def _show(self, findings: list[Any], error: str | None, generation: int = 0) -> None:
+        if generation != self._generation or not self.is_attached:
+            return  # an older run (the choice changed meanwhile), or the screen is gone
+        before, acknowledged = self.findings or [], self.acknowledged
+        if self.rows:
+            await self.query_one("#findings-box").remove_children(self.rows)
+            self.rows = []
+        self.busy = False
         self.findings = findings
         self.error = error
         self.flow.findings = findings
-        self.acknowledged = set()
+        # a run again keeps what the operator acknowledged where the warning is unchanged
+        self.acknowledged = kept_acknowledgements(before, acknowledged, findings)
         box = self.query_one("#findings", Static)
         if error:
+            box.display = True
             box.update(Text(f"[STOP] {esc(error)}", style="bold"))
         else:
             box.display = False
@@ -179,10 +277,31 @@ class PreflightScreen(StepScreen):
             ]
             self.query_one("#findings-box").mount_all(self.rows)
             open_ = self._open()
-            self.cursor = self._row_of(open_[0]) if open_ else 0
+            back = [i for i, r in enumerate(self.rows) if r.finding.code == self._focus]
+            if back:
+                self.cursor = back[0]
+            else:
+                self.cursor = self._row_of(open_[0]) if open_ else 0
             self._redraw_rows()
+            if back:  # the rows are laid out after this refresh: all of the line in view
+                self.call_after_refresh(self._redraw_rows)
+        self._focus = None
+        self._update_adapt()
         self._update_verdict()
         self.refresh_bindings()
+
+    def _fixup_mode(self) -> bool:
+        """The fix-ups are shown and can be chosen: a whole-disk restore whose pre-flight
+        planned them (or for which another machine was chosen)."""
+        return self.flow.partition is None and (
+            has_fixups(self.findings or []) or self.flow.machine is not None
+        )
+
+    def _update_adapt(self) -> None:
+        line = self.query_one("#adapt", Static)
+        line.display = self._fixup_mode()
+        if line.display:
+            line.update(adapt_text(self.flow.fixups, self.flow.machine, self.flow.machine_file))
 
     def _open(self) -> list[Any]:
         """The warnings not yet acknowledged (the core decides what needs acknowledging)."""
@@ -208,6 +327,9 @@ class PreflightScreen(StepScreen):
 
     def _update_verdict(self, refusal: str | None = None) -> None:
         verdict = self.query_one("#verdict", Static)
+        if self.busy and self.findings is not None:
+            verdict.update(Text(" Checking again with the new fix-up choice... ", style="bold"))
+            return
         if self.error:
             verdict.update(
                 Text(" STOP: cannot restore onto this disk. Esc: back ", style="bold reverse")
@@ -247,6 +369,44 @@ class PreflightScreen(StepScreen):
             return
         self.cursor = max(0, min(len(self.rows) - 1, self.cursor + step))
         self._redraw_rows()
+        self.refresh_bindings()  # the footer shows the keys of the line under the cursor
+
+    def action_next(self) -> None:
+        self.action_cursor(1)
+
+    def action_quiet(self, action: str) -> None:
+        """A key the footer does not show on this line (see ``CONTEXT_KEYS``)."""
+        if action in self.CONTEXT_KEYS:
+            getattr(self, f"action_{action}")()
+
+    def _line(self) -> Any:
+        return self.rows[self.cursor].finding if self.rows else None
+
+    def _shown(self, action: str) -> bool:
+        """Whether the footer shows ``action``'s key for the line under the cursor: the
+        fix-up lines show ``f`` (on a fix-up) or ``m`` (the others) instead of ``Down`` and
+        ``e``."""
+        line = self._line()
+        on_adapt = line is not None and str(line.code).startswith(ADAPT_PREFIX)
+        if action in ("next", "exact"):
+            return not on_adapt
+        if action == "fixup":
+            return fixup_name(line) is not None
+        if action == "machine":
+            return on_adapt and fixup_name(line) is None
+        return True
+
+    def _key_works(self, action: str) -> bool:
+        """Whether ``action`` (one of ``CONTEXT_KEYS``) works now."""
+        if action == "next":
+            return bool(self.rows)
+        if action == "exact":
+            return self._loaded()
+        if action == "fixup":
+            return not self.busy and self._fixup_mode() and bool(self.rows)
+        if action == "machine":
+            return not self.busy and self.findings is not None and self._fixup_mode()
+        return False
 
     def action_acknowledge(self) -> None:
         if not self.rows:
@@ -274,13 +434,11 @@ class PreflightScreen(StepScreen):
     # -- confirming ------------------------------------------------------
     def _loaded(self) -> bool:
         return (
-            self.findings is not None
+            not self.busy
+            and self.findings is not None
             and self.error is None
             and self.session.allows_restore(self.findings)
         )
-
-    def _allowed(self) -> bool:
-        return self._loaded() and not self._open()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "confirm":
@@ -290,8 +448,11 @@ class PreflightScreen(StepScreen):
             return self._loaded() and bool(self._warnings())
         if action == "cursor":
             return bool(self.rows)
-        if action == "exact":
-            return self._loaded()
+        if action in self.CONTEXT_KEYS:
+            return self._key_works(action) and self._shown(action)
+        if action == "quiet":
+            name = str(parameters[0]) if parameters else ""
+            return self._key_works(name) and not self._shown(name)
         return super().check_action(action, parameters)
 
     def action_exact(self) -> None:
@@ -300,6 +461,35 @@ class PreflightScreen(StepScreen):
             return
         self.flow.exact = not self.flow.exact
         self.query_one("#exact", Static).update(exact_text(self.flow.exact))
+
+    # -- the fix-ups of the restored system --------------------------------
+    def action_fixup(self) -> None:
+        """Switch the fix-up on the line under the cursor off or on, and check again."""
+        if not self._key_works("fixup"):
+            return
+        name = fixup_name(self._line())
+        if name is None:
+            self.app.bell()
+            self._update_verdict("f switches a fix-up on or off: move to a fix-up line (Up/Down).")
+            return
+        self.flow.fixups = set(self.flow.fixups) ^ {name}
+        self._check_again(f"{ADAPT_PREFIX}{name}")
+
+    def action_machine(self) -> None:
+        """Ask for the machine the fix-ups are for; a new choice checks again."""
+        from rescueui.core.host import load_profile
+        from rescueui.tui.screens.dialogs import MachineChoice, MachineDialog
+
+        if not self._key_works("machine"):
+            return
+
+        def chosen(choice: MachineChoice | None) -> None:
+            if choice is None or (choice.profile is None and self.flow.machine is None):
+                return  # cancelled, or this machine again
+            self.flow.machine, self.flow.machine_file = choice.profile, choice.path
+            self._check_again(f"{ADAPT_PREFIX}system")
+
+        self.app.push_screen(MachineDialog(load_profile, self.flow.machine_file), chosen)
 
     def action_confirm(self) -> None:
         from rescueui.tui.screens.dialogs import ConfirmTargetDialog
@@ -325,6 +515,7 @@ class PreflightScreen(StepScreen):
             return
         accepted = tuple(f.code for f in self._warnings() if f.code in self.acknowledged)
         exact = self.flow.exact
+        adapt = self.flow.adapt_options()  # the choice this pre-flight was run with
 
         def confirmed(result: Any) -> None:
             if result is not None:
@@ -338,6 +529,7 @@ class PreflightScreen(StepScreen):
                         part=part,
                         accepted_codes=accepted,
                         exact=exact,
+                        adapt=adapt,
                     )
                 )
 

@@ -1,7 +1,13 @@
-"""Step 7: the outcome and the report the engine wrote (kept on screen)."""
+"""Step 7: the outcome and the report the engine wrote (kept on screen).
+
+After a whole-disk restore the fix-ups of the restored system come first: each step with
+its status, the files it changed, its checks and, when it failed, the error and the next
+step (a failed fix-up leaves the data restored and verified; the system may not boot).
+"""
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any, ClassVar
 
 from rich.text import Text
@@ -10,6 +16,8 @@ from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.widgets import Footer, Static
 
+from rescueui.core.adapt import fixup_lines
+from rescueui.core.errors import AdaptError
 from rescueui.tui.screens.base import StepScreen
 from rescueui.tui.text import esc, plain
 from rescueui.tui.widgets.steps import StepsBar
@@ -19,6 +27,32 @@ BANNERS = {
     "cancelled": " CANCELLED by the operator ",
     "failed": " FAILED ",
 }
+ADAPT_FAILED = " FIX-UP FAILED: data restored and verified, the system may not boot "
+FIXUPS_TITLE = "Fix-ups of the restored system (each step; the full report follows):"
+
+
+def fixup_text(details: Any, width: int = 80) -> Text:
+    """The fix-up section of a report (``details["adapt"]``), laid out for ``width``
+    columns; empty when there is none. The commands run are left to the report's text."""
+    text = Text()
+    lines = fixup_lines(details, commands=False)
+    if not lines:
+        return text
+    text.append(f"{FIXUPS_TITLE}\n", style="bold")
+    for line in lines:
+        shown = esc(line)
+        lead = " " * (len(shown) - len(shown.lstrip(" ")) + 2)
+        wrapped = textwrap.wrap(
+            shown,
+            max(width, 20),
+            initial_indent="  ",
+            subsequent_indent=lead + "  ",
+            break_long_words=True,  # a long path: cut, but under its own line
+            break_on_hyphens=False,
+        ) or [""]
+        failed = shown.startswith("[FAILED]") or shown.lstrip().startswith(("error:", "next step:"))
+        text.append("\n".join(wrapped) + "\n", style="bold" if failed else "")
+    return text
 
 
 def report_body(report: Any, error: BaseException | None, width: int = 80) -> Text:
@@ -34,6 +68,11 @@ def report_body(report: Any, error: BaseException | None, width: int = 80) -> Te
         else:
             text.append("No report file could be written.\n", style="bold")
         text.append("\n")
+        details = getattr(report, "details", None) or {}
+        fixups = fixup_text(details.get("adapt") if isinstance(details, dict) else None, width)
+        if fixups:
+            text.append_text(fixups)
+            text.append("\n")
         text.append_text(plain(report.to_text(width=width), newlines=True))
     elif error is not None:
         text.append(f"Error: {esc(error)}\n")
@@ -59,6 +98,8 @@ class ReportScreen(StepScreen):
         banner = BANNERS.get(outcome, f" {outcome.upper()} ")
         if outcome == "success" and self.job.kind == "capture":
             banner = " SUCCESS: image captured and hashed "
+        if isinstance(self.job.error, AdaptError):
+            banner = ADAPT_FAILED
         if self.job.mismatch is not None:
             banner = " FAILED: CHECKSUM MISMATCH - THE IMAGE IS DAMAGED "
         yield Static(Text(f"{self.job.kind.upper()}: {banner}", style="bold reverse"), id="banner")
@@ -74,10 +115,12 @@ class ReportScreen(StepScreen):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "resume":
+            # a failed fix-up comes after the verified restore: nothing is left to resume
             return (
                 self.job.kind == "restore"
                 and self.job.outcome in ("cancelled", "failed")
                 and self.job.mismatch is None
+                and not isinstance(self.job.error, AdaptError)
             )
         return True
 
@@ -100,5 +143,6 @@ class ReportScreen(StepScreen):
                 part=ctx.get("part"),
                 accepted_codes=ctx.get("accepted_codes", ()),
                 exact=ctx.get("exact", False),
+                adapt=ctx.get("adapt"),
             )
         )
