@@ -178,6 +178,8 @@ def test_examine_reads_what_ties_the_system_to_its_hardware(tmp_path: Path) -> N
 def test_a_folder_without_a_system_is_not_one(tmp_path: Path) -> None:
     s = examine(RootView(tmp_path))
     assert not s.found and "os-release" in s.reason
+    write(tmp_path, "/etc/fstab", "LABEL=rootfs / ext4 defaults 0 1\n")  # a data disk's etc
+    assert not examine(RootView(tmp_path)).found
 
 
 def test_a_hostile_record_is_coerced_never_trusted() -> None:
@@ -431,6 +433,8 @@ def test_load_profile(tmp_path: Path) -> None:
     bad = write(tmp_path, "/bad.json", "{not json")
     with pytest.raises(RescueError, match=r"bad\.json is not JSON"):
         load_profile(str(bad))
+    with pytest.raises(RescueError, match="does not exist"):
+        load_profile(str(tmp_path / "missing.json"))
     nofw = write(tmp_path, "/nofw.json", json.dumps({"cpus": 2}))
     with pytest.raises(RescueError, match="does not say how that machine boots"):
         load_profile(str(nofw))

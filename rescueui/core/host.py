@@ -163,7 +163,13 @@ def load_profile(path: str) -> HostProfile:
     from rescueui.core.errors import RescueError
     from rescueui.core.safefile import read_regular
 
-    data = read_regular(path, MAX_PROFILE_BYTES, what="machine profile")
+    try:
+        data = read_regular(path, MAX_PROFILE_BYTES, what="machine profile")
+    except FileNotFoundError as exc:
+        raise RescueError(
+            f"The machine profile {path} does not exist.",
+            hint="Give the path of the file the host command's JSON output was saved to.",
+        ) from exc
     try:
         raw = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:

@@ -44,13 +44,13 @@ def examine_disk(disk: str, table: dict[str, Any] | None) -> InstalledSystem:
         return InstalledSystem(found=False, reason="not examined: mounting needs root")
     from rescueui.core.adapt.apply import initramfs_lister
     from rescueui.core.adapt.chroot import mount_system
-    from rescueui.core.adapt.system import examine
+    from rescueui.core.adapt.system import NOT_INSTALLED, examine
     from rescueui.core.errors import RescueError
 
     try:
         with mount_system(disk, table, read_only=True) as ms:
             if ms is None:
-                return InstalledSystem(found=False, reason="no partition holds /etc/os-release")
+                return InstalledSystem(found=False, reason=NOT_INSTALLED)
             system = examine(ms.view)
             system.root_partition = ms.root_partition
             lister = initramfs_lister(ms, system.initramfs_tool)

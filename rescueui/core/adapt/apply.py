@@ -331,7 +331,7 @@ def apply_adaptation(
                         step,
                         StepFailed(
                             "The Linux system the image recorded was not found on the restored "
-                            "disk (no partition with /etc/os-release or /etc/fstab)."
+                            "disk (no partition with /etc/os-release and /etc/fstab)."
                         ),
                     )
                     result.steps.append(step)

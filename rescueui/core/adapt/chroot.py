@@ -24,7 +24,7 @@ from typing import Any
 
 from rescueui.core import blockdev, fsmount, parttable
 from rescueui.core.adapt.rootview import RootView
-from rescueui.core.adapt.system import KERNEL_NAME_RE, FstabEntry, read_fstab
+from rescueui.core.adapt.system import KERNEL_NAME_RE, FstabEntry, looks_installed, read_fstab
 from rescueui.core.errors import DiskError, RescueError
 from rescueui.core.tools import SYSTEM_PATH, require_tool
 
@@ -274,8 +274,7 @@ def mount_system(
                 fsmount.mount(p.device, root_dir, p.fs_type, read_only=read_only)
             except RescueError:
                 continue
-            view = RootView(root_dir)
-            if view.is_file("/etc/os-release") or view.is_file("/etc/fstab"):
+            if looks_installed(RootView(root_dir)):
                 found = MountedSystem(disk, root_dir, n, parts, read_only)
                 found.mounts.append((root_dir, p.device))
                 stack.callback(_release, found)

@@ -259,13 +259,13 @@ def examine(view: RootView, *, list_initramfs: InitramfsLister | None = None) ->
     ``list_initramfs(kernel)``: the module names inside a kernel's initramfs, listed by the
     system's own tool (``lsinitramfs``, ``lsinitrd``) in a chroot; ``None`` if it cannot.
     """
-    osr = _os_release(view)
-    if osr is None and not view.is_file("/etc/fstab"):
-        return InstalledSystem(found=False, reason="no /etc/os-release or /etc/fstab")
+    if not looks_installed(view):
+        return InstalledSystem(found=False, reason=NOT_INSTALLED)
+    osr = _os_release(view) or {}
     system = InstalledSystem(
         found=True,
-        os_id=(osr or {}).get("ID", ""),
-        os_name=(osr or {}).get("PRETTY_NAME", "") or (osr or {}).get("NAME", ""),
+        os_id=osr.get("ID", ""),
+        os_name=osr.get("PRETTY_NAME", "") or osr.get("NAME", ""),
     )
     system.fstab = read_fstab(view)
     system.kernels = _kernels(view)
@@ -281,6 +281,16 @@ def examine(view: RootView, *, list_initramfs: InitramfsLister | None = None) ->
     system.hardware_settings = _hardware_settings(view)
     system.storage_stack = _storage_stack(view, system)
     return system
+
+
+NOT_INSTALLED = "no partition holds an installed Linux system (/etc/os-release and /etc/fstab)"
+
+
+def looks_installed(view: RootView) -> bool:
+    """The root filesystem of an installed Linux system: it says what it is (os-release)
+    and what it mounts (fstab). A data disk with an ``etc`` folder is not one."""
+    release = view.is_file("/etc/os-release") or view.is_file("/usr/lib/os-release")
+    return release and view.is_file("/etc/fstab")
 
 
 def _os_release(view: RootView) -> dict[str, str] | None:
