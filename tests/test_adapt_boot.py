@@ -145,33 +145,29 @@ def steps(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {s["fixup"]: s for s in report["details"]["adapt"]["steps"] if s["fixup"] != "all"}
 
 
-def read_root_file(target: Path, part: int, path: str) -> str:
-    """A file of the restored root filesystem (read-only mount through a loop device)."""
+@contextlib.contextmanager
+def restored_root(target: Path, part: int) -> Iterator[Path]:
+    """The restored root filesystem, mounted read-only through a loop device."""
     with loop(target, read_only=True) as dev:
         run(["partx", "-a", dev])
         where = target.parent / f"mnt-{part}"
         where.mkdir(exist_ok=True)
         run(["mount", "-o", "ro,noload", f"{dev}p{part}", str(where)])
         try:
-            return (where / path.lstrip("/")).read_text()
+            yield where
         finally:
             run(["umount", str(where)])
+
+
+def read_root_file(target: Path, part: int, path: str) -> str:
+    with restored_root(target, part) as root:
+        return (root / path.lstrip("/")).read_text()
 
 
 def backups(target: Path, part: int) -> list[str]:
-    with loop(target, read_only=True) as dev:
-        run(["partx", "-a", dev])
-        where = target.parent / f"mnt-b{part}"
-        where.mkdir(exist_ok=True)
-        run(["mount", "-o", "ro,noload", f"{dev}p{part}", str(where)])
-        try:
-            return sorted(
-                str(p.relative_to(where / "var/backups"))
-                for p in (where / "var/backups").rglob("*")
-                if p.is_file()
-            )
-        finally:
-            run(["umount", str(where)])
+    with restored_root(target, part) as root:
+        base = root / "var/backups"
+        return sorted(str(p.relative_to(base)) for p in base.rglob("*") if p.is_file())
 
 
 # --------------------------------------------------------------------------- the tests

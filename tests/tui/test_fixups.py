@@ -213,7 +213,7 @@ async def test_machine_dialog_loads_a_profile_and_shows_what_is_wrong(tmp_path: 
         for bad, words in (
             (broken, "is not JSON"),
             (no_firmware, "does not say how that machine boots"),
-            (tmp_path / "missing.json", "There is no file"),
+            (tmp_path / "missing.json", "does not exist"),
         ):
             field.value = str(bad)
             await pilot.press("enter")

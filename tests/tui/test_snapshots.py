@@ -129,17 +129,10 @@ class TestScreens:
 
 
 def fixups_app(**attrs: object) -> RescueApp:
-    session = CannedSession(fixups=True)
+    app = make_app(fixups=True)
     for name, value in attrs.items():
-        setattr(session, name, value)
-    return RescueApp(
-        session,
-        console=True,
-        repaint_interval=0.05,
-        watch_disks=False,
-        sample_every=0.0,
-        graph_warmup=0.0,
-    )  # type: ignore[arg-type]
+        setattr(app.session, name, value)
+    return app
 
 
 async def _to_fixup_off(pilot: Pilot) -> None:

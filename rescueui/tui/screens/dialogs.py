@@ -287,8 +287,6 @@ class MachineDialog(ModalScreen[MachineChoice | None]):
             profile = self.load(path)
         except RescueError as exc:
             problem = str(exc)
-        except FileNotFoundError:  # the core leaves a missing file to its caller
-            problem = f"There is no file {path}."
         except OSError as exc:
             problem = f"Cannot read {path}: {exc.strerror or exc}."
         else:
