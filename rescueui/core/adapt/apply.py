@@ -788,7 +788,7 @@ def _apply_boot_loader(
     step.checks.append(f"{system.grub_dir}/grub.cfg was written and has kernel entries.")
     if fix.params.get("files_from") == "rescue medium":
         step.checks.append(
-            f"GRUB's {platform} files came from this rescue medium: install the package "
+            f"GRUB's {platform} files came from this rescue medium: install "
             f"{fix.params.get('package')} in the restored system so updates keep them current."
         )
 

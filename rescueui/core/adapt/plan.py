@@ -439,7 +439,15 @@ def _plan_boot_loader(
                 "Without it the boot loader cannot be installed.",
             )
         source = "rescue medium"
-    package = "grub-efi-amd64" if platform == "x86_64-efi" else "grub-pc"
+    # Debian's names: the -bin package keeps the platform's files current and coexists with
+    # the installed boot loader's; the other re-installs GRUB on updates but replaces it.
+    package = (
+        "grub-efi-amd64-bin (or grub-efi-amd64, which also re-installs GRUB on updates and "
+        "replaces grub-pc)"
+        if platform == "x86_64-efi"
+        else "grub-pc-bin (or grub-pc, which also re-installs GRUB on updates and replaces "
+        "grub-efi-amd64)"
+    )
     changes: list[str] = []
     params: dict[str, Any] = {"platform": platform, "files_from": source, "package": package}
     ss = layout.sector_size
@@ -510,9 +518,7 @@ def _plan_boot_loader(
         f"{where} starts in {firmware.upper()} mode"
     )
     if source == "rescue medium":
-        why += (
-            f"; GRUB's {platform} files come from this rescue medium (the system lacks {package})"
-        )
+        why += f"; GRUB's {platform} files come from this rescue medium (the restored system lacks them)"
     return FixUp("boot-loader", title, changes, why, params=params), None
 
 
