@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -22,17 +21,16 @@ pytestmark = [
 ]
 
 
-@pytest.mark.timeout(1800)  # a first build: debootstrap and two disks, then a TCG boot
-def test_disks_build_and_the_bios_disk_boots_on_virtio(tmp_path: Path) -> None:
+@pytest.mark.timeout(1800)  # a first build: debootstrap and two disks
+def test_disks_build_sparse_and_cached() -> None:
+    """The disks build (or come from the cache). That they boot, and where they do not, is
+    shown by tests/test_adapt_boot.py (each QEMU boot costs a minute under TCG, so the
+    fixture is not booted on its own here)."""
     bios = bootsystem.debian_disk("bios")
     uefi = bootsystem.debian_disk("uefi")
     for image in (bios, uefi):
         assert image.is_file()
         assert image.stat().st_size == bootsystem.DISK_BYTES
         assert image.stat().st_blocks * 512 < image.stat().st_size  # sparse
-
-    copy = bootsystem.copy_disk("bios", tmp_path / "bios.raw")
-    result = bootsystem.boot(copy, firmware="bios", bus="virtio", log=tmp_path / "serial.log")
-    assert result.marker, f"{result.reason} after {result.seconds} s:\n{result.tail()}"
-    assert result.marker_line is not None
-    assert "root=/dev/vda1" in result.marker_line
+        assert image.stat().st_mode & 0o222 == 0  # read-only: callers boot copies
+    assert bootsystem.debian_disk("bios") == bios  # the cache answers the second time
