@@ -284,6 +284,23 @@ def test_bus_change_warns_initramfs() -> None:
     assert f.level == "info"
 
 
+def test_for_another_machine_the_bus_is_that_machines() -> None:
+    from rescueui.core.preflight import on_other_machine
+
+    nvme_host = _host(disks=[{"name": "nvme0n1", "bus": "nvme"}])
+    docked = on_other_machine(target(256, bus="usb"), nvme_host)
+    assert docked.bus == "nvme"
+    assert run(manifest_dict(bus="virtio"), docked)["bus"].level == "warn"
+    assert run(manifest_dict(bus="nvme"), docked)["bus"].level == "ok"
+    mixed = _host(disks=[{"bus": "nvme"}, {"bus": "ata"}])
+    assert on_other_machine(target(256, bus="usb"), mixed).bus == "unknown"
+    assert (
+        run(manifest_dict(bus="nvme"), on_other_machine(target(256), mixed))["bus"].level == "info"
+    )
+    file = target(256, bus="file", kind="file")
+    assert on_other_machine(file, nvme_host) is file
+
+
 def test_virtual_physical() -> None:
     vm = HERE.to_dict() | {"virtual": "kvm"}
     metal = HERE.to_dict() | {"virtual": None}

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -579,6 +579,7 @@ def run_preflight(
         target = TargetInfo.from_path(target, image_paths=[image.dir])
     if adapt is not None and adapt.host is not None:
         host = adapt.host
+        target = on_other_machine(target, host)
     host = host if host is not None else read_host_profile()
     facts = ImageFacts.from_image(image)
     findings = check(facts, target, host=host, partition=partition, grow=grow)
@@ -592,6 +593,15 @@ def run_preflight(
         plan = plan_for_image(image, int(_get(target, "size_bytes", 0) or 0), adapt, host=host)
         findings = settle_findings(findings + plan.findings, plan)
     return findings
+
+
+def on_other_machine(target: Any, host: HostProfile) -> Any:
+    """The target as it will be on another machine: on the bus that machine's disks use
+    (when its profile names one kind), not on the bus of the dock it is written in here."""
+    if not isinstance(target, TargetInfo) or target.kind == "file":
+        return target
+    buses = {str(d.get("bus")).lower() for d in host.disks if d.get("bus")}
+    return replace(target, bus=buses.pop() if len(buses) == 1 else "unknown")
 
 
 # Findings that compare the source machine with the machine the disk is for.
