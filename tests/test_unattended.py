@@ -412,6 +412,13 @@ def test_progress_printer_throttles() -> None:
     assert len(lines) == 3
     assert "25.0%" in lines[0] and "stream p1" in lines[0]
     assert lines[1].startswith("verify")
+    # the fix-ups move no bytes: each step is its own line, in words
+    now[0] = 8.5
+    for step in ("mounting the restored system", "fix-up drivers: rebuild the initramfs"):
+        printer(Progress(job="restore", phase="adapt", bytes_done=4 * MiB, bytes_total=4 * MiB,
+                         message=step, stream="p1"))  # fmt: skip
+    assert lines[3:] == ["adapt     mounting the restored system",
+                         "adapt     fix-up drivers: rebuild the initramfs"]  # fmt: skip
 
 
 def test_cli_not_requested_and_bad_options(

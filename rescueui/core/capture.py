@@ -1060,8 +1060,15 @@ def capture(
         if not partitions and format_version >= 2:
             meter.update(phase="map", message="examining the installed system (read-only)")
             from rescueui.core.adapt import examine_disk
+            from rescueui.core.adapt.system import InstalledSystem
 
-            found = examine_disk(src, table)
+            # A source in use is not mounted a second time (a second device with the same
+            # filesystem id confuses btrfs and xfs while the first is mounted).
+            found = (
+                InstalledSystem(found=False, reason="not examined: the source was in use")
+                if busy
+                else examine_disk(src, table)
+            )
             system = found.to_dict()
             report.details["installed_system"] = found.describe()
         total = sum(p.read_bytes for p in plans)

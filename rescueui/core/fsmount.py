@@ -1,7 +1,7 @@
 """Mounting one filesystem of a disk for a while, the one way the engine does it.
 
 Read-only mounts use the options that never write, not even a journal replay:
-ext2/3/4 ``ro,noload``, xfs ``ro,norecovery``, btrfs ``ro,rescue=nologreplay``. Where
+ext2/3/4 ``ro,noload``, xfs ``ro,norecovery,nouuid``, btrfs ``ro,rescue=nologreplay``. Where
 the kernel has no driver (this may lack vfat, exFAT or NTFS), the FUSE drivers do it:
 ``fusefat`` (with ``fsname`` set to the device, so that tools probing the mount, such
 as ``grub-install``, find the device behind it), ``ntfs-3g``, ``mount.exfat-fuse``.
@@ -30,7 +30,7 @@ _READ_ONLY = {
     "ext2": "ro,noload",
     "ext3": "ro,noload",
     "ext4": "ro,noload",
-    "xfs": "ro,norecovery",
+    "xfs": "ro,norecovery,nouuid",
     "btrfs": "ro,rescue=nologreplay",
 }
 
@@ -60,7 +60,9 @@ def mount(device: str, where: str | Path, fs_type: str, *, read_only: bool) -> s
     :class:`DiskError` when it cannot be."""
     fs = fs_type.lower()
     kind = "ext4" if fs in EXT_TYPES else "vfat" if fs in FAT_TYPES else fs
-    opts = _READ_ONLY.get(fs, "ro") if read_only else "rw"
+    # xfs refuses a second filesystem with the same UUID (a restored copy of a source that
+    # is mounted here): nouuid lets the copy mount
+    opts = _READ_ONLY.get(fs, "ro") if read_only else ("rw,nouuid" if fs == "xfs" else "rw")
     try:
         _run(
             [require_tool("mount"), "-t", kind, "-o", opts, device, os.fspath(where)],

@@ -687,7 +687,12 @@ class ProgressPrinter:
         self._last_phase: str | None = None
         self._lock = threading.Lock()
 
+    # Phases that move no bytes: their line is what is being done now.
+    STEP_PHASES = ("adapt",)
+
     def line(self, p: Progress) -> str:
+        if p.phase in self.STEP_PHASES:
+            return f"{p.phase:<8}  {p.message}"
         pct = 100.0 * p.fraction
         bits = [
             f"{p.phase:<8}",
@@ -705,10 +710,11 @@ class ProgressPrinter:
 
     def __call__(self, p: Progress) -> None:
         now = self.clock()
+        key = f"{p.phase}: {p.message}" if p.phase in self.STEP_PHASES else p.phase
         with self._lock:
-            if p.phase == self._last_phase and now - self._last_time < self.interval:
+            if key == self._last_phase and now - self._last_time < self.interval:
                 return
-            self._last_phase = p.phase
+            self._last_phase = key
             self._last_time = now
         self.say(self.line(p))
 

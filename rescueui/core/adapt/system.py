@@ -283,7 +283,9 @@ def examine(view: RootView, *, list_initramfs: InitramfsLister | None = None) ->
     return system
 
 
-NOT_INSTALLED = "no partition holds an installed Linux system (/etc/os-release and /etc/fstab)"
+NOT_INSTALLED = (
+    "no partition holds an installed Linux system, one with /etc/os-release and /etc/fstab"
+)
 
 
 def looks_installed(view: RootView) -> bool:
