@@ -78,7 +78,7 @@ def debian_root(root: Path, *, grub: str = "i386-pc", policy: str = "list",
 
 
 def examined(root: Path, modules: tuple[str, ...] = ("virtio_blk", "ext4")) -> InstalledSystem:
-    return examine(RootView(root), list_initramfs=lambda k: list(modules))
+    return examine(RootView(root), list_initramfs=lambda k, tool: list(modules))
 
 
 def host(firmware: str = "uefi", drivers: tuple[str, ...] = ("nvme",), **kw: Any) -> HostProfile:

@@ -22,8 +22,8 @@ from pathlib import Path
 from rescueui.core.errors import DiskError
 from rescueui.core.tools import find_tool, require_tool
 
-EXT_TYPES = ("ext2", "ext3", "ext4")
-FAT_TYPES = ("vfat", "fat", "msdos")
+EXT_TYPES = frozenset({"ext2", "ext3", "ext4"})
+FAT_TYPES = frozenset({"vfat", "fat", "fat12", "fat16", "fat32", "msdos"})
 
 # The options that never write, per filesystem, for a read-only mount.
 _READ_ONLY = {

@@ -36,8 +36,8 @@ GPT_DEFAULT_ENTRIES = 128
 DOS_MAX_SECTORS = 2**32 - 1  # an MBR entry counts sectors in 32 bits
 ALIGN = MiB
 
-EXT_TYPES = frozenset({"ext2", "ext3", "ext4"})
-FAT_TYPES = frozenset({"vfat", "fat", "fat12", "fat16", "fat32", "msdos", "exfat"})
+EXT_TYPES = fsmount.EXT_TYPES
+FAT_TYPES = fsmount.FAT_TYPES | {"exfat"}  # not grown either
 
 
 def _gpt_tail_sectors(table: dict[str, Any], ss: int) -> int:

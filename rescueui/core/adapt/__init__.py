@@ -51,11 +51,8 @@ def examine_disk(disk: str, table: dict[str, Any] | None) -> InstalledSystem:
         with mount_system(disk, table, read_only=True) as ms:
             if ms is None:
                 return InstalledSystem(found=False, reason=NOT_INSTALLED)
-            system = examine(ms.view)
+            system = examine(ms.view, list_initramfs=initramfs_lister(ms))
             system.root_partition = ms.root_partition
-            lister = initramfs_lister(ms, system.initramfs_tool)
-            for k in system.kernels:
-                k.initramfs_modules = lister(k)
             return system
     except (RescueError, OSError) as exc:
         return InstalledSystem(found=False, reason=f"not examined: {exc}")

@@ -251,25 +251,22 @@ def run_checked(step: AdaptStep, result: CommandResult, what: str, hint: str) ->
     return result
 
 
-def initramfs_lister(
-    system: MountedSystem, tool: str | None
-) -> Callable[[Kernel], list[str] | None]:
+def initramfs_lister(system: MountedSystem) -> Callable[[Kernel, str | None], list[str] | None]:
     """List the modules in a kernel's initramfs with the system's own tool, in its chroot."""
-    command = {
-        "initramfs-tools": "lsinitramfs",
-        "dracut": "lsinitrd",
-        "mkinitcpio": "lsinitcpio",
-    }.get(tool or "", "")
 
-    def lister(kernel: Kernel) -> list[str] | None:
+    def lister(kernel: Kernel, tool: str | None) -> list[str] | None:
+        command = {
+            "initramfs-tools": "lsinitramfs",
+            "dracut": "lsinitrd",
+            "mkinitcpio": "lsinitcpio",
+        }.get(tool or "")
         if not command or not kernel.initramfs:
             return None
         result = system.run([command, kernel.initramfs], timeout=300)
         if not result.ok:
             return None
-        # the whole output, not the report's tail
         names = set()
-        for line in result.full_output.splitlines():
+        for line in result.full_output.splitlines():  # all of it, not the report's tail
             m = MODULE_FILE_RE.search(line.strip())
             if m:
                 names.add(module_name(m.group(1)))
@@ -342,10 +339,8 @@ def apply_adaptation(
                 return result
             result.notes += ms.notes
             say("examining the restored system")
-            system = examine(ms.view)
+            system = examine(ms.view, list_initramfs=initramfs_lister(ms))
             system.root_partition = ms.root_partition
-            for k in system.kernels:
-                k.initramfs_modules = initramfs_lister(ms, system.initramfs_tool)(k)
             result.system = system.describe()
             layout_now = DiskLayout(
                 table, layout.target_bytes, {n: p.uuid for n, p in ms.partitions.items() if p.uuid}
@@ -470,15 +465,7 @@ def _add_boot_partition(
     parts.append(part)
     parts.sort(key=parttable.partition_number)
     new["partitions"] = parts
-    step.commands.append(
-        CommandResult(
-            ["sfdisk", disk],
-            0,
-            f"{what}: start sector {part['start']}, {part['size']} sectors",
-            0.0,
-        )
-    )
-    parttable.write_table(disk, new)
+    parttable.write_table(disk, new)  # sfdisk, the one table writer
     parttable.tell_kernel(disk)
     if not os.path.exists(node):
         raise StepFailed(
@@ -494,7 +481,10 @@ def _add_boot_partition(
             "Making the FAT filesystem of the EFI system partition",
             "The restored data is intact; make the filesystem by hand (mkfs.vfat -F 32).",
         )
-    step.checks.append(f"{what} is in the partition table ({node}).")
+    step.checks.append(
+        f"{what} (start sector {part['start']}, {part['size']} sectors) is in the partition "
+        f"table ({node})."
+    )
     return parttable.read_table(disk) or new
 
 
@@ -633,11 +623,11 @@ def _apply_drivers(
         raise StepFailed(f"No way to rebuild an initramfs made by {tool}.", hint=hint)
     for done in watched:
         done()
-    lister = initramfs_lister(ms, tool)
+    lister = initramfs_lister(ms)
     for k in system.kernels:
         if not k.initramfs:
             continue
-        have = lister(Kernel(k.version, k.initramfs))
+        have = lister(Kernel(k.version, k.initramfs), tool)
         if have is None:
             raise StepFailed(f"The rebuilt initramfs {k.initramfs} could not be listed.", hint=hint)
         missing = [x for x in modules if x not in have and x not in k.builtin]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -180,8 +181,6 @@ def match_spec(spec: str, fstype: str, parts: dict[int, PartitionInfo]) -> Parti
 
 def udev_unescape(name: str) -> str:
     """``/dev/disk/by-label/My\\x20Disk`` -> ``My Disk`` (udev's escaping)."""
-    import re
-
     return re.sub(r"\\x([0-9a-fA-F]{2})", lambda m: chr(int(m.group(1), 16)), name)
 
 

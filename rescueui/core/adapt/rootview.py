@@ -15,6 +15,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from rescueui.core.errors import RescueError
+from rescueui.core.safefile import read_regular
+
 MAX_LINKS = 40
 MAX_FILE_BYTES = 4 << 20  # a config file; more is not a config file
 
@@ -61,19 +64,18 @@ class RootView:
             done.append(part)
         return self.root.joinpath(*done)
 
-    def is_file(self, path: str) -> bool:
+    def _mode(self, path: str) -> int:
         host = self.resolve(path)
         try:
-            return host is not None and stat.S_ISREG(os.lstat(host).st_mode)
+            return os.lstat(host).st_mode if host is not None else 0
         except OSError:
-            return False
+            return 0
+
+    def is_file(self, path: str) -> bool:
+        return stat.S_ISREG(self._mode(path))
 
     def is_dir(self, path: str) -> bool:
-        host = self.resolve(path)
-        try:
-            return host is not None and stat.S_ISDIR(os.lstat(host).st_mode)
-        except OSError:
-            return False
+        return stat.S_ISDIR(self._mode(path))
 
     def read_bytes(self, path: str, limit: int = MAX_FILE_BYTES) -> bytes | None:
         """A regular file's bytes (``None``: missing, not a regular file, or too large)."""
@@ -81,26 +83,9 @@ class RootView:
         if host is None:
             return None
         try:
-            fd = os.open(host, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:
+            return read_regular(host, limit, what="file of the restored system")
+        except (RescueError, OSError):
             return None
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
-                return None
-            chunks = []
-            total = 0
-            while total <= limit:
-                data = os.read(fd, min(1 << 20, limit + 1 - total))
-                if not data:
-                    break
-                chunks.append(data)
-                total += len(data)
-            return None if total > limit else b"".join(chunks)
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
 
     def read_text(self, path: str, limit: int = MAX_FILE_BYTES) -> str | None:
         data = self.read_bytes(path, limit)

@@ -249,15 +249,15 @@ class InstalledSystem:
 
 # --------------------------------------------------------------------------- examine
 
-InitramfsLister = Callable[[Kernel], list[str] | None]
+InitramfsLister = Callable[[Kernel, str | None], list[str] | None]
 
 
 def examine(view: RootView, *, list_initramfs: InitramfsLister | None = None) -> InstalledSystem:
     """Everything this module knows how to read from the system mounted at ``view.root``
     (its ``/boot`` and ESP mounted too, when they are separate filesystems).
 
-    ``list_initramfs(kernel)``: the module names inside a kernel's initramfs, listed by the
-    system's own tool (``lsinitramfs``, ``lsinitrd``) in a chroot; ``None`` if it cannot.
+    ``list_initramfs(kernel, initramfs_tool)``: the module names inside a kernel's initramfs,
+    listed by the system's own tool (``lsinitramfs``, ``lsinitrd``) in a chroot; ``None`` if it cannot.
     """
     if not looks_installed(view):
         return InstalledSystem(found=False, reason=NOT_INSTALLED)
@@ -273,7 +273,7 @@ def examine(view: RootView, *, list_initramfs: InitramfsLister | None = None) ->
     if list_initramfs is not None:
         for k in system.kernels:
             if k.initramfs:
-                k.initramfs_modules = list_initramfs(k)
+                k.initramfs_modules = list_initramfs(k, system.initramfs_tool)
     _boot_loader(view, system)
     _network(view, system)
     system.kernel_names = kernel_name_lines(view)
