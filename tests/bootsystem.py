@@ -726,6 +726,67 @@ def qemu_command(
     ]  # fmt: skip
 
 
+def qemu_command_from_libvirt(xml_path: Path, *, tmp: Path) -> list[str]:
+    """The QEMU command line for the libvirt domain ``xml_path``, from its own values:
+    machine type, firmware (``<os firmware="efi">``: OVMF), vCPUs, memory, the disk (file,
+    format, bus) and the network card (model, MAC). Only what ``rescueui restore --to-vm``
+    writes is understood; anything else raises, so a test cannot boot something other than
+    what the definition says. The CPU model stays ``qemu64`` (TCG here)."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.parse(xml_path).getroot()
+    os_el = root.find("os")
+    assert os_el is not None
+    type_el = os_el.find("type")
+    machine = type_el.get("machine") if type_el is not None else None
+    if machine not in ("q35", "pc"):
+        raise ValueError(f"machine type {machine!r} not understood")
+    firmware = "uefi" if os_el.get("firmware") == "efi" else "bios"
+    vcpus = int(root.findtext("vcpu") or "0")
+    mem = root.find("memory")
+    assert mem is not None and mem.get("unit") == "KiB", "memory in KiB expected"
+    memory_mib = int(mem.text or "0") // 1024
+    disks = [d for d in root.iter("disk") if d.get("device") == "disk"]
+    if len(disks) != 1:
+        raise ValueError(f"expected one disk, found {len(disks)}")
+    d = disks[0]
+    src, drv, tgt = d.find("source"), d.find("driver"), d.find("target")
+    assert src is not None and drv is not None and tgt is not None
+    drive = f"if=none,id=d0,file={src.get('file')},format={drv.get('type')},cache=unsafe"
+    bus = tgt.get("bus")
+    if bus == "virtio":
+        disk_args = ["-drive", drive, "-device", "virtio-blk-pci,drive=d0"]
+    elif bus == "sata" and machine == "q35":
+        disk_args = ["-drive", drive, "-device", "ide-hd,drive=d0,bus=ide.0"]  # ICH9 AHCI
+    else:
+        raise ValueError(f"disk bus {bus!r} on {machine} not understood")
+    nics = list(root.iter("interface"))
+    nic_args = ["-nic", "none"]
+    if nics:
+        model = nics[0].find("model")
+        mac = nics[0].find("mac")
+        qemu_model = {"virtio": "virtio-net-pci", "e1000": "e1000"}[model.get("type") if model is not None else ""]
+        nic_args = ["-nic", f"user,model={qemu_model},mac={mac.get('address') if mac is not None else ''}"]
+    return [
+        "qemu-system-x86_64", "-accel", "tcg", "-cpu", "qemu64", "-machine", machine,
+        "-smp", str(vcpus), "-m", str(memory_mib),
+        "-nodefaults", "-display", "none", "-vga", "none", "-monitor", "none",
+        "-serial", "stdio", "-no-reboot",
+        *_firmware_args(firmware, tmp), *disk_args, *nic_args,
+    ]  # fmt: skip
+
+
+def boot_libvirt_xml(xml_path: Path, *, timeout: float = 300, log: Path | None = None) -> BootResult:
+    """Boot the VM a libvirt domain describes (:func:`qemu_command_from_libvirt`) like
+    :func:`boot`; the disk it names must not be a cached pristine one."""
+    with tempfile.TemporaryDirectory(prefix="rescueui-boot-") as tmpname:
+        cmd = qemu_command_from_libvirt(xml_path, tmp=Path(tmpname))
+        disk = Path(cmd[cmd.index("-drive") + 1].split("file=")[1].split(",")[0])
+        if disk.resolve().is_relative_to(CACHE_ROOT.resolve()):
+            raise ValueError(f"{disk} is a cached pristine disk: boot a copy")
+        return _run_qemu(cmd, timeout=timeout, log=log)
+
+
 def boot(
     disk: Path,
     *,

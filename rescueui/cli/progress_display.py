@@ -213,6 +213,7 @@ CLI_ACTIONS = {
     "restore-partition": "(--partition N TARGET_PARTITION)",
     "whole-disk": "(leave out --partition)",
     "allow-mounted": "(--allow-mounted)",
+    "new-name": "(another --name, or another file name)",
 }
 """How the command line offers the engine's next steps (``RescueError.action``)."""
 

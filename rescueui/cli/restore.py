@@ -25,24 +25,23 @@ and be large enough.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import os
 import re
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rescueui.cli.adapt_options import adapt_options, add_adapt_arguments
 from rescueui.cli.output import partition_number, say
 from rescueui.cli.progress_display import ProgressDisplay
+from rescueui.cli.vm_options import add_vm_arguments, vm_only_options
 from rescueui.core.errors import (
     CancelledError,
     RescueError,
     UnsafeTargetError,
 )
 from rescueui.core.image import MAX_STREAM_BYTES
+from rescueui.core.targets.newfile import NewFile, create_new_file
 from rescueui.core.units import human_duration, human_rate, human_size
 
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE | re.ASCII)
@@ -69,7 +68,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "success.",
     )
     p.add_argument("image_dir", metavar="IMAGE", help=IMAGE_HELP)
-    p.add_argument("target", metavar="TARGET", help="target disk, partition or disk image file")
+    p.add_argument(
+        "target",
+        metavar="TARGET",
+        nargs="?",
+        help="target disk, partition or disk image file (none with --to-vm)",
+    )
     p.add_argument(
         "--partition",
         type=partition_number,
@@ -121,6 +125,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "source disk's size)",
     )
     add_adapt_arguments(p)
+    add_vm_arguments(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress display")
 
@@ -149,31 +154,7 @@ def check_size(size: int, text: str) -> int:
     return size
 
 
-@dataclass(frozen=True)
-class CreatedFile:
-    """A target file this run made with ``--create``: only this very file (same inode) is
-    ever removed again."""
-
-    path: str
-    dev: int
-    ino: int
-
-    def still_ours(self) -> bool:
-        try:
-            st = os.lstat(self.path)
-        except OSError:
-            return False
-        return (st.st_dev, st.st_ino) == (self.dev, self.ino)
-
-    def remove(self) -> bool:
-        """Remove the file if it is still the one this run created; True if it is gone."""
-        if not self.still_ours():
-            return False
-        try:
-            os.unlink(self.path)
-        except OSError:
-            return False
-        return True
+CreatedFile = NewFile  # a file this run made with --create
 
 
 def create_file_target(path: str, size_text: str, image_dir: str) -> CreatedFile:
@@ -189,40 +170,7 @@ def create_file_target(path: str, size_text: str, image_dir: str) -> CreatedFile
         check_size(size, size_text)
     else:
         size = parse_size(size_text)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    except FileExistsError as exc:
-        raise UnsafeTargetError(
-            f"{path} already exists; --create only makes new files.",
-            hint="Leave out --create to restore onto the existing file, or choose a new name.",
-        ) from exc
-    except OSError as exc:
-        raise RescueError(
-            f"Cannot create {path}: {exc.strerror}.",
-            hint="Check the folder exists and can be written, or choose another place.",
-        ) from exc
-    try:
-        st = os.fstat(fd)
-        created = CreatedFile(path, st.st_dev, st.st_ino)
-    except BaseException:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-        raise
-    try:
-        os.ftruncate(fd, size)
-    except OSError as exc:
-        created.remove()
-        raise RescueError(
-            f"Cannot make {path} {human_size(size)} ({size} bytes) large: {exc.strerror}.",
-            hint="Choose a smaller size or a filesystem that holds files this large "
-            "(FAT: at most 4 GiB).",
-        ) from exc
-    except BaseException:
-        created.remove()
-        raise
-    finally:
-        os.close(fd)
+    created = create_new_file(path, size)
     say("Created {} ({}, {} bytes).", path, human_size(size), size)
     return created
 
@@ -317,7 +265,46 @@ def _created_note(created: CreatedFile | None, exc: RescueError | None, image_di
     return ""
 
 
+def _check_target_args(args: argparse.Namespace) -> None:
+    if args.to_vm is not None:
+        clash = [
+            opt
+            for opt, given in (
+                ("TARGET", args.target is not None),
+                ("--partition", args.partition is not None),
+                ("--create", args.create is not None),
+                ("--resume", args.resume),
+            )
+            if given
+        ]
+        if clash:
+            raise RescueError(
+                f"--to-vm makes a new VM disk; {', '.join(clash)} cannot go with it.",
+                hint="Leave them out, or restore onto a disk without --to-vm.",
+            )
+        return
+    if args.target is None:
+        raise RescueError(
+            "No TARGET given.", hint="Name the target disk, partition or file, or use --to-vm DIR."
+        )
+    stray = vm_only_options(args)
+    if stray:
+        raise RescueError(
+            f"{', '.join(stray)} only apply with --to-vm.",
+            hint="Add --to-vm DIR, or leave them out.",
+        )
+
+
 def run(args: argparse.Namespace) -> int:
+    try:
+        _check_target_args(args)
+    except RescueError as exc:
+        from rescueui.cli.output import say as _say
+
+        _say("rescueui restore: {}", exc)
+        return 2
+    if args.to_vm is not None:
+        return run_to_vm(args)
     from rescueui.cli.progress_display import job_failed, run_job
     from rescueui.core.identity import confirm_target, confirmation_code, identity_of
     from rescueui.core.restore import plan_restore, restore
@@ -380,6 +367,68 @@ def run(args: argparse.Namespace) -> int:
         display=None if args.quiet else RestoreDisplay("restore"),
         after=lambda exc: _created_note(created, exc, args.image_dir),
     )
+
+
+def run_to_vm(args: argparse.Namespace) -> int:
+    """``--to-vm DIR``: the restore into a new VM's disk, and its definition."""
+    from rescueui.cli.progress_display import job_failed, run_job
+    from rescueui.cli.vm_options import vm_adapt_options, vm_request
+    from rescueui.core.restore import restore
+    from rescueui.core.vm.job import plan_vm_restore
+
+    try:
+        request = vm_request(args)
+        plan = plan_vm_restore(
+            args.image_dir,
+            request,
+            adapt=vm_adapt_options(args),
+            accept_warnings=args.accept_warnings,
+            accepted_codes=args.accept_warning,
+            acknowledged_by="--accept-warnings" if args.accept_warnings else "--accept-warning",
+        )
+    except RescueError as exc:
+        return job_failed(
+            "restore",
+            exc,
+            as_json=args.json,
+            report_dir=_image_reports(args.image_dir),
+            fields={"source": args.image_dir, "image_dir": args.image_dir, "target": args.to_vm},
+        )
+    if not args.quiet:
+        show_vm_plan(plan)
+    return run_job(
+        "restore",
+        lambda progress, cancel: restore(plan, progress=progress, cancel=cancel),
+        quiet=args.quiet,
+        as_json=args.json,
+        display=None if args.quiet else RestoreDisplay("restore"),
+    )
+
+
+def show_vm_plan(plan: Any) -> None:
+    """The VM to be made and the pre-flight findings (nothing existing is overwritten, so
+    no confirmation code is asked)."""
+    vm = plan.final_step.vm
+    say("Image:   {}", plan.image.dir)
+    shown = [f for f in plan.findings if getattr(f, "level", "ok") in ("info", "warn", "stop")]
+    if shown:
+        say("Pre-flight:")
+        for f in shown:
+            say("  [{}] {}", f.level.upper(), f.message)
+    for a in plan.acknowledgements:
+        say("  [ACK] {}: acknowledged by {}", a.code, a.by)
+    say(
+        "VM:      {} -- {} vCPU(s), {}, {}, disk {} ({}, {}), network card {}",
+        vm.name,
+        vm.vcpus,
+        human_size(vm.memory_bytes),
+        vm.firmware.upper(),
+        vm.disk_file,
+        vm.disk_format,
+        vm.disk_bus,
+        vm.nic_model,
+    )
+    say("Writes:  new files in {} (nothing existing is overwritten)", plan.final_step.folder)
 
 
 class RestoreDisplay(ProgressDisplay):

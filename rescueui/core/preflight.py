@@ -567,13 +567,16 @@ def run_preflight(
     partition: int | None = None,
     grow: bool = True,
     adapt: AdaptOptions | None = None,
+    vm: Any = None,
 ) -> list[Finding]:
     """All findings for restoring ``image`` onto ``target`` on this machine.
 
     ``target``: a :class:`TargetInfo` (or the restore's TargetInfo, or a path, which is
     turned into one). ``partition``: restore only that image partition onto a target
     partition. ``host`` defaults to :func:`read_host_profile`; ``adapt``: the fix-ups the
-    operator chose and the machine they are for (its profile replaces ``host``).
+    operator chose and the machine they are for (its profile replaces ``host``). ``vm``:
+    the target is the disk of a new virtual machine (:class:`rescueui.core.vm.machine.
+    VmMachine`): its ``vm.*`` findings replace the CPU, memory and bus comparisons.
     """
     if isinstance(target, str | Path):
         target = TargetInfo.from_path(target, image_paths=[image.dir])
@@ -586,6 +589,8 @@ def run_preflight(
     if adapt is not None and adapt.host is not None:
         findings = [_for_other_machine(f) for f in findings]
     findings += _check_unused_space(facts, target, partition)
+    if vm is not None:
+        findings = list(vm.findings) + [f for f in findings if f.code not in _VM_DECIDES]
     if adapt is not None and partition is None and facts.whole_disk:
         from rescueui.core.adapt import plan_for_image
         from rescueui.core.adapt.plan import settle_findings
@@ -603,6 +608,10 @@ def on_other_machine(target: Any, host: HostProfile) -> Any:
     buses = {str(d.get("bus")).lower() for d in host.disks if d.get("bus")}
     return replace(target, bus=buses.pop() if len(buses) == 1 else "unknown")
 
+
+# Comparisons a new virtual machine's own findings (vm.cpus, vm.memory, vm.disk) replace:
+# the VM is made to fit, so the plan says what it gets instead.
+_VM_DECIDES = ("cpus", "memory", "bus")
 
 # Findings that compare the source machine with the machine the disk is for.
 _HOST_CODES = ("firmware", "cpus", "memory", "virtual", "model", "nics")

@@ -41,7 +41,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from rescueui.core import parttable
 from rescueui.core import preflight as preflight_mod
@@ -111,6 +111,7 @@ class RestorePlan:
     zero_ranges: bool = True  # False: write zero chunks as plain writes (benchmarks)
     exact: bool = False  # True: make the space no filesystem uses zero too, on any target
     adapt: Any = None  # adapt.plan.AdaptPlan: the fix-ups after the restore (None: none)
+    final_step: FinalStep | None = None  # e.g. the virtual machine made of the restored disk
     unused: UnusedSpace = field(
         default_factory=lambda: UnusedSpace(True, "not decided")  # set by plan_restore
     )
@@ -196,6 +197,7 @@ def run_preflight_hook(
     accepted_codes: Iterable[str] = (),
     acknowledged_by: str | None = None,
     adapt: Any = None,
+    vm: Any = None,
 ) -> tuple[list[Any], list[Any], preflight_mod.TargetInfo]:
     """Run the pre-flight checks; returns (findings, acknowledgements, target info).
 
@@ -207,7 +209,9 @@ def run_preflight_hook(
     """
     by = acknowledged_by or ("all warnings accepted at once" if accept_warnings else "operator")
     info = preflight_mod.TargetInfo.from_path(ident.path, image_paths=[image.path])
-    findings = preflight_mod.run_preflight(image, info, partition=partition, grow=grow, adapt=adapt)
+    findings = preflight_mod.run_preflight(
+        image, info, partition=partition, grow=grow, adapt=adapt, vm=vm
+    )
     try:
         acks = preflight_mod.gate(
             findings,
@@ -235,6 +239,7 @@ def plan_restore(
     preflight: bool = True,
     exact: bool = False,
     adapt: Any = None,
+    vm: Any = None,
 ) -> RestorePlan:
     """Check everything that can be checked without writing; raise if the job is refused.
 
@@ -247,7 +252,8 @@ def plan_restore(
     ``accepted_codes`` (the TUI). A warning whose code is not acknowledged refuses the
     job, as does any stop finding. ``acknowledged_by`` is recorded with each
     acknowledgement (who), with the warning (what) and the time (when), in
-    ``plan.acknowledgements`` and in the report.
+    ``plan.acknowledgements`` and in the report. ``vm``: the target file is the disk of a
+    new virtual machine (its findings join the pre-flight's; see :mod:`rescueui.core.vm`).
     """
     try:
         return _plan_restore(
@@ -263,6 +269,7 @@ def plan_restore(
             preflight=preflight,
             exact=exact,
             adapt=adapt,
+            vm=vm,
         )
     except RescueError as exc:
         _refusal_report(image_dir, target, partition, exc)
@@ -310,6 +317,7 @@ def _plan_restore(
     preflight: bool,
     exact: bool,
     adapt: Any,
+    vm: Any,
 ) -> RestorePlan:
     accepted = accepted_codes
     image = open_image(image_dir)  # any kind: our folders, VM disks, raw images
@@ -361,6 +369,7 @@ def _plan_restore(
                 accepted_codes=accepted,
                 acknowledged_by=acknowledged_by,
                 adapt=adapt,
+                vm=vm,
             )
         adapt_plan = None
         if adapt is not None and adapt.enabled and partition is None:
@@ -394,6 +403,29 @@ def _plan_restore(
 
 
 # ------------------------------------------------------------------ restoring
+
+
+class StepContext(Protocol):
+    """What a :class:`FinalStep` may use of the running restore."""
+
+    report: JobReport
+
+    def set_phase(self, phase: str, phase_total: int, message: str = "") -> None: ...
+    def advance(self, n: int, message: str = "") -> None: ...
+    def cancelled(self) -> bool: ...
+
+
+class FinalStep(Protocol):
+    """A last step of the job, after the verify and the fix-ups (e.g. turning the restored
+    disk file into a virtual machine). ``bytes_total`` counts in the job's progress."""
+
+    bytes_total: int
+
+    def run(self, ctx: StepContext) -> None: ...
+
+    def failed(self, report: JobReport, outcome: str) -> None:
+        """The job did not succeed (``outcome`` failed / cancelled): clean up what the
+        step owns and say so in ``report`` (before it is written)."""
 
 
 class _Phases:
@@ -521,6 +553,11 @@ def restore(
         report.bytes_total = job.meter.bytes_total
         with contextlib.suppress(Exception):
             image.close()
+        if error is not None and plan.final_step is not None:
+            try:
+                plan.final_step.failed(report, outcome)
+            except Exception as exc:  # the report is written all the same
+                report.warnings.append(f"Cleaning up after the failure failed: {exc}")
     report.finish(outcome, error)
     report.write(_report_dir(image))
     if error is not None:
@@ -548,7 +585,7 @@ class _RestoreJob:
         # thread; the read-back verify reads the target and may use them all.
         self.workers = 1 if plan.image.sequential else plan.workers
         self.phases = _Phases()
-        total = segments.total_bytes * (2 if plan.verify else 1)
+        total = self._total(segments)
         self.meter = ProgressMeter("restore", total, progress or (lambda _p: None))
         self._use_segments(segments)
         self.chunks_done = 0
@@ -559,7 +596,7 @@ class _RestoreJob:
         """The work of this restore (again, when the unused space is left after all)."""
         self.segments = segments
         self.write_total = segments.total_bytes
-        total = self.write_total * (2 if self.plan.verify else 1)
+        total = self._total(segments)
         if total != self.meter.bytes_total:
             self._set_total(total)
         # chunks per stream ("fill": the zero ranges no stream covers), for the counters
@@ -572,6 +609,11 @@ class _RestoreJob:
             "left_bytes": segments.left_bytes,
             "left_ranges": len(segments.left),
         }
+
+    def _total(self, segments: SegmentTable) -> int:
+        """The bytes of the whole job: written, read back, and the final step's."""
+        step = self.plan.final_step.bytes_total if self.plan.final_step is not None else 0
+        return segments.total_bytes * (2 if self.plan.verify else 1) + step
 
     def _probe_zeroing(self, handle: TargetHandle) -> None:
         """The target said it zeroes fast: check it on the first unused range before the
@@ -699,8 +741,18 @@ class _RestoreJob:
             finally:
                 pool.close()
                 handle.close()
+            if plan.final_step is not None:
+                plan.final_step.run(self)
             self.phases.stop()
             self.meter.update(phase="done", message="restore complete")
+
+    def advance(self, n: int, message: str = "") -> None:
+        """A final step's progress: ``n`` more bytes of its phase done."""
+        self.phases.add(n)
+        if message:
+            self.meter.advance(n, message=message)
+        else:
+            self.meter.advance(n)
 
     def _start_position(self, pool: BufferPool) -> int:
         plan = self.plan

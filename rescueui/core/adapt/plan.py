@@ -284,6 +284,27 @@ def settle_findings(findings: list[Finding], plan: AdaptPlan) -> list[Finding]:
 # --------------------------------------------------------------------------- drivers
 
 
+def initramfs_missing(
+    system: InstalledSystem, modules: list[str], *, newest_only: bool = False
+) -> tuple[dict[str, list[str]], list[str]]:
+    """Which of ``modules`` each kernel's initramfs lacks (built-in ones count as there):
+    ({kernel version: missing modules}, [versions whose initramfs was not listed]).
+    ``newest_only``: only the kernel that boots by default."""
+    lacking: dict[str, list[str]] = {}
+    unknown: list[str] = []
+    for k in system.kernels[:1] if newest_only else system.kernels:
+        if k.initramfs is None:
+            continue
+        if k.initramfs_modules is None:
+            unknown.append(k.version)
+            continue
+        have = set(k.initramfs_modules) | set(k.builtin)
+        miss = [m for m in modules if m not in have]
+        if miss:
+            lacking[k.version] = miss
+    return lacking, unknown
+
+
 def needed_drivers(host: HostProfile) -> tuple[list[str], list[str]]:
     """(storage modules, network modules) the initramfs needs on ``host``."""
     storage = sorted(d for d in host.storage_drivers if not _NOT_FOR_ROOT.match(d))
@@ -324,18 +345,7 @@ def _plan_drivers(
         return fix, stop
     nic_absent = [m for m in network if newest.modules and m not in newest.modules]
     modules = [m for m in storage + network if m not in nic_absent]
-    lacking: dict[str, list[str]] = {}
-    unknown: list[str] = []
-    for k in system.kernels:
-        if k.initramfs is None:
-            continue
-        if k.initramfs_modules is None:
-            unknown.append(k.version)
-            continue
-        have = set(k.initramfs_modules) | set(k.builtin)
-        miss = [m for m in modules if m not in have]
-        if miss:
-            lacking[k.version] = miss
+    lacking, unknown = initramfs_missing(system, modules)
     hostonly = system.initramfs_policy in (
         "MODULES=dep",
         "MODULES=list",

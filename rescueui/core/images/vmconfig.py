@@ -665,3 +665,33 @@ def _parse_vbox(root: _El, path: Path, image_name: str) -> VmConfig | None:
         cfg.nics.append(_nic(n, net.attrs.get("type") or "Am79C973", mac))
         n += 1
     return cfg
+
+
+# --------------------------------------------------------------------------- public readers
+
+
+def read_definition(path: str | Path, disk_name: str) -> VmConfig:
+    """The VM definition ``path`` (libvirt, .vmx, .ovf, .ova, .vbox) as this module reads a
+    configuration found next to a VM disk, for the disk named ``disk_name``. Untrusted like
+    any configuration; :class:`RescueError` names the file and why it cannot be used."""
+    p = Path(path)
+    try:
+        cfg = _read_config(p, disk_name)
+    except _Refused as exc:
+        raise RescueError(f"The VM definition {p} cannot be used: {exc}.") from None
+    except RescueError:
+        raise
+    except (OSError, tarfile.TarError, UnicodeError) as exc:
+        raise RescueError(f"The VM definition {p} cannot be read: {exc}.") from None
+    if cfg is None:
+        raise RescueError(f"{p} is not a VM definition (no libvirt <domain>).")
+    return cfg
+
+
+def parse_config_xml(data: bytes) -> Any:
+    """A bounded element tree (``tag``, ``attrs``, ``children``, ``find``, ``iter``) of
+    untrusted XML; :class:`RescueError` when it is not safe, well-formed XML."""
+    try:
+        return _parse_xml(data)
+    except _Refused as exc:
+        raise RescueError(f"Cannot read this XML: {exc}.") from None
