@@ -212,6 +212,35 @@ def copy_disk(kind: str, dest: Path) -> Path:
     return dest
 
 
+SATA_MODULES = ("ahci", "libahci", "sd_mod", "ext4")
+
+
+def sata_server_disk(dest: Path) -> Path:
+    """A copy of the BIOS disk made to look like a physical server's: its initramfs has the
+    SATA (AHCI) drivers and no virtio one (rebuilt by the system's own update-initramfs,
+    checked by its lsinitramfs), and its fstab names the root by UUID. Raises if the rebuilt
+    initramfs still has virtio_blk or lacks ahci."""
+    disk = copy_disk("bios", dest)
+    with _loop(disk, 1) as (_dev, parts):
+        root = dest.parent / f"{dest.name}.root"
+        with _mounted(parts[0], root):
+            version = _kernel_version(root)
+            (root / "etc/initramfs-tools/modules").write_text(
+                "# rescueui test system: a physical server's SATA disk, no virtio\n"
+                + "".join(f"{m}\n" for m in SATA_MODULES)
+            )
+            uuid = _blkid(parts[0], "UUID")
+            (root / "etc/fstab").write_text(f"UUID={uuid} / ext4 errors=remount-ro 0 1\n")
+            with _chroot(root, devices=(parts[0],)):
+                _in_root(root, "update-initramfs", "-u", "-k", version)
+                listing = _in_root(root, "lsinitramfs", f"/boot/initrd.img-{version}")
+        root.rmdir()
+    modules = {Path(p).name.split(".ko")[0] for p in listing.splitlines() if ".ko" in p}
+    if "virtio_blk" in modules or "ahci" not in modules:
+        raise RuntimeError(f"the rebuilt initramfs is not SATA-only: {sorted(modules)}")
+    return disk
+
+
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
     with open(path, "a+") as f:
@@ -765,8 +794,13 @@ def qemu_command_from_libvirt(xml_path: Path, *, tmp: Path) -> list[str]:
     if nics:
         model = nics[0].find("model")
         mac = nics[0].find("mac")
-        qemu_model = {"virtio": "virtio-net-pci", "e1000": "e1000"}[model.get("type") if model is not None else ""]
-        nic_args = ["-nic", f"user,model={qemu_model},mac={mac.get('address') if mac is not None else ''}"]
+        qemu_model = {"virtio": "virtio-net-pci", "e1000": "e1000"}[
+            model.get("type") if model is not None else ""
+        ]
+        nic_args = [
+            "-nic",
+            f"user,model={qemu_model},mac={mac.get('address') if mac is not None else ''}",
+        ]
     return [
         "qemu-system-x86_64", "-accel", "tcg", "-cpu", "qemu64", "-machine", machine,
         "-smp", str(vcpus), "-m", str(memory_mib),
@@ -776,7 +810,9 @@ def qemu_command_from_libvirt(xml_path: Path, *, tmp: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def boot_libvirt_xml(xml_path: Path, *, timeout: float = 300, log: Path | None = None) -> BootResult:
+def boot_libvirt_xml(
+    xml_path: Path, *, timeout: float = 300, log: Path | None = None
+) -> BootResult:
     """Boot the VM a libvirt domain describes (:func:`qemu_command_from_libvirt`) like
     :func:`boot`; the disk it names must not be a cached pristine one."""
     with tempfile.TemporaryDirectory(prefix="rescueui-boot-") as tmpname:

@@ -1,4 +1,5 @@
-"""Command line front end: ``rescueui [--demo] | disks | host | capture | restore | verify | preflight``.
+"""Command line front end: ``rescueui [--demo] | disks | host | capture | restore | verify |
+preflight | inspect | unattended | vm-check``.
 
 Thin by rule: each sub-command lives in its own module (``rescueui/cli/<name>.py``)
 exposing ``add_parser(subparsers)`` and ``run(args) -> int``; no business rule here.
@@ -28,6 +29,7 @@ COMMANDS = (
     "inspect",
     "preflight",
     "unattended",
+    "vm-check",
 )
 
 
@@ -68,7 +70,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     wanted = _command_of(argv)
     for name in COMMANDS if wanted is None else (wanted,):
-        module = importlib.import_module(f"rescueui.cli.{name}")
+        module = importlib.import_module(f"rescueui.cli.{name.replace('-', '_')}")
         module.add_parser(sub)
     return parser
 
@@ -81,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from rescueui.cli.app import run_app
 
             return run_app(args)
-        module = importlib.import_module(f"rescueui.cli.{args.command}")
+        module = importlib.import_module(f"rescueui.cli.{args.command.replace('-', '_')}")
         return int(module.run(args))
     except RescueError as exc:
         say("rescueui: {}", exc)

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from rich.text import Text
 
 from rescueui.cli.adapt_options import adapt_options, add_adapt_arguments
 from rescueui.cli.output import console as safe_console
 from rescueui.cli.output import echo_json, partition_number, plain
+from rescueui.cli.vm_options import add_vm_arguments, vm_only_options
+from rescueui.core.errors import RescueError
 from rescueui.core.images import open_image
 from rescueui.core.preflight import Finding, TargetInfo, preflight_report, run_preflight, stops
 
@@ -41,7 +44,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument(
         "target",
         metavar="TARGET",
-        help="target disk (e.g. /dev/sdb), target partition with --partition, or a disk image file",
+        nargs="?",
+        help="target disk (e.g. /dev/sdb), target partition with --partition, or a disk image "
+        "file (none with --to-vm)",
     )
     p.add_argument(
         "--partition",
@@ -55,6 +60,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         help="as for a restore that keeps the image's partition sizes on a larger disk",
     )
     add_adapt_arguments(p)
+    add_vm_arguments(p)
     p.add_argument("--json", action="store_true", help="print the findings as JSON")
 
 
@@ -87,7 +93,25 @@ def summary(findings: list[Finding]) -> str:
     return "OK: nothing stops this restore."
 
 
-def run(args: argparse.Namespace) -> int:
+def _findings(args: argparse.Namespace) -> tuple[list[Finding], str, Any]:
+    """(findings, what the target is called, the VM planned or None)."""
+    if args.to_vm is not None:
+        if args.target is not None or args.partition is not None:
+            raise RescueError(
+                "--to-vm checks a new VM disk; a TARGET or --partition cannot go with it."
+            )
+        from rescueui.cli.vm_options import vm_adapt_options, vm_request
+        from rescueui.core.vm.job import preflight_vm
+
+        vm, findings = preflight_vm(args.image_dir, vm_request(args), adapt=vm_adapt_options(args))
+        return findings, f"new VM {vm.name} in {args.to_vm}", vm
+    if args.target is None:
+        raise RescueError(
+            "No TARGET given.", hint="Name the target disk, partition or file, or use --to-vm DIR."
+        )
+    stray = vm_only_options(args)
+    if stray:
+        raise RescueError(f"{', '.join(stray)} only apply with --to-vm.")
     with open_image(args.image_dir) as image:
         target = TargetInfo.from_path(args.target, image_paths=[image.path])
         findings = run_preflight(
@@ -97,19 +121,26 @@ def run(args: argparse.Namespace) -> int:
             grow=not args.no_grow,
             adapt=adapt_options(args) if args.partition is None else None,
         )
+    return findings, target.path, None
+
+
+def run(args: argparse.Namespace) -> int:
+    findings, target_name, vm = _findings(args)
     code = EXIT_STOP if stops(findings) else 0
     if args.json:
         out = preflight_report(findings)
         out["image"] = str(args.image_dir)
-        out["target"] = target.path
+        out["target"] = target_name
         out["partition"] = args.partition
+        if vm is not None:
+            out["vm"] = vm.to_dict()
         echo_json(out)
         return code
     console = safe_console(soft_wrap=True)
     head = Text("Pre-flight: ")
     head.append_text(plain(args.image_dir))
     head.append(" -> ")
-    head.append_text(plain(target.path))
+    head.append_text(plain(target_name))
     if args.partition:
         head.append(f" (image partition {args.partition})")
     console.print(head)

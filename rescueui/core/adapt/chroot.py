@@ -269,11 +269,17 @@ def mount_system(
             p = parts[n]
             if p.fs_type not in LINUX_ROOT_TYPES:
                 continue
+            # Looked at read-only first: a data partition is never mounted for writing (a
+            # mount writes its superblock), only the one that holds the system.
             try:
-                fsmount.mount(p.device, root_dir, p.fs_type, read_only=read_only)
+                fsmount.mount(p.device, root_dir, p.fs_type, read_only=True)
             except RescueError:
                 continue
-            if looks_installed(RootView(root_dir)):
+            installed = looks_installed(RootView(root_dir))
+            if installed and not read_only:
+                fsmount.unmount(root_dir)
+                fsmount.mount(p.device, root_dir, p.fs_type, read_only=False)  # raises: said
+            if installed:
                 found = MountedSystem(disk, root_dir, n, parts, read_only)
                 found.mounts.append((root_dir, p.device))
                 stack.callback(_release, found)

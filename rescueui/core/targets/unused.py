@@ -132,6 +132,10 @@ def unused_space_of(path: str, *, exact: bool = False) -> UnusedSpace:
     """:func:`unused_space` for a target named by its path (the pre-flight's view)."""
     try:
         st = os.stat(path)
+    except FileNotFoundError:
+        # not there yet: the new disk image file a job will make in an existing folder
+        kind = "file" if os.path.isdir(os.path.dirname(os.path.abspath(path))) else "block"
+        return unused_space(kind, None, exact=exact)
     except OSError:
         return unused_space("block", None, exact=exact)
     if stat.S_ISREG(st.st_mode):

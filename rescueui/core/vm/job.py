@@ -163,7 +163,7 @@ def preflight_vm(
         extra.append(_space_finding(vm, folder, _data_bytes(image)))
         vm.findings += extra
         target = TargetInfo(
-            path=str(files.get("work", files["disk"])),
+            path=str(files["disk"]),
             size_bytes=vm.disk_bytes,
             logical_sector_size=512,
             physical_sector_size=512,
