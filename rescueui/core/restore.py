@@ -272,12 +272,17 @@ def plan_restore(
             vm=vm,
         )
     except RescueError as exc:
-        _refusal_report(image_dir, target, partition, exc)
+        _refusal_report(image_dir, target, partition, exc, vm=vm)
         raise
 
 
 def _refusal_report(
-    image_dir: str | Path, target: ConfirmedTarget, partition: int | None, exc: RescueError
+    image_dir: str | Path,
+    target: ConfirmedTarget,
+    partition: int | None,
+    exc: RescueError,
+    *,
+    vm: Any = None,
 ) -> JobReport:
     """The report of a restore refused while planning (nothing was written); attached to the
     error as ``exc.report``. Written next to the image when its folder can take it."""
@@ -294,6 +299,11 @@ def _refusal_report(
     if findings:
         report.findings = list(findings)
     report.notes.append("The restore was refused while it was planned; nothing was written.")
+    if vm is not None:
+        report.details["vm"] = vm.to_dict()
+        report.notes.append(
+            f"The disk file {target.path} made for the new virtual machine is removed again."
+        )
     report.finish("refused", exc)
     # Next to the image only when the folder is one (holds a manifest); else the fallback folder.
     folder = Path(image_dir)

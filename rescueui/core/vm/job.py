@@ -229,21 +229,11 @@ def plan_vm_restore(
             accepted_codes=tuple(accepted_codes),
             acknowledged_by=acknowledged_by,
         )
-    except BaseException as exc:
-        work.remove()
-        report = getattr(exc, "report", None)
-        if report is not None:
-            report.notes.append(f"{work.path} was made for this job and removed again.")
-            report.details["vm"] = vm.to_dict()
-            report.write(None if not _is_image_folder(image_dir) else Path(image_dir) / "reports")
+    except BaseException:
+        work.remove()  # the refusal report (written by plan_restore) says so
         raise
     plan.final_step = VmExport(vm=vm, folder=folder, files=files, work=work, image=str(image_dir))
     return plan
-
-
-def _is_image_folder(image_dir: str | Path) -> bool:
-    m = Path(image_dir) / "manifest.json"
-    return m.is_file() and not m.is_symlink()
 
 
 @dataclass
