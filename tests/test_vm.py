@@ -231,17 +231,20 @@ def test_4_vcpu_8g_vm_fitted_to_a_2_cpu_4g_host(web01: Path, tmp_path: Path, how
 
 
 @needs_tools
-def test_vmdk_with_a_vmx_reads_back_as_written(web01: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["vmx", "ovf"])
+def test_vmdk_with_a_vmx_or_ovf_reads_back_as_written(
+    web01: Path, tmp_path: Path, kind: str
+) -> None:
     out = tmp_path / "vmware"
     out.mkdir()
     done = rescueui(
-        "restore", web01, "--to-vm", out, "--format", "vmdk", "--definition", "vmx",
+        "restore", web01, "--to-vm", out, "--format", "vmdk", "--definition", kind,
         "--name", "web01-vmw", "--vcpus", "2", "--memory", "2G", "--host-cpus", "8",
         "--host-memory", "32G", "--quiet", "--json",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["web01-vmw.vmdk", "web01-vmw.vmx", "web01-vmw.xml"]
+    assert names == sorted(["web01-vmw.vmdk", f"web01-vmw.{kind}", "web01-vmw.xml"])
     info = json.loads(
         subprocess.run(
             ["qemu-img", "info", "--output=json", str(out / "web01-vmw.vmdk")],
@@ -249,7 +252,9 @@ def test_vmdk_with_a_vmx_reads_back_as_written(web01: Path, tmp_path: Path) -> N
         ).stdout
     )  # fmt: skip
     assert info["format"] == "vmdk"
-    for definition in ("web01-vmw.vmx", "web01-vmw.xml"):
+    subformat = info["format-specific"]["data"]["create-type"]
+    assert subformat == {"vmx": "monolithicSparse", "ovf": "streamOptimized"}[kind]
+    for definition in (f"web01-vmw.{kind}", "web01-vmw.xml"):
         check = json.loads(rescueui("vm-check", out / definition, "--json").stdout)
         assert check["problems"] == [], check
         assert (check["vcpus"], check["memory_bytes"]) == (2, 2 * GiB)
@@ -308,6 +313,14 @@ def test_a_failed_restore_removes_the_vm_files(web01: Path, tmp_path: Path) -> N
         if isinstance(report.get("error"), dict)
         else str(report.get("error")),
     )
+
+
+def test_unknown_host_capacity_is_not_fitted() -> None:
+    from rescueui.core.vm.machine import RunsOn, _fit
+
+    where = RunsOn(0, 0, "the profile of the host (unknown machine)")
+    value, finding = _fit("vCPUs", "vm.cpus", 16, None, 0, 0, where, str, 2)
+    assert value == 16 and finding.level == "info" and "not known" in finding.message
 
 
 def test_vm_check_refuses_a_definition_without_its_disk(tmp_path: Path) -> None:

@@ -274,6 +274,7 @@ def _check_target_args(args: argparse.Namespace) -> None:
                 ("--partition", args.partition is not None),
                 ("--create", args.create is not None),
                 ("--resume", args.resume),
+                ("--no-verify", args.no_verify),  # a VM disk is always read back
             )
             if given
         ]

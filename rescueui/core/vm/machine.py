@@ -334,7 +334,15 @@ def _fit(
     show: Any,
     default: int,
 ) -> tuple[int, Finding]:
-    """The value of vCPUs or memory and its finding."""
+    """The value of vCPUs or memory and its finding (``host_limit`` 0: not known)."""
+    if host_limit <= 0:
+        value = asked or source_value or default
+        return value, Finding(
+            "info",
+            code,
+            f"The VM gets {show(value)} {what}; the host's are not known ({where.source}), "
+            "so nothing was fitted.",
+        )
     if asked is not None:
         if asked > host_limit:
             return asked, Finding(
@@ -429,8 +437,8 @@ def plan_vm(
         "vm.cpus",
         source.cpus if source and source.cpus > 0 else None,
         request.vcpus,
-        max(1, where.cpus),
-        max(1, where.cpus),
+        max(0, where.cpus),
+        max(0, where.cpus),
         where,
         _vcpus_words,
         DEFAULT_VCPUS,
@@ -440,7 +448,7 @@ def plan_vm(
         "vm.memory",
         source.memory_bytes if source and source.memory_bytes > 0 else None,
         request.memory_bytes,
-        max(MIN_MEMORY, where.memory_bytes),
+        max(MIN_MEMORY, where.memory_bytes) if where.memory_bytes > 0 else 0,
         fitted_memory(where.memory_bytes),
         where,
         human_size,
