@@ -25,6 +25,7 @@ from rescueui.core.units import human_size
 
 if TYPE_CHECKING:
     from rescueui.core.adapt import AdaptOptions
+    from rescueui.core.vm.machine import VmMachine, VmRequest
 
 MAX_SEARCH_DEPTH = 3
 TUI_OPERATOR = "operator (TUI, one by one)"  # who acknowledged a warning, in the report
@@ -844,6 +845,126 @@ class Session:
         if self.demo is not None:
             return self.demo.build.root / "captures" / name
         return Path.cwd() / name
+
+    # -- a new virtual machine ----------------------------------------------
+    def default_vm_folder(self, image_path: str | Path) -> Path:
+        """Where a new VM's files go unless the operator says otherwise: the ``vms`` folder
+        on the medium that holds the image when it has one, else the folder holding the
+        image. Nothing is created here (the demo: the ``vms`` folder of its own cache)."""
+        if self.demo is not None:
+            folder = self.demo.build.root / "vms"
+            folder.mkdir(exist_ok=True)
+            return folder
+        holder = Path(os.path.abspath(image_path)).parent
+        vms = _mount_point(holder) / "vms"
+        if vms.is_dir() and not vms.is_symlink():
+            return vms
+        return holder
+
+    def default_vm_name(self, image_path: str | Path) -> str:
+        """The name the core gives a VM made of this image when none is asked for."""
+        from types import SimpleNamespace
+
+        from rescueui.core.vm.machine import default_name
+
+        # the core's default reads only the image's path (its file or folder name)
+        return default_name(None, SimpleNamespace(path=str(image_path)))  # type: ignore[arg-type]
+
+    def vm_request(
+        self,
+        folder: str,
+        *,
+        name: str | None = None,
+        disk_format: str = "qcow2",
+        runs_on: Any = None,
+    ) -> VmRequest:
+        """The operator's choice of a new VM, checked now: a name the core can use, a known
+        disk format and a folder that exists and can be written to (nothing is created).
+        ``runs_on``: the profile of the host that will run the VM (None: this machine).
+        Raises RescueError saying what is wrong."""
+        from rescueui.core.vm.job import _folder  # the core's rule for the VM's folder
+        from rescueui.core.vm.machine import VmRequest
+
+        if not folder.strip():
+            raise RescueError(
+                "No folder given for the virtual machine's files.",
+                hint="Type the folder the VM's disk and definition go into.",
+            )
+        request = VmRequest(
+            folder=folder, name=name or None, disk_format=disk_format, runs_on=runs_on
+        )
+        request.check()
+        path = _folder(folder)
+        if not os.access(path, os.W_OK):
+            ours = any(m == path or m in path.parents for m in self.media_mounts)
+            raise RescueError(
+                f"The folder {path} cannot be written"
+                + (
+                    ": its medium was mounted read-only to look for images."
+                    if ours
+                    else " (a read-only medium, or no permission)."
+                ),
+                hint="Choose a folder on a medium this machine can write to.",
+            )
+        request.folder = str(path)
+        return request
+
+    def preflight_vm(
+        self, image_dir: str | Path, request: VmRequest, *, adapt: AdaptOptions | None = None
+    ) -> tuple[VmMachine, list[Any]]:
+        """The pre-flight of a restore into a new VM (nothing is written): the VM as planned
+        and the findings. ``adapt``: the fix-ups the operator keeps (None: all needed; the
+        machine they are for is the VM itself; none in the demo, see :meth:`_vm_adapt`)."""
+        from rescueui.core.vm.job import preflight_vm
+
+        return preflight_vm(image_dir, request, adapt=self._vm_adapt(adapt))
+
+    def restore_to_vm(
+        self,
+        image_dir: str | Path,
+        request: VmRequest,
+        *,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+        accepted_codes: Iterable[str] = (),
+        acknowledged_by: str = TUI_OPERATOR,
+        adapt: AdaptOptions | None = None,
+    ) -> Any:
+        """Plan and run a restore into a new VM's disk, and write its definition. Like
+        :meth:`restore`: the pre-flight runs again, a stop or a warning the operator did not
+        acknowledge refuses it, and a failed, cancelled or refused job raises its
+        ``RescueError`` with the written report as ``exc.report``. Nothing existing is
+        overwritten: the VM's files are made new (and removed again if the job fails)."""
+        from rescueui.core.restore import restore
+        from rescueui.core.vm.job import plan_vm_restore
+
+        plan = plan_vm_restore(
+            image_dir,
+            request,
+            adapt=self._vm_adapt(adapt),
+            accepted_codes=tuple(accepted_codes),
+            acknowledged_by=acknowledged_by,
+        )
+        if self.demo is not None:  # the demo's own writer lock (see restore)
+            plan.lock_path = str(self.demo.build.root / "writer.lock")
+        return restore(plan, progress=self._pace(progress), cancel=cancel)
+
+    def _vm_adapt(self, adapt: AdaptOptions | None) -> AdaptOptions | None:
+        """The fix-ups for a new VM: the operator's choice; none in the demo (its sample
+        disk holds no system that boots; the core would otherwise plan all that are needed)."""
+        if self.demo is None:
+            return adapt
+        from rescueui.core.adapt import AdaptOptions
+
+        return AdaptOptions(selection=set(), enabled=False)
+
+
+def _mount_point(path: Path) -> Path:
+    """The mount point of the filesystem holding ``path`` (the nearest existing folder up)."""
+    p = path
+    while not os.path.ismount(p) and p.parent != p:
+        p = p.parent
+    return p
 
 
 def _norm(value: Any) -> Any:
