@@ -30,16 +30,32 @@ class Flow:
     fixups: set[str] = field(default_factory=all_fixups)
     machine: Any = None
     machine_file: str | None = None
+    # instead of a target disk: a new virtual machine (rescueui.core.vm.machine.VmRequest;
+    # its ``runs_on`` is the host that will run it, read from the profile file ``vm_host_file``)
+    vm: Any = None
+    vm_host_file: str | None = None
 
     def adapt_options(self) -> Any:
         """The core's AdaptOptions for this choice; None for a partition restore (no
-        fix-ups there)."""
+        fix-ups there). For a new VM the machine is the VM itself (the core's choice)."""
         if self.partition is not None:
             return None
         from rescueui.core.adapt import AdaptOptions
 
         chosen = set(self.fixups)
-        return AdaptOptions(selection=chosen, host=self.machine, enabled=bool(chosen))
+        host = None if self.vm is not None else self.machine
+        return AdaptOptions(selection=chosen, host=host, enabled=bool(chosen))
+
+    def choose_disk(self, disk: Any, partition: int | None = None, part: Any = None) -> None:
+        """A target disk (or one of its partitions, for image partition ``partition``)."""
+        self.target, self.partition, self.target_part = disk, partition, part
+        self.vm = None
+        self.vm_host_file = None
+
+    def choose_vm(self, request: Any) -> None:
+        """A new virtual machine instead of a target disk (the VmRequest)."""
+        self.target, self.partition, self.target_part = None, None, None
+        self.vm = request
 
     def reset(self) -> None:
         self.image = None
@@ -52,3 +68,5 @@ class Flow:
         self.fixups = all_fixups()
         self.machine = None
         self.machine_file = None
+        self.vm = None
+        self.vm_host_file = None

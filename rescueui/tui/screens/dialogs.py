@@ -1,5 +1,6 @@
 """Modal dialogs: type a path, see what a capture will store, choose the machine the fix-ups
-are for, confirm the target by its identity, confirm a cancel."""
+are for, choose a new virtual machine, confirm the target by its identity, confirm a
+cancel."""
 
 from __future__ import annotations
 
@@ -261,21 +262,30 @@ class MachineDialog(ModalScreen[MachineChoice | None]):
         Binding("escape", "cancel", "Cancel (keep the machine)", id="cancel")
     ]
 
-    def __init__(self, load: Callable[[str], Any], current: str | None = None) -> None:
+    def __init__(
+        self,
+        load: Callable[[str], Any],
+        current: str | None = None,
+        *,
+        prompt: str = MACHINE_PROMPT,
+        title: str = "Fix-ups: for which machine",
+    ) -> None:
         super().__init__()
         self.load = load  # path -> the machine's profile; raises RescueError
         self.current = current or ""
+        self.prompt = prompt
+        self.title_text = title
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog", id="machine-box"):
-            yield Static(Text(MACHINE_PROMPT))
+            yield Static(Text(self.prompt))
             yield Input(value=self.current, placeholder="empty: this machine", id="machine-path")
             yield Static("", id="error")
             yield Static("Enter: use it   Esc: cancel", classes="dim")
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#machine-box").border_title = "Fix-ups: for which machine"
+        self.query_one("#machine-box").border_title = self.title_text
         self.query_one(Input).focus()
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
@@ -296,6 +306,89 @@ class MachineDialog(ModalScreen[MachineChoice | None]):
             plain(f"Cannot use it: {problem}", style="bold reverse")
         )
         self.app.bell()
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+VM_HOST_PROMPT = (
+    "Which host will run the new virtual machine? Leave the field empty for this machine. "
+    "For another host, type the path of its machine profile: the JSON file rescueui's host "
+    "command wrote on that host. The VM's vCPUs and memory are fitted to it."
+)
+
+VM_PROMPT = (
+    "The image is restored into the disk of a new virtual machine: the disk and its libvirt "
+    "definition (NAME.xml) are made new in the folder and nothing existing is overwritten, "
+    "so no code is asked. The folder must exist: nothing is created here."
+)
+VM_KEYS = "Tab: next field  Space: next format  Enter: pre-flight  Esc: cancel"
+
+
+class VmDialog(ModalScreen[Any]):
+    """Ask for a new virtual machine: the folder its files go into, its name and its disk
+    format. Enter has ``make`` (the session) check the choice at once: what is wrong (a
+    folder that does not exist, a name that cannot be a file name) is shown here and the
+    dialog stays; a good choice is returned (the core's VmRequest)."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("enter", "accept", "Pre-flight", priority=True, id="accept"),
+        Binding("tab", "app.focus_next", "Next field", id="next-field"),
+        Binding("escape", "cancel", "Cancel", id="cancel"),
+    ]
+
+    def __init__(
+        self,
+        make: Callable[[str, str | None, str], Any],
+        folder: str,
+        name: str = "",
+        disk_format: str = "qcow2",
+        formats: tuple[str, ...] = ("qcow2",),
+    ) -> None:
+        super().__init__()
+        self.make = make  # (folder, name or None, disk format) -> VmRequest; raises RescueError
+        self.folder = folder
+        self.vm_name = name
+        self.disk_format = disk_format
+        self.formats = formats
+
+    def compose(self) -> ComposeResult:
+        from rescueui.tui.widgets.choice import ChoiceLine
+
+        with Vertical(classes="dialog", id="vm-box"):
+            yield Static(Text(VM_PROMPT))
+            folder = Input(value=self.folder, placeholder="an existing folder", id="vm-folder")
+            folder.border_title = "Folder for the VM's files"
+            yield folder
+            name = Input(
+                value=self.vm_name, placeholder="empty: named after the image", id="vm-name"
+            )
+            name.border_title = "Name of the VM (its files are named after it)"
+            yield name
+            yield ChoiceLine("Disk format", self.formats, self.disk_format, id="vm-format")
+            yield Static("", id="error")
+            yield Static(VM_KEYS, classes="dim")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#vm-box").border_title = "Restore into a new virtual machine"
+        self.query_one("#vm-folder", Input).focus()
+
+    def action_accept(self) -> None:
+        from rescueui.tui.widgets.choice import ChoiceLine
+
+        folder = self.query_one("#vm-folder", Input).value.strip()
+        name = self.query_one("#vm-name", Input).value.strip() or None
+        disk_format = self.query_one("#vm-format", ChoiceLine).value
+        try:
+            request = self.make(folder, name, disk_format)
+        except RescueError as exc:
+            self.query_one("#error", Static).update(
+                plain(f"Cannot use it: {exc}", style="bold reverse")
+            )
+            self.app.bell()
+            return
+        self.dismiss(request)
 
     def action_cancel(self) -> None:
         self.dismiss(None)
@@ -457,9 +550,10 @@ class CancelJobDialog(ModalScreen[bool]):
         Binding("escape", "no", "Continue", show=False),
     ]
 
-    def __init__(self, what: str) -> None:
+    def __init__(self, what: str, detail: str | None = None) -> None:
         super().__init__()
         self.what = what
+        self.detail = detail  # what stopping leaves behind, where the kind does not say it
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog danger", id="cancel-box"):
@@ -469,6 +563,8 @@ class CancelJobDialog(ModalScreen[bool]):
         yield Footer()
 
     def _explain(self) -> str:
+        if self.detail:
+            return self.detail
         if self.what == "restore":
             return (
                 "The target will be incomplete and must not be used. What was written so far is "

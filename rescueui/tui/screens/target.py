@@ -14,7 +14,7 @@ from textual.widgets import DataTable, Footer, Static
 from rescueui.core.units import human_size
 from rescueui.tui.messages import DiskHotplug
 from rescueui.tui.screens.base import StepScreen
-from rescueui.tui.text import esc
+from rescueui.tui.text import esc, plain
 from rescueui.tui.widgets.disktable import DiskTable, disk_details
 from rescueui.tui.widgets.steps import StepsBar
 
@@ -23,6 +23,7 @@ class TargetScreen(StepScreen):
     STEP = "Target"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "choose", "Restore onto this disk/partition", priority=True, id="choose"),
+        Binding("v", "new_vm", "New VM...", id="new-vm"),
         Binding("r", "rescan", "Rescan", id="rescan"),
         Binding("escape", "back", "Back", id="back"),
     ]
@@ -33,7 +34,8 @@ class TargetScreen(StepScreen):
         yield Static(
             Text(
                 f"Image {esc(img.name)} needs {human_size(img.extent_bytes)}. Choose the disk "
-                "to restore onto (or a partition, for one image partition)."
+                "to restore onto (or a partition, for one image partition), or v: into a new "
+                "virtual machine."
             ),
             id="hint",
         )
@@ -107,9 +109,7 @@ class TargetScreen(StepScreen):
             )
             self.app.bell()
             return
-        self.flow.target = disk
-        self.flow.partition = None
-        self.flow.target_part = None
+        self.flow.choose_disk(disk)
         self.app.push_screen(PreflightScreen())
 
     def _choose_partition(self, disk: Any, part: Any) -> None:
@@ -129,9 +129,50 @@ class TargetScreen(StepScreen):
                 )
                 self.app.bell()
                 return
-            self.flow.target = disk
-            self.flow.partition = number
-            self.flow.target_part = part
+            self.flow.choose_disk(disk, number, part)
             self.app.push_screen(PreflightScreen())
 
         self.app.push_screen(PartitionPickDialog(part, self.flow.image.streams), picked)
+
+    def action_new_vm(self) -> None:
+        """Ask for a new virtual machine (folder, name, disk format); a good choice goes on
+        to its pre-flight."""
+        from rescueui.core.errors import RescueError
+        from rescueui.core.vm.machine import FORMATS
+        from rescueui.tui.screens.dialogs import VmDialog
+        from rescueui.tui.screens.preflight import PreflightScreen
+
+        img = self.flow.image
+        previous = self.flow.vm  # back from its pre-flight: the same choice again
+        try:
+            folder = str(previous.folder if previous else self.session.default_vm_folder(img.path))
+            name = (previous.name if previous else None) or self.session.default_vm_name(img.path)
+        except (RescueError, OSError) as exc:
+            self.query_one("#status", Static).update(
+                plain(f"No new VM: {exc}", style="bold reverse")
+            )
+            self.app.bell()
+            return
+        runs_on = previous.runs_on if previous else None
+
+        def make(folder: str, name: str | None, disk_format: str) -> Any:
+            return self.session.vm_request(
+                folder, name=name, disk_format=disk_format, runs_on=runs_on
+            )
+
+        def chosen(request: Any) -> None:
+            if request is None:
+                return
+            self.flow.choose_vm(request)
+            self.app.push_screen(PreflightScreen())
+
+        self.app.push_screen(
+            VmDialog(
+                make,
+                folder,
+                name,
+                previous.disk_format if previous else FORMATS[0],
+                FORMATS,
+            ),
+            chosen,
+        )
