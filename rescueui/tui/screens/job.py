@@ -41,7 +41,11 @@ PHASE_WORDS = {
     "write": "Writing (each chunk checked before it is written)",
     "verify": "Read-back verify of the target",
     "adapt": "Adapting the restored system to the machine (fix-ups)",
+    "convert": "Writing the VM disk in its format (qemu-img convert)",
+    "compare": "Reading the VM disk back and comparing it with the restored disk",
 }
+# The phase bar's label: the phase's name, cut to 6 letters where it has no label here.
+PHASE_LABELS = {"convert": "convert", "compare": "compare"}
 # Phases of steps rather than bytes: the engine's message (the step being done now) gets a
 # line of its own; no bytes move (no phase bar, no stream, no rate now).
 STEP_PHASES = ("adapt",)
@@ -168,6 +172,45 @@ class JobScreen(StepScreen):
                 "part": part,
                 "accepted_codes": accepted_codes,
                 "exact": exact,
+                "adapt": adapt,
+            },
+        )
+
+    @classmethod
+    def restore_vm(
+        cls,
+        image: Any,
+        request: Any,
+        *,
+        name: str | None = None,
+        accepted_codes: tuple[str, ...] = (),
+        adapt: Any = None,
+    ) -> JobScreen:
+        """A restore into a new virtual machine's disk (``request``: the core's VmRequest;
+        ``name``: the VM's name as its pre-flight planned it, for the title)."""
+
+        def job(*, session: Any, progress: Any, cancel: threading.Event) -> Any:
+            return session.restore_to_vm(
+                image.path,
+                request,
+                progress=progress,
+                cancel=cancel,
+                accepted_codes=accepted_codes,
+                adapt=adapt,
+            )
+
+        label = getattr(image, "kind_label", "")
+        shown = f"{image.name} ({label})" if label and label != "rescueui" else image.name
+        vm = f"new VM {name}" if name else "a new VM"
+        return cls(
+            "restore",
+            f"Restore {shown} -> {vm} in {request.folder}",
+            job,
+            image_dir=image.path,
+            context={
+                "image": image,
+                "vm": request,
+                "accepted_codes": accepted_codes,
                 "adapt": adapt,
             },
         )
@@ -346,7 +389,7 @@ class JobScreen(StepScreen):
         ph = self.query_one("#bar-phase", BlockBar)
         ph.display = not steps
         ph.fraction = p.phase_bytes_done / p.phase_bytes_total if p.phase_bytes_total else 0.0
-        ph.label = p.phase[:6]
+        ph.label = PHASE_LABELS.get(p.phase, p.phase[:6])
         of = human_size(p.bytes_total)
         if self.facts.size_is_estimate:  # not for a measured image (a restore measures it)
             of = f"about {of} (estimated)"
@@ -401,7 +444,13 @@ class JobScreen(StepScreen):
                     Text(" Stopping... ", style="bold reverse")
                 )
 
-        self.app.push_screen(CancelJobDialog(self.kind), answer)
+        detail = None
+        if self.context.get("vm") is not None:
+            detail = (
+                "The new VM's files made so far are removed again; nothing else was written. "
+                "Its restore cannot be resumed: start it again."
+            )
+        self.app.push_screen(CancelJobDialog(self.kind, detail), answer)
 
     def action_report(self) -> None:
         from rescueui.tui.screens.report import ReportScreen

@@ -19,6 +19,14 @@ warnings that did not change are kept. A line under the findings names the machi
 fix-ups that are on. The footer shows the keys of the line under the cursor: on the fix-up
 lines ``f`` and ``m`` take the places of ``Down`` and ``e`` (which still work there), so the
 footer fits 80 columns.
+
+Instead of a target disk the operator may have chosen a new virtual machine (the Flow's
+``vm``): the findings are then the core's pre-flight of that VM (``vm.*`` and the usual
+ones), the header names the VM as planned (vCPUs, memory, firmware, its disk file and
+format), the line under the findings names the files it makes and the host that will run
+it (``m`` chooses another host's profile: the VM's vCPUs and memory are fitted to it).
+Warnings are acknowledged as for a disk; Enter then starts the job without a confirmation
+code (only new files are written) and says so.
 """
 
 from __future__ import annotations
@@ -130,6 +138,58 @@ def kept_acknowledgements(before: list[Any], acknowledged: set[str], after: list
     return {f.code for f in after if key(f) in same}
 
 
+def vm_words(vm: Any, folder: str) -> str:
+    """The planned VM in one line (the name and folder are outside text: escaped here)."""
+    return (
+        f"New VM {esc(vm.name)}: {vm.vcpus} vCPU(s), {human_size(vm.memory_bytes)}, "
+        f"{esc(vm.firmware).upper()}, disk {esc(vm.disk_file)} ({esc(vm.disk_format)}, "
+        f"{esc(vm.disk_bus)}) in {esc(folder)}"
+    )
+
+
+def vm_files_text(image: Any, vm: Any, folder: str) -> Text:
+    """What a restore into a new VM writes: new files only, named (the header names the
+    folder)."""
+    from pathlib import Path
+
+    from rescueui.core.vm.job import vm_files
+
+    text = Text(f"From {esc(image.name)}: ")
+    if vm is None:
+        text.append(f"new files only, in {esc(folder)}; nothing existing is overwritten.")
+        return text
+    files = vm_files(vm, Path(folder))
+    names = [
+        f"{esc(p.name)} ({'the disk' if k == 'disk' else k})"
+        for k, p in files.items()
+        if k != "work"  # the restored disk before its conversion: removed again
+    ]
+    text.append(f"new files only: {', '.join(names)}; nothing existing is overwritten.")
+    return text
+
+
+def vm_adapt_text(host: Any, path: str | None, chosen: set[str] | None) -> Text:
+    """The host that will run the VM, and the fix-ups that are on (``chosen``; None: the
+    pre-flight planned none)."""
+    text = Text("VM runs on: ")
+    if host is None:
+        text.append("this machine")
+    else:
+        text.append(esc(f"{host.machine} (profile file {path})"), style="bold")
+    text.append(" (vCPUs and memory fitted to it). m: another host")
+    if chosen is None:
+        return text
+    on = [n for n in FIXUPS if n in chosen]
+    off = [n for n in FIXUPS if n not in chosen]
+    text.append("\nFix-ups on: ")
+    text.append(", ".join(on) if on else "none - the restored system is left as it is")
+    if on and off:
+        text.append("; off: ")
+        text.append(", ".join(off), style="bold")
+    text.append(". f on one: on/off")
+    return text
+
+
 def exact_text(exact: bool) -> Text:
     """The line saying what the restore does with the space no filesystem uses."""
     if exact:
@@ -147,6 +207,7 @@ class PreflightScreen(StepScreen):
     STEP = "Pre-flight"
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "confirm", "Confirm target...", priority=True, id="confirm"),
+        Binding("enter", "make_vm", "Make the VM", priority=True, id="make-vm"),
         Binding("a,space", "acknowledge", "Acknowledge warning", id="acknowledge"),
         Binding("down", "next", "Next", key_display="Down", id="down"),
         Binding("down", "quiet('next')", show=False),
@@ -159,11 +220,13 @@ class PreflightScreen(StepScreen):
         Binding("f", "quiet('fixup')", show=False),
         Binding("m", "machine", "Machine...", id="machine"),
         Binding("m", "quiet('machine')", show=False),
+        Binding("m", "vm_host", "VM host...", id="vm-host"),
+        Binding("m", "quiet('vm_host')", show=False),
         Binding("escape", "back", "Back", id="back"),
     ]
     # keys the footer shows only for some lines (each has a twin that is not shown, so the
     # key works on the other lines too): see ``_shown``
-    CONTEXT_KEYS = ("next", "exact", "fixup", "machine")
+    CONTEXT_KEYS = ("next", "exact", "fixup", "machine", "vm_host")
 
     def __init__(self) -> None:
         super().__init__()
@@ -175,11 +238,14 @@ class PreflightScreen(StepScreen):
         self.busy = True  # the pre-flight runs (first, or again after a fix-up choice)
         self._generation = 0
         self._focus: str | None = None  # the code to put the cursor on when it is back
+        self.vm: Any = None  # a new VM: the core's VmMachine, as the last pre-flight planned it
 
     def compose(self) -> ComposeResult:
         img, disk, part = self.flow.image, self.flow.target, self.flow.target_part
         yield StepsBar(self.STEP, demo=self.session.is_demo)
-        if part is not None:
+        if self.flow.vm is not None:
+            what = f"New VM in {esc(self.flow.vm.folder)} (planning it...)"
+        elif part is not None:
             what = (
                 f"Partition {self.flow.partition} of {esc(img.name)} -> {esc(part.path)} "
                 f"({human_size(part.size_bytes)}) on {esc(disk.model or disk.name)}"
@@ -201,7 +267,10 @@ class PreflightScreen(StepScreen):
         adapt = Static("", id="adapt")
         adapt.display = False
         yield adapt
-        yield Static(exact_text(self.flow.exact), id="exact")
+        if self.flow.vm is not None:  # a new file: there is no old content to make zero
+            yield Static(vm_files_text(img, None, self.flow.vm.folder), id="exact")
+        else:
+            yield Static(exact_text(self.flow.exact), id="exact")
         yield Static("", id="verdict")
         yield Footer()
 
@@ -213,22 +282,28 @@ class PreflightScreen(StepScreen):
     def check(self, generation: int, adapt: Any) -> None:
         from rescueui.core.errors import RescueError
 
+        vm = None
         try:
             part = self.flow.target_part
-            findings = self.session.preflight(
-                self.flow.image.path,
-                self.flow.target,
-                partition=self.flow.partition,
-                target_path=part.path if part is not None else None,
-                adapt=adapt,
-            )
+            if self.flow.vm is not None:
+                vm, findings = self.session.preflight_vm(
+                    self.flow.image.path, self.flow.vm, adapt=adapt
+                )
+            else:
+                findings = self.session.preflight(
+                    self.flow.image.path,
+                    self.flow.target,
+                    partition=self.flow.partition,
+                    target_path=part.path if part is not None else None,
+                    adapt=adapt,
+                )
             error = None
         except RescueError as exc:
             findings, error = [], str(exc)
         except Exception as exc:  # a bug must not leave the screen at "Checking..."
             findings, error = [], f"internal error in the pre-flight: {type(exc).__name__}: {exc}"
         try:
-            self.app.call_from_thread(self._show, findings, error, generation)
+            self.app.call_from_thread(self._show, findings, error, generation, vm)
         except RuntimeError:  # the app is shutting down
             pass
 
@@ -244,9 +319,13 @@ class PreflightScreen(StepScreen):
         self.check(self._generation, self.flow.adapt_options())
 
     # -- the findings and the cursor -------------------------------------
-    async def _show(self, findings: list[Any], error: str | None, generation: int = 0) -> None:
+    async def _show(
+        self, findings: list[Any], error: str | None, generation: int = 0, vm: Any = None
+    ) -> None:
         if generation != self._generation or not self.is_attached:
             return  # an older run (the choice changed meanwhile), or the screen is gone
+        if self.flow.vm is not None:
+            self._show_vm(vm)
         before, acknowledged = self.findings or [], self.acknowledged
         if self.rows:
             await self.query_one("#findings-box").remove_children(self.rows)
@@ -290,15 +369,37 @@ class PreflightScreen(StepScreen):
         self._update_verdict()
         self.refresh_bindings()
 
+    def _show_vm(self, vm: Any) -> None:
+        """The header and the files line for the VM as planned (None: it could not be)."""
+        self.vm = vm
+        img, folder = self.flow.image, self.flow.vm.folder
+        head = f"New VM in {esc(folder)}" if vm is None else vm_words(vm, folder)
+        self.query_one("#hint", Static).update(Text(head))
+        self.query_one("#exact", Static).update(vm_files_text(img, vm, folder))
+
     def _fixup_mode(self) -> bool:
         """The fix-ups are shown and can be chosen: a whole-disk restore whose pre-flight
         planned them (or for which another machine was chosen)."""
+        if self.flow.vm is not None:
+            return has_fixups(self.findings or [])
         return self.flow.partition is None and (
             has_fixups(self.findings or []) or self.flow.machine is not None
         )
 
     def _update_adapt(self) -> None:
         line = self.query_one("#adapt", Static)
+        if self.flow.vm is not None:  # the host that runs the VM: always shown
+            line.display = True
+            # the demo plans no fix-ups (the session's choice): none are on
+            chosen = set() if self.session.is_demo else self.flow.fixups
+            line.update(
+                vm_adapt_text(
+                    self.flow.vm.runs_on,
+                    self.flow.vm_host_file,
+                    chosen if self._fixup_mode() else None,
+                )
+            )
+            return
         line.display = self._fixup_mode()
         if line.display:
             line.update(adapt_text(self.flow.fixups, self.flow.machine, self.flow.machine_file))
@@ -331,9 +432,8 @@ class PreflightScreen(StepScreen):
             verdict.update(Text(" Checking again with the new fix-up choice... ", style="bold"))
             return
         if self.error:
-            verdict.update(
-                Text(" STOP: cannot restore onto this disk. Esc: back ", style="bold reverse")
-            )
+            where = "make this VM" if self.flow.vm is not None else "restore onto this disk"
+            verdict.update(Text(f" STOP: cannot {where}. Esc: back ", style="bold reverse"))
             return
         findings = self.findings or []
         if not self.session.allows_restore(findings):
@@ -357,12 +457,18 @@ class PreflightScreen(StepScreen):
         elif warns:
             verdict.update(
                 Text(
-                    f" GO - every warning acknowledged ({len(warns)}) - Enter: confirm the target ",
+                    f" GO - every warning acknowledged ({len(warns)}) - Enter: {self._go_words()} ",
                     style="bold reverse",
                 )
             )
         else:
-            verdict.update(Text(" GO - Enter: confirm the target ", style="bold reverse"))
+            verdict.update(Text(f" GO - Enter: {self._go_words()} ", style="bold reverse"))
+
+    def _go_words(self) -> str:
+        """What Enter does once nothing stands in the way."""
+        if self.flow.vm is not None:
+            return "make the VM (no code to type: only new files are written)"
+        return "confirm the target"
 
     def action_cursor(self, step: int) -> None:
         if not self.rows:
@@ -394,18 +500,23 @@ class PreflightScreen(StepScreen):
             return fixup_name(line) is not None
         if action == "machine":
             return on_adapt and fixup_name(line) is None
+        if action == "vm_host":  # a new VM: on every line but a fix-up's (f is there)
+            return fixup_name(line) is None
         return True
 
     def _key_works(self, action: str) -> bool:
         """Whether ``action`` (one of ``CONTEXT_KEYS``) works now."""
+        vm = self.flow.vm is not None
         if action == "next":
             return bool(self.rows)
-        if action == "exact":
-            return self._loaded()
+        if action == "exact":  # a new VM's disk is a new file: nothing old to make zero
+            return self._loaded() and not vm
         if action == "fixup":
             return not self.busy and self._fixup_mode() and bool(self.rows)
         if action == "machine":
-            return not self.busy and self.findings is not None and self._fixup_mode()
+            return not self.busy and self.findings is not None and self._fixup_mode() and not vm
+        if action == "vm_host":
+            return not self.busy and self.findings is not None and vm
         return False
 
     def action_acknowledge(self) -> None:
@@ -441,7 +552,9 @@ class PreflightScreen(StepScreen):
         )
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action == "confirm":
+        if action in ("confirm", "make_vm"):
+            if (action == "make_vm") != (self.flow.vm is not None):
+                return False  # the other one's key
             # shown (and Enter explains the refusal) while warnings are open; dimmed on a stop
             return True if self._loaded() else None
         if action == "acknowledge":
@@ -491,6 +604,36 @@ class PreflightScreen(StepScreen):
 
         self.app.push_screen(MachineDialog(load_profile, self.flow.machine_file), chosen)
 
+    def action_vm_host(self) -> None:
+        """A new VM: ask for the host that will run it; a new choice checks again."""
+        from dataclasses import replace
+
+        from rescueui.core.host import load_profile
+        from rescueui.tui.screens.dialogs import VM_HOST_PROMPT, MachineChoice, MachineDialog
+
+        if not self._key_works("vm_host"):
+            return
+
+        def chosen(choice: MachineChoice | None) -> None:
+            if choice is None or (choice.profile is None and self.flow.vm.runs_on is None):
+                return  # cancelled, or this machine again
+            self.flow.vm = replace(self.flow.vm, runs_on=choice.profile)
+            self.flow.vm_host_file = choice.path
+            self._check_again("vm.cpus")
+
+        self.app.push_screen(
+            MachineDialog(
+                load_profile,
+                self.flow.vm_host_file,
+                prompt=VM_HOST_PROMPT,
+                title="New VM: the host that runs it",
+            ),
+            chosen,
+        )
+
+    def action_make_vm(self) -> None:
+        self.action_confirm()
+
     def action_confirm(self) -> None:
         from rescueui.tui.screens.dialogs import ConfirmTargetDialog
         from rescueui.tui.screens.job import JobScreen
@@ -506,6 +649,9 @@ class PreflightScreen(StepScreen):
             self._update_verdict(
                 f"acknowledge each warning first ({len(open_)} open, at >): read it, press a."
             )
+            return
+        if self.flow.vm is not None:
+            self._start_vm()
             return
         disk, part, number = self.flow.target, self.flow.target_part, self.flow.partition
         try:
@@ -535,4 +681,21 @@ class PreflightScreen(StepScreen):
 
         self.app.push_screen(
             ConfirmTargetDialog(disk, code, self.session.confirm, part, exact=exact), confirmed
+        )
+
+    def _start_vm(self) -> None:
+        """A new VM: no confirmation code (nothing existing is overwritten); the job starts
+        with the warnings acknowledged here and the fix-up choice this pre-flight had."""
+        from rescueui.tui.screens.job import JobScreen
+
+        accepted = tuple(f.code for f in self._warnings() if f.code in self.acknowledged)
+        name = self.vm.name if self.vm is not None else self.flow.vm.name
+        self.app.push_screen(
+            JobScreen.restore_vm(
+                self.flow.image,
+                self.flow.vm,
+                name=name,
+                accepted_codes=accepted,
+                adapt=self.flow.adapt_options(),
+            )
         )

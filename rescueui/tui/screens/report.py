@@ -3,6 +3,8 @@
 After a whole-disk restore the fix-ups of the restored system come first: each step with
 its status, the files it changed, its checks and, when it failed, the error and the next
 step (a failed fix-up leaves the data restored and verified; the system may not boot).
+After a restore into a new virtual machine, the VM comes first: what it got, the files made
+and the checks of its disk and definition.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from textual.widgets import Footer, Static
 
 from rescueui.core.adapt import fixup_lines
 from rescueui.core.errors import AdaptError
+from rescueui.core.units import human_size
 from rescueui.tui.screens.base import StepScreen
 from rescueui.tui.text import esc, plain
 from rescueui.tui.widgets.steps import StepsBar
@@ -29,6 +32,55 @@ BANNERS = {
 }
 ADAPT_FAILED = " FIX-UP FAILED: data restored and verified, the system may not boot "
 FIXUPS_TITLE = "Fix-ups of the restored system (each step; the full report follows):"
+VM_TITLE = "The new virtual machine (its files and checks; the full report follows):"
+VM_FILE_WORDS = {
+    "disk": "disk",
+    "libvirt": "libvirt definition",
+    "vmx": "VMware .vmx",
+    "ovf": "OVF",
+}
+
+
+def vm_text(details: Any, width: int = 80) -> Text:
+    """The VM section of a report (``details["vm"]``): what the VM got, the files made and
+    the checks; empty when there is none. Every value is outside text (escaped)."""
+    text = Text()
+    if not isinstance(details, dict) or not details.get("name"):
+        return text
+    text.append(f"{VM_TITLE}\n", style="bold")
+    lines = []
+    try:
+        memory = human_size(int(details.get("memory_bytes") or 0))
+    except (TypeError, ValueError):
+        memory = "?"
+    lines.append(
+        f"VM {esc(details['name'])}: {esc(details.get('vcpus', '?'))} vCPU(s), {memory}, "
+        f"{esc(details.get('firmware', '?')).upper()}, disk bus {esc(details.get('disk_bus', '?'))}, "
+        f"network card {esc(details.get('nic_model', '?'))}"
+    )
+    files = details.get("files")
+    if isinstance(files, dict) and files:
+        lines.append("Files made:")
+        for kind, path in files.items():
+            lines.append(f"  {esc(VM_FILE_WORDS.get(str(kind), kind))}: {esc(path)}")
+    else:
+        lines.append("Files made: none kept (the job did not finish; see the notes below)")
+    checks = details.get("checks")
+    if isinstance(checks, list) and checks:
+        lines.append("Checks:")
+        lines += [f"  {esc(c)}" for c in checks]
+    for line in lines:
+        lead = " " * (len(line) - len(line.lstrip(" ")) + 2)
+        wrapped = textwrap.wrap(
+            line,
+            max(width, 20),
+            initial_indent="  ",
+            subsequent_indent=lead + "  ",
+            break_long_words=True,
+            break_on_hyphens=False,
+        ) or [""]
+        text.append("\n".join(wrapped) + "\n")
+    return text
 
 
 def fixup_text(details: Any, width: int = 80) -> Text:
@@ -70,6 +122,10 @@ def report_body(report: Any, error: BaseException | None, width: int = 80) -> Te
         text.append("\n")
         details = getattr(report, "details", None) or {}
         fixups = fixup_text(details.get("adapt") if isinstance(details, dict) else None, width)
+        vm = vm_text(details.get("vm") if isinstance(details, dict) else None, width)
+        if vm:
+            text.append_text(vm)
+            text.append("\n")
         if fixups:
             text.append_text(fixups)
             text.append("\n")
@@ -98,6 +154,8 @@ class ReportScreen(StepScreen):
         banner = BANNERS.get(outcome, f" {outcome.upper()} ")
         if outcome == "success" and self.job.kind == "capture":
             banner = " SUCCESS: image captured and hashed "
+        if outcome == "success" and self.job.context.get("vm") is not None:
+            banner = " SUCCESS: the new VM's disk is written, verified and compared "
         if isinstance(self.job.error, AdaptError):
             banner = ADAPT_FAILED
         if self.job.mismatch is not None:
@@ -116,8 +174,10 @@ class ReportScreen(StepScreen):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "resume":
             # a failed fix-up comes after the verified restore: nothing is left to resume
+            # nor in a new VM: a job that did not finish removed its files again
             return (
                 self.job.kind == "restore"
+                and self.job.context.get("vm") is None
                 and self.job.outcome in ("cancelled", "failed")
                 and self.job.mismatch is None
                 and not isinstance(self.job.error, AdaptError)
