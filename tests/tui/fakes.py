@@ -297,6 +297,96 @@ def canned_adapt_report(failed: bool = False) -> JobReport:
     return report
 
 
+CANNED_HOST_CPUS = 8  # this machine, as the canned VM pre-flight sees it
+CANNED_SOURCE_CPUS = 32  # the canned image's source machine (the PowerEdge R640)
+
+
+def canned_vm(request: Any, image: ImageSummary) -> Any:
+    """The VM the core would plan for the canned image: the source's 32 CPUs fitted to the
+    host that runs it (this machine: 8), its 128 GiB of memory kept, UEFI, virtio."""
+    from rescueui.core.vm.machine import RunsOn, VmMachine
+
+    host = request.runs_on
+    cpus = host.cpus if host is not None else CANNED_HOST_CPUS
+    where = (
+        RunsOn(cpus, 192 * GiB, f"the profile of the host ({host.machine})")
+        if host is not None
+        else RunsOn(cpus, 192 * GiB, "this machine (the host that runs it)")
+    )
+    return VmMachine(
+        name=request.name or image.path.name,
+        firmware="uefi",
+        disk_bus="virtio",
+        nic_model="virtio",
+        vcpus=min(cpus, CANNED_SOURCE_CPUS),
+        memory_bytes=128 * GiB,
+        disk_bytes=480 * GiB,
+        disk_format=request.disk_format,
+        definitions=tuple(request.definitions),
+        mac="52:54:00:12:34:56",
+        runs_on=where,
+        source="Dell Inc. PowerEdge R640",
+    )
+
+
+def canned_vm_findings(vm: Any, folder: str) -> list[CheckLine]:
+    """The pre-flight of the canned VM: the vm.* lines first, as the core gives them."""
+    where = vm.runs_on
+    if vm.vcpus < CANNED_SOURCE_CPUS:
+        cpus = CheckLine(
+            "warn",
+            "vm.cpus",
+            f"The source machine had {CANNED_SOURCE_CPUS} vCPUs; the host has {where.cpus} "
+            f"({where.source}): the definition gets {vm.vcpus}.",
+            "Accept this value or set another one. Services sized for the source (databases, "
+            "thread pools, hugepages) may need their settings changed.",
+        )
+    else:
+        cpus = CheckLine(
+            "ok", "vm.cpus", f"The VM gets {vm.vcpus} vCPUs, as the source machine had."
+        )
+    return [
+        CheckLine("info", "vm.firmware", "Firmware: UEFI (the image's disk boots by UEFI (EFI system partition p1))."),
+        CheckLine("ok", "vm.disk", "Disk bus virtio, network card virtio: the initramfs of kernel 6.1.0-28-amd64 has the virtio disk drivers (virtio_blk, virtio_pci).", "Network card: virtio like the disk."),
+        cpus,
+        CheckLine("ok", "vm.memory", "The VM gets 128.0 GiB of memory, as the source machine had."),
+        CheckLine("ok", "vm.space", f"Room in {folder}: 1.2 TiB free, at most 116.2 GiB needed (the restored disk, then its copy as {vm.disk_format})."),
+        CheckLine("ok", "fit", "Fits: the image needs 400.5 GiB of 480.0 GiB."),
+        CheckLine("info", "usage.p1", CANNED_USAGE[0]),
+        CheckLine("info", "usage.p2", CANNED_USAGE[1]),
+    ]  # fmt: skip
+
+
+def canned_vm_report(folder: str, name: str = "web01-2026-11-20") -> JobReport:
+    """A restore-into-a-VM report whose details carry the VM as the core records it."""
+    report = JobReport(
+        job="restore",
+        outcome="success",
+        started="2026-11-21T10:02:11+00:00",
+        finished="2026-11-21T10:31:40+00:00",
+        duration_s=1769.0,
+        target=f"{folder}/{name}.rescueui-work.img",
+        image_dir=str(canned_image().path),
+    )
+    report.details["vm"] = {
+        "name": name,
+        "firmware": "uefi",
+        "disk_bus": "virtio",
+        "nic_model": "virtio",
+        "vcpus": 8,
+        "memory_bytes": 128 * GiB,
+        "disk_format": "qcow2",
+        "files": {"disk": f"{folder}/{name}.qcow2", "libvirt": f"{folder}/{name}.xml"},
+        "checks": [
+            f"qemu-img compare: {name}.qcow2 holds exactly the restored and verified disk.",
+            f"libvirt: {name}.xml names the disk {folder}/{name}.qcow2 (qcow2, 480.0 GiB); "
+            "valid by virt-xml-validate (libvirt's domain schema).",
+        ],
+    }
+    report.notes.append(f"Virtual machine {name}: 8 vCPU(s), 128.0 GiB, UEFI.")
+    return report
+
+
 @dataclass
 class CannedPlan:
     """What the core's PlannedStream offers the capture estimate."""
@@ -354,6 +444,10 @@ class CannedSession(Session):
         self.captures: list[dict[str, Any]] = []
         self.capture_gate = threading.Event()  # set: the canned capture finishes
         self.restores: list[dict[str, Any]] = []
+        self.vm_folder = "/run/live/medium/vms"  # the default folder of a new VM (none there)
+        self.vm_preflights: list[dict[str, Any]] = []  # what each VM pre-flight was asked
+        self.vm_restores: list[dict[str, Any]] = []
+        self.vm_phases: tuple[str, ...] = ("write", "verify", "convert", "compare")
 
     @property
     def is_demo(self) -> bool:
@@ -398,6 +492,50 @@ class CannedSession(Session):
             CheckLine("info", "grow", "Partition 2 will be grown to fill the disk.", "The target is 79.5 GiB larger than the image: the GPT is written for the real disk size and the ext4 filesystem of partition 2 is grown with resize2fs after the verify."),
             CheckLine("info", "usage.p2", CANNED_USAGE[1]),
         ]  # fmt: skip
+
+    def default_vm_folder(self, image_path: Any) -> Path:
+        return Path(self.vm_folder)
+
+    def preflight_vm(self, image_dir: Any, request: Any, *, adapt: Any = None) -> Any:
+        self.vm_preflights.append({"request": request, "adapt": adapt})
+        vm = canned_vm(request, canned_image())
+        findings: list[Any] = canned_vm_findings(vm, request.folder)
+        if self.fixups and adapt is not None:
+            findings += canned_fixup_findings(adapt)
+        self.findings = findings
+        return vm, findings
+
+    def restore_to_vm(
+        self,
+        image_dir: Any,
+        request: Any,
+        *,
+        progress: Any = None,
+        cancel: threading.Event | None = None,
+        accepted_codes: Any = (),
+        adapt: Any = None,
+    ) -> Any:
+        """The phases of a restore into a VM (``vm_phases``), then ``finish`` (or a wait
+        until the job is cancelled)."""
+        assert progress is not None and cancel is not None
+        warns = {f.code for f in self.findings if f.level == "warn"}
+        assert set(accepted_codes) == warns, (accepted_codes, warns)
+        self.vm_restores.append(
+            {"request": request, "adapt": adapt, "accepted_codes": set(accepted_codes)}
+        )
+        from dataclasses import replace
+
+        base = frozen_progress()
+        for phase in self.vm_phases:
+            progress(
+                replace(base, phase=phase, stream=None if phase in ("convert", "compare") else "p2")
+            )
+        if isinstance(self.finish, BaseException):
+            raise self.finish
+        if self.finish is not None:
+            return self.finish
+        cancel.wait(30)
+        return None
 
     def confirmation_code(self, disk: Any) -> str:
         return (getattr(disk, "serial", None) or disk.name)[-4:]  # a partition: its name

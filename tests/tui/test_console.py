@@ -118,6 +118,12 @@ def screens_of_demo(tmp_path: Path, *, ascii_only: bool = False) -> list[str]:
             tmux.keys("Down")
             time.sleep(0.2)
         screens.append(tmux.capture())
+        # the dialog of a new virtual machine, then back
+        tmux.keys("v")
+        tmux.wait_for("Restore into a new virtual machine")
+        screens.append(tmux.capture())
+        tmux.keys("Escape")
+        tmux.wait_for("v New VM")
         tmux.keys("Enter")
         tmux.wait_for("Pre-flight checks")
         tmux.wait_for("Enter Confirm")

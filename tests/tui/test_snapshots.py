@@ -199,3 +199,21 @@ class TestFixups:
     def test_report_fixup_failed(self, snap_compare, size) -> None:
         app = fixups_app(finish=failed_fixup())
         assert snap_compare(app, terminal_size=size, run_before=_to_fixups_report)
+
+
+# ---- a new virtual machine instead of a target disk ---------------------------------------
+
+
+def test_vm_dialog_refusal(snap_compare) -> None:
+    """The dialog of the Target screen's v, after Enter on a folder that does not exist (the
+    canned default): the reason in the dialog, its keys in the footer."""
+
+    async def refused(pilot: Pilot) -> None:
+        await _to_target(pilot)
+        await pilot.press("v")
+        await pilot.pause()
+        await pilot.press("enter")
+        await pilot.pause()
+        assert type(pilot.app.screen).__name__ == "VmDialog"
+
+    assert snap_compare(make_app(), terminal_size=(80, 24), run_before=refused)
