@@ -267,11 +267,16 @@ def test_refusals_leave_nothing_and_say_what_to_do(web01: Path, tmp_path: Path) 
     out = tmp_path / "vms"
     out.mkdir()
     (out / "web01.qcow2").write_bytes(b"keep me")
-    taken = rescueui("restore", web01, "--to-vm", out, "--accept-warnings", "--quiet")
+    taken = rescueui(
+        "restore", web01, "--to-vm", out, "--name", "web01", "--accept-warnings", "--quiet"
+    )
     assert taken.returncode != 0
     assert "already exists" in taken.stderr and "another --name" in taken.stderr
     assert (out / "web01.qcow2").read_bytes() == b"keep me"
     assert sorted(p.name for p in out.iterdir()) == ["web01.qcow2"]
+    # the default name does not refuse the job: it takes the next free one
+    pf = rescueui("preflight", web01, "--to-vm", out, "--json")
+    assert json.loads(pf.stdout)["vm"]["name"] == "web01-2"
 
     missing = rescueui("restore", web01, "--to-vm", tmp_path / "nope", "--quiet")
     assert missing.returncode != 0 and "Create the folder first" in missing.stderr

@@ -861,14 +861,14 @@ class Session:
             return vms
         return holder
 
-    def default_vm_name(self, image_path: str | Path) -> str:
-        """The name the core gives a VM made of this image when none is asked for."""
-        from types import SimpleNamespace
-
+    def default_vm_name(self, image_path: str | Path, folder: str | Path | None = None) -> str:
+        """The name the core gives a VM made of this image when none is asked for (with a
+        number when ``folder`` already holds a VM of that name)."""
+        from rescueui.core.vm.job import unused_name
         from rescueui.core.vm.machine import default_name
 
-        # the core's default reads only the image's path (its file or folder name)
-        return default_name(None, SimpleNamespace(path=str(image_path)))  # type: ignore[arg-type]
+        name = default_name(str(image_path))
+        return unused_name(name, Path(folder)) if folder is not None else name
 
     def vm_request(
         self,
@@ -882,7 +882,7 @@ class Session:
         disk format and a folder that exists and can be written to (nothing is created).
         ``runs_on``: the profile of the host that will run the VM (None: this machine).
         Raises RescueError saying what is wrong."""
-        from rescueui.core.vm.job import _folder  # the core's rule for the VM's folder
+        from rescueui.core.vm.job import vm_folder  # the core's rule for the VM's folder
         from rescueui.core.vm.machine import VmRequest
 
         if not folder.strip():
@@ -894,19 +894,14 @@ class Session:
             folder=folder, name=name or None, disk_format=disk_format, runs_on=runs_on
         )
         request.check()
-        path = _folder(folder)
-        if not os.access(path, os.W_OK):
-            ours = any(m == path or m in path.parents for m in self.media_mounts)
+        where = Path(os.path.abspath(folder))
+        if any(m == where or m in where.parents for m in self.media_mounts):
             raise RescueError(
-                f"The folder {path} cannot be written"
-                + (
-                    ": its medium was mounted read-only to look for images."
-                    if ours
-                    else " (a read-only medium, or no permission)."
-                ),
+                f"The folder {where} cannot be written: its medium was mounted read-only to "
+                "look for images.",
                 hint="Choose a folder on a medium this machine can write to.",
             )
-        request.folder = str(path)
+        request.folder = str(vm_folder(folder))
         return request
 
     def preflight_vm(

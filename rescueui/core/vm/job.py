@@ -38,9 +38,9 @@ from rescueui.core.host import HostProfile, read_host_profile
 from rescueui.core.preflight import Finding
 from rescueui.core.targets.newfile import NewFile, create_new_file
 from rescueui.core.text import safe_text
-from rescueui.core.tools import require_tool
+from rescueui.core.tools import find_tool, require_tool
 from rescueui.core.units import human_size
-from rescueui.core.vm.machine import VmMachine, VmRequest, vm_profile
+from rescueui.core.vm.machine import RunsOn, VmMachine, VmRequest, vm_profile
 from rescueui.core.vm.machine import plan_vm as _plan_vm
 
 WORK_SUFFIX = ".rescueui-work.img"
@@ -48,9 +48,10 @@ SUBFORMAT = {"vmx": "monolithicSparse", "ovf": "streamOptimized"}
 _PERCENT = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
 
 
-def _folder(path: str) -> Path:
-    """The folder the VM's files go to: an existing real folder (not a link), named without
-    control characters (it is written into the definitions)."""
+def vm_folder(path: str) -> Path:
+    """The folder the VM's files go to: an existing real folder (not a link) this machine
+    can write, named without control characters (it is written into the definitions).
+    Nothing is created; :class:`RescueError` says what is wrong."""
     if safe_text(path) != path:
         raise RescueError(
             f"The folder name {safe_text(path)} holds control characters.",
@@ -68,6 +69,11 @@ def _folder(path: str) -> Path:
         raise RescueError(
             f"{p} is not a folder (or is a symbolic link); the VM's files go into a folder.",
             hint="Give the real folder.",
+        )
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise RescueError(
+            f"The folder {p} cannot be written (a read-only medium, or no permission).",
+            hint="Choose a folder on a medium this machine can write to.",
         )
     return p
 
@@ -99,6 +105,44 @@ def _data_bytes(image: Any) -> int:
     """The bytes the restored disk file holds (its data; the rest stays sparse)."""
     table = image.segment_table(None, leave_unused=True)
     return sum(s.length for s in table if not s.zero)
+
+
+def unused_name(
+    base: str, folder: Path, disk_format: str = "qcow2", definitions: tuple[str, ...] = ("libvirt",)
+) -> str:
+    """``base``, or ``base-2``, ``base-3``... : the first name none of whose VM files is in
+    ``folder`` yet (a default name must not refuse the job)."""
+    from dataclasses import replace as _replace
+
+    probe = VmMachine(
+        name=base, firmware="bios", disk_bus="virtio", nic_model="virtio", vcpus=1,
+        memory_bytes=0, disk_bytes=0, disk_format=disk_format, definitions=definitions,
+        mac="", runs_on=RunsOn(0, 0, ""), source="",
+    )  # fmt: skip
+    for n in range(1, 1000):
+        name = base if n == 1 else f"{base}-{n}"
+        if not _taken(vm_files(_replace(probe, name=name), folder)):
+            return name
+    return base
+
+
+def _free_name(vm: VmMachine, folder: Path, request: VmRequest) -> dict[str, Path]:
+    """The VM's files; a default name that is taken gets a number (a name the operator gave
+    is kept: the job is then refused)."""
+    if request.name is None:
+        vm.name = unused_name(vm.name, folder, vm.disk_format, vm.definitions)
+    return vm_files(vm, folder)
+
+
+def _tool_finding() -> Finding | None:
+    if find_tool("qemu-img") is None:
+        return Finding(
+            "stop",
+            "vm.tools",
+            "qemu-img is not installed here: the VM disk cannot be written or checked.",
+            "Use a rescue medium with qemu-utils.",
+        )
+    return None
 
 
 def _space_finding(vm: VmMachine, folder: Path, data: int) -> Finding:
@@ -145,12 +189,12 @@ def preflight_vm(
     from rescueui.core.images import open_image
     from rescueui.core.preflight import TargetInfo, run_preflight
 
-    folder = _folder(request.folder)
+    folder = vm_folder(request.folder)
     with open_image(image_dir) as image:
         vm = plan_vm(image, request, this_host=this_host, adapt=adapt)
-        files = vm_files(vm, folder)
+        files = _free_name(vm, folder, request)
         taken = _taken(files)
-        extra = []
+        extra = [f for f in (_tool_finding(),) if f is not None]
         if taken:
             extra.append(
                 Finding(
@@ -202,11 +246,11 @@ def plan_vm_restore(
     from rescueui.core.images import open_image
     from rescueui.core.restore import plan_restore
 
-    folder = _folder(request.folder)
+    folder = vm_folder(request.folder)
     with open_image(image_dir) as image:
         vm = plan_vm(image, request, this_host=this_host, adapt=adapt)
         data = _data_bytes(image)
-    files = vm_files(vm, folder)
+    files = _free_name(vm, folder, request)
     taken = _taken(files)
     if taken:
         raise UnsafeTargetError(
@@ -214,6 +258,7 @@ def plan_vm_restore(
             hint="Choose another name or folder, or delete the old files if they are not needed.",
             action="new-name",
         )
+    vm.findings += [f for f in (_tool_finding(),) if f is not None]
     vm.findings.append(_space_finding(vm, folder, data))
     work_path = files.get("work", files["disk"])
     work = create_new_file(str(work_path), vm.disk_bytes)

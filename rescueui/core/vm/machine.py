@@ -200,9 +200,9 @@ def runs_on(request: VmRequest, this_host: HostProfile) -> RunsOn:
         return RunsOn(
             request.runs_on.cpus,
             request.runs_on.memory_bytes,
-            f"the profile of the host ({request.runs_on.machine})",
+            f"the profile of the host, {request.runs_on.machine}",
         )
-    return RunsOn(this_host.cpus, this_host.memory_bytes, "this machine (the host that runs it)")
+    return RunsOn(this_host.cpus, this_host.memory_bytes, "this machine, the host that runs it")
 
 
 def fitted_memory(host_memory: int) -> int:
@@ -308,10 +308,10 @@ def _choose_firmware(
 ) -> tuple[str, str]:
     boot = analyse_boot(facts.partition_table, facts.mbr)
     if asked:
-        return asked, f"chosen; the image's disk boots by {boot.mode.upper()}"
+        return asked, f"as chosen; the image's disk boots by {boot.mode.upper()}"
     src = source.firmware if source and source.firmware in ("bios", "uefi") else None
     if boot.mode in ("bios", "uefi"):
-        return boot.mode, f"the image's disk boots by {boot.mode.upper()} ({boot.describe()})"
+        return boot.mode, f"the image's disk boots by {boot.mode.upper()}: {boot.describe()}"
     if boot.mode == "both":
         chosen = src or "uefi"
         return (
@@ -397,7 +397,7 @@ def plan_vm(
 
     firmware, why["firmware"] = _choose_firmware(facts, source, request.firmware)
     findings.append(
-        Finding("info", "vm.firmware", f"Firmware: {firmware.upper()} ({why['firmware']}).")
+        Finding("info", "vm.firmware", f"Firmware: {firmware.upper()}; {why['firmware']}.")
     )
 
     system = _system(image)
@@ -460,7 +460,7 @@ def plan_vm(
 
     size = int(disk_bytes or facts.source_disk.get("size_bytes") or facts.extent_bytes)
     size = max(size, int(facts.extent_bytes))
-    name = request.name or default_name(facts, image)
+    name = request.name or default_name(str(getattr(image, "path", "") or "vm"))
     return VmMachine(
         name=name,
         firmware=firmware,
@@ -480,9 +480,9 @@ def plan_vm(
     )
 
 
-def default_name(facts: ImageFacts, image: Any) -> str:
-    """A file-safe name from the image's file or folder name."""
-    raw = str(getattr(image, "path", "") or "vm").rstrip("/").rsplit("/", 1)[-1]
+def default_name(image_path: str) -> str:
+    """A file-safe VM name from the image's file or folder name."""
+    raw = str(image_path).rstrip("/").rsplit("/", 1)[-1]
     for suffix in (".qcow2", ".vmdk", ".vhdx", ".vdi", ".vhd", ".img", ".raw"):
         raw = raw.removesuffix(suffix)
     cleaned = re.sub(r"[^A-Za-z0-9._+-]+", "-", raw).strip("-._+")[:63]

@@ -146,7 +146,9 @@ class TargetScreen(StepScreen):
         previous = self.flow.vm  # back from its pre-flight: the same choice again
         try:
             folder = str(previous.folder if previous else self.session.default_vm_folder(img.path))
-            name = (previous.name if previous else None) or self.session.default_vm_name(img.path)
+            name = (previous.name if previous else None) or self.session.default_vm_name(
+                img.path, folder
+            )
         except (RescueError, OSError) as exc:
             self.query_one("#status", Static).update(
                 plain(f"No new VM: {exc}", style="bold reverse")
