@@ -20,8 +20,6 @@ import contextlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,8 @@ from typing import Any
 import pytest
 
 from tests import bootsystem
-from tests.loopdisk import attach, detach, run, settle
+from tests.clirun import capture, loop, rescueui
+from tests.loopdisk import run, settle
 
 TOOLS = ("debootstrap", "sfdisk", "partx", "mkfs.vfat", "fusefat", "mdir", "qemu-system-x86_64",
          "unshare", "chroot")  # fmt: skip
@@ -74,34 +73,6 @@ def profile(firmware: str, drivers: list[str], *, nic: bool) -> dict[str, Any]:
         if nic
         else [],
     }
-
-
-def rescueui(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "rescueui", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"rescueui {args} exited {proc.returncode}:\n{proc.stderr}")
-    return proc
-
-
-@contextlib.contextmanager
-def loop(backing: Path, *, read_only: bool = False) -> Iterator[str]:
-    dev = attach(backing, read_only=read_only)
-    try:
-        yield dev
-    finally:
-        subprocess.run(["partx", "-d", dev], capture_output=True, check=False)
-        detach(dev)
-
-
-def capture(source: Path, dest: Path) -> Path:
-    with loop(source, read_only=True) as dev:
-        rescueui("capture", dev, dest, "--quiet")
-    return dest
 
 
 @pytest.fixture(scope="module")

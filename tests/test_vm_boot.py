@@ -16,12 +16,8 @@ libvirt itself does not run here):
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +25,7 @@ import pytest
 
 from rescueui.core.units import GiB
 from tests import bootsystem
-from tests.loopdisk import attach, detach
+from tests.clirun import capture, rescueui
 
 TOOLS = ("debootstrap", "sfdisk", "partx", "qemu-system-x86_64", "qemu-img", "unshare", "chroot")
 MISSING = [t for t in TOOLS if shutil.which(t) is None]
@@ -41,34 +37,6 @@ pytestmark = [
         bool(MISSING), reason=f"missing tools: {', '.join(MISSING)} (.ci/packages.txt)"
     ),
 ]
-
-
-def rescueui(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "rescueui", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"rescueui {args} exited {proc.returncode}:\n{proc.stderr}")
-    return proc
-
-
-@contextlib.contextmanager
-def loop(backing: Path) -> Iterator[str]:
-    dev = attach(backing, read_only=True)
-    try:
-        yield dev
-    finally:
-        subprocess.run(["partx", "-d", dev], capture_output=True, check=False)
-        detach(dev)
-
-
-def capture(source: Path, dest: Path) -> Path:
-    with loop(source) as dev:
-        rescueui("capture", dev, dest, "--quiet")
-    return dest
 
 
 @pytest.fixture(scope="module")

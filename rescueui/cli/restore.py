@@ -175,6 +175,17 @@ def create_file_target(path: str, size_text: str, image_dir: str) -> CreatedFile
     return created
 
 
+def show_findings(plan: Any) -> None:
+    """The pre-flight findings worth reading and the acknowledgements, one line each."""
+    shown = [f for f in plan.findings if getattr(f, "level", "ok") in ("info", "warn", "stop")]
+    if shown:
+        say("Pre-flight:")
+        for f in shown:
+            say("  [{}] {}", f.level.upper(), f.message)
+    for a in plan.acknowledgements:
+        say("  [ACK] {}: acknowledged by {}", a.code, a.by)
+
+
 def show_plan(plan: Any, code: str) -> None:
     """What the restore will do. Whatever comes from the image (its source, warnings,
     pre-flight findings quoting it) comes first; what will be destroyed comes last, right
@@ -195,13 +206,7 @@ def show_plan(plan: Any, code: str) -> None:
         human_size(int(src.get("size_bytes") or 0)),
         image.manifest.created,
     )
-    shown = [f for f in plan.findings if getattr(f, "level", "ok") in ("info", "warn", "stop")]
-    if shown:
-        say("Pre-flight:")
-        for f in shown:
-            say("  [{}] {}", f.level.upper(), f.message)
-    for a in plan.acknowledgements:
-        say("  [ACK] {}: acknowledged by {}", a.code, a.by)
+    show_findings(plan)
     say("Target:  {}", ident.describe())
     say("Writes:  {}, {}", what, human_size(plan.needed_bytes))
     say("This DESTROYS everything on the target:")
@@ -411,13 +416,7 @@ def show_vm_plan(plan: Any) -> None:
     no confirmation code is asked)."""
     vm = plan.final_step.vm
     say("Image:   {}", plan.image.dir)
-    shown = [f for f in plan.findings if getattr(f, "level", "ok") in ("info", "warn", "stop")]
-    if shown:
-        say("Pre-flight:")
-        for f in shown:
-            say("  [{}] {}", f.level.upper(), f.message)
-    for a in plan.acknowledgements:
-        say("  [ACK] {}: acknowledged by {}", a.code, a.by)
+    show_findings(plan)
     say(
         "VM:      {} -- {} vCPU(s), {}, {}, disk {} ({}, {}), network card {}",
         vm.name,

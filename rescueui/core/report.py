@@ -256,6 +256,15 @@ class JobReport:
             lines.append("Fix-ups of the restored system:")
             for line in fixup_lines(adapt):
                 lines.extend(_wrap(_safe(line), width, "  ", "      "))
+        vm = self.details.get("vm")
+        if isinstance(vm, dict):
+            from rescueui.core.vm import vm_lines
+
+            vm_text = vm_lines(vm)
+            if vm_text:
+                lines.append("Virtual machine:")
+            for line in vm_text:
+                lines.extend(_wrap(_safe(line), width, "  ", "      "))
         for n in self.notes:
             add("Note:", n)
         for w in self.warnings:

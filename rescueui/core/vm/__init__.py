@@ -7,3 +7,45 @@ definition fitted to the host that will run it.
 * :mod:`.definition` -- the libvirt domain, ``.vmx`` and OVF texts;
 * :mod:`.check` -- a definition checked against the disk it names.
 """
+
+from typing import Any
+
+from rescueui.core.units import human_size
+
+FILE_WORDS = {
+    "disk": "disk",
+    "libvirt": "libvirt definition",
+    "vmx": "VMware .vmx",
+    "ovf": "OVF descriptor",
+}
+
+
+def vm_lines(details: Any) -> list[str]:
+    """The VM section of a report (``report.details["vm"]``) as plain lines: what the VM
+    got and why, the files made, the checks. The one rendering the text report and the
+    front ends share. Untrusted (a report file may be read back): every field becomes text."""
+    if not isinstance(details, dict) or not details.get("name"):
+        return []
+    try:
+        memory = human_size(int(details.get("memory_bytes") or 0))
+    except (TypeError, ValueError):
+        memory = "?"
+    out = [
+        f"VM {details['name']}: {details.get('vcpus', '?')} vCPU(s), {memory}, "
+        f"{str(details.get('firmware', '?')).upper()}, disk bus "
+        f"{details.get('disk_bus', '?')}, network card {details.get('nic_model', '?')}"
+    ]
+    why = details.get("why")
+    if isinstance(why, dict) and why.get("disk_bus"):
+        out.append(f"  Why this bus: {why['disk_bus']}")
+    files = details.get("files")
+    if isinstance(files, dict) and files:
+        out.append("Files made:")
+        out += [f"  {FILE_WORDS.get(str(k), str(k))}: {v}" for k, v in files.items()]
+    else:
+        out.append("Files made: none kept (the job did not finish; see the notes)")
+    checks = details.get("checks")
+    if isinstance(checks, list) and checks:
+        out.append("Checks:")
+        out += [f"  {c}" for c in checks]
+    return out

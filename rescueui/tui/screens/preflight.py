@@ -118,6 +118,12 @@ def adapt_text(chosen: set[str], machine: Any, path: str | None) -> Text:
     text = Text("Fix-ups for: " if machine is None else "Checks and fix-ups for: ")
     text.append(esc(machine_words(machine, path)), style="" if machine is None else "bold")
     text.append(". m: choose the machine; f on a fix-up line: on/off")
+    _fixups_on_off(text, chosen)
+    return text
+
+
+def _fixups_on_off(text: Text, chosen: set[str]) -> None:
+    """Append the line naming the fix-ups that are on and those switched off."""
     on = [n for n in FIXUPS if n in chosen]
     off = [n for n in FIXUPS if n not in chosen]
     text.append("\nFix-ups on: ")
@@ -125,7 +131,6 @@ def adapt_text(chosen: set[str], machine: Any, path: str | None) -> Text:
     if on and off:
         text.append("; off: ")
         text.append(", ".join(off), style="bold")
-    return text
 
 
 def kept_acknowledgements(before: list[Any], acknowledged: set[str], after: list[Any]) -> set[str]:
@@ -179,13 +184,7 @@ def vm_adapt_text(host: Any, path: str | None, chosen: set[str] | None) -> Text:
     text.append(" (vCPUs and memory fitted to it). m: another host")
     if chosen is None:
         return text
-    on = [n for n in FIXUPS if n in chosen]
-    off = [n for n in FIXUPS if n not in chosen]
-    text.append("\nFix-ups on: ")
-    text.append(", ".join(on) if on else "none - the restored system is left as it is")
-    if on and off:
-        text.append("; off: ")
-        text.append(", ".join(off), style="bold")
+    _fixups_on_off(text, chosen)
     text.append(". f on one: on/off")
     return text
 

@@ -20,7 +20,7 @@ from textual.widgets import Footer, Static
 
 from rescueui.core.adapt import fixup_lines
 from rescueui.core.errors import AdaptError
-from rescueui.core.units import human_size
+from rescueui.core.vm import vm_lines
 from rescueui.tui.screens.base import StepScreen
 from rescueui.tui.text import esc, plain
 from rescueui.tui.widgets.steps import StepsBar
@@ -33,64 +33,15 @@ BANNERS = {
 ADAPT_FAILED = " FIX-UP FAILED: data restored and verified, the system may not boot "
 FIXUPS_TITLE = "Fix-ups of the restored system (each step; the full report follows):"
 VM_TITLE = "The new virtual machine (its files and checks; the full report follows):"
-VM_FILE_WORDS = {
-    "disk": "disk",
-    "libvirt": "libvirt definition",
-    "vmx": "VMware .vmx",
-    "ovf": "OVF",
-}
 
 
-def vm_text(details: Any, width: int = 80) -> Text:
-    """The VM section of a report (``details["vm"]``): what the VM got, the files made and
-    the checks; empty when there is none. Every value is outside text (escaped)."""
+def _section(title: str, lines: list[str], width: int, *, loud: bool = False) -> Text:
+    """A titled section of plain lines (outside text: escaped), wrapped for ``width``
+    columns under their own indent. ``loud``: failed steps, errors and next steps in bold."""
     text = Text()
-    if not isinstance(details, dict) or not details.get("name"):
-        return text
-    text.append(f"{VM_TITLE}\n", style="bold")
-    lines = []
-    try:
-        memory = human_size(int(details.get("memory_bytes") or 0))
-    except (TypeError, ValueError):
-        memory = "?"
-    lines.append(
-        f"VM {esc(details['name'])}: {esc(details.get('vcpus', '?'))} vCPU(s), {memory}, "
-        f"{esc(details.get('firmware', '?')).upper()}, disk bus {esc(details.get('disk_bus', '?'))}, "
-        f"network card {esc(details.get('nic_model', '?'))}"
-    )
-    files = details.get("files")
-    if isinstance(files, dict) and files:
-        lines.append("Files made:")
-        for kind, path in files.items():
-            lines.append(f"  {esc(VM_FILE_WORDS.get(str(kind), kind))}: {esc(path)}")
-    else:
-        lines.append("Files made: none kept (the job did not finish; see the notes below)")
-    checks = details.get("checks")
-    if isinstance(checks, list) and checks:
-        lines.append("Checks:")
-        lines += [f"  {esc(c)}" for c in checks]
-    for line in lines:
-        lead = " " * (len(line) - len(line.lstrip(" ")) + 2)
-        wrapped = textwrap.wrap(
-            line,
-            max(width, 20),
-            initial_indent="  ",
-            subsequent_indent=lead + "  ",
-            break_long_words=True,
-            break_on_hyphens=False,
-        ) or [""]
-        text.append("\n".join(wrapped) + "\n")
-    return text
-
-
-def fixup_text(details: Any, width: int = 80) -> Text:
-    """The fix-up section of a report (``details["adapt"]``), laid out for ``width``
-    columns; empty when there is none. The commands run are left to the report's text."""
-    text = Text()
-    lines = fixup_lines(details, commands=False)
     if not lines:
         return text
-    text.append(f"{FIXUPS_TITLE}\n", style="bold")
+    text.append(f"{title}\n", style="bold")
     for line in lines:
         shown = esc(line)
         lead = " " * (len(shown) - len(shown.lstrip(" ")) + 2)
@@ -102,9 +53,23 @@ def fixup_text(details: Any, width: int = 80) -> Text:
             break_long_words=True,  # a long path: cut, but under its own line
             break_on_hyphens=False,
         ) or [""]
-        failed = shown.startswith("[FAILED]") or shown.lstrip().startswith(("error:", "next step:"))
+        failed = loud and (
+            shown.startswith("[FAILED]") or shown.lstrip().startswith(("error:", "next step:"))
+        )
         text.append("\n".join(wrapped) + "\n", style="bold" if failed else "")
     return text
+
+
+def vm_text(details: Any, width: int = 80) -> Text:
+    """The VM section of a report (``details["vm"]``): what the VM got, the files made and
+    the checks; empty when there is none."""
+    return _section(VM_TITLE, vm_lines(details), width)
+
+
+def fixup_text(details: Any, width: int = 80) -> Text:
+    """The fix-up section of a report (``details["adapt"]``), laid out for ``width``
+    columns; empty when there is none. The commands run are left to the report's text."""
+    return _section(FIXUPS_TITLE, fixup_lines(details, commands=False), width, loud=True)
 
 
 def report_body(report: Any, error: BaseException | None, width: int = 80) -> Text:
