@@ -23,6 +23,7 @@ removed while it is still the one this run made); the report says so.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import stat
@@ -281,6 +282,16 @@ def plan_vm_restore(
     return plan
 
 
+def _direct_io(path: Path) -> bool:
+    """Whether ``path`` can be read with O_DIRECT (tmpfs and some FUSE filesystems cannot)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
 @dataclass
 class VmExport:
     """The final step: the VM disk in its format, compared, and the definitions."""
@@ -311,7 +322,8 @@ class VmExport:
             self._convert(ctx, disk)
             self._compare(ctx, disk)
             details["checks"].append(
-                f"qemu-img compare: {disk.name} holds exactly the restored and verified disk."
+                f"qemu-img compare: {disk.name}, flushed and read back from the medium, holds "
+                "exactly the restored and verified disk."
             )
             self.work.remove()
         details["files"]["disk"] = str(disk)
@@ -329,6 +341,12 @@ class VmExport:
                     hint="Report this bug with the report file; the disk itself is written "
                     "and verified.",
                 )
+        with contextlib.suppress(OSError):  # the new names durable too, not only the data
+            fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         ctx.report.notes.append(
             f"Virtual machine {vm.name}: {vm.vcpus} vCPU(s), {human_size(vm.memory_bytes)}, "
             f"{vm.firmware.upper()}, disk {disk.name} ({vm.disk_format}, {vm.disk_bus}), "
@@ -409,12 +427,35 @@ class VmExport:
                 hint="The restore itself was verified; check the room on the medium and run "
                 "the job again.",
             )
+        # qemu-img convert writes without flushing (its cache mode "unsafe"): the disk is
+        # made durable here, before it is read back and before the job says it is written.
+        try:
+            fd = os.open(disk, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise RescueError(
+                f"The VM disk {disk} could not be flushed to its medium: {exc.strerror}.",
+                hint="Check the medium the VM disk is on (it may be failing) and run the "
+                "job again.",
+            ) from exc
 
     def _compare(self, ctx: Any, disk: Path) -> None:
         qemu_img = require_tool("qemu-img")
-        cmd = [qemu_img, "compare", "-p", "-f", "raw", "-F", self.vm.disk_format]
-        cmd += [str(self.work.path), str(disk)]
+        # Read from the medium (O_DIRECT, cache mode "none"), not from the page cache that
+        # still holds what was just written; a filesystem without direct I/O reads cached.
+        direct = _direct_io(disk)
+        cmd = [qemu_img, "compare", "-p", *(["-T", "none"] if direct else [])]
+        cmd += ["-f", "raw", "-F", self.vm.disk_format, str(self.work.path), str(disk)]
         res = self._run_tool(ctx, "compare", cmd, f"reading {disk.name} back")
+        if not direct:
+            ctx.report.warnings.append(
+                f"The filesystem of {disk.parent} has no direct I/O: the VM disk was read back "
+                "through the page cache, which may hold what was written rather than what "
+                "reached the medium."
+            )
         if res.returncode != 0:
             from rescueui.core.images.qemu import tool_message
 
