@@ -1,5 +1,5 @@
 """Command line front end: ``rescueui [--demo] | disks | host | capture | restore | verify |
-preflight | inspect | unattended | vm-check``.
+preflight | inspect | unattended | vm-check | files | extract``.
 
 Thin by rule: each sub-command lives in its own module (``rescueui/cli/<name>.py``)
 exposing ``add_parser(subparsers)`` and ``run(args) -> int``; no business rule here.
@@ -30,6 +30,8 @@ COMMANDS = (
     "preflight",
     "unattended",
     "vm-check",
+    "files",
+    "extract",
 )
 
 
@@ -77,7 +79,13 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(argv)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # argparse hands positionals out once: an optional PATH after `--partition N` would be
+    # "unrecognized"; a command that takes more words after its options says so (`trailing`)
+    if extra and hasattr(args, "trailing") and not any(w.startswith("-") for w in extra):
+        args.trailing = list(extra)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         if args.command is None:
             from rescueui.cli.app import run_app

@@ -214,6 +214,7 @@ CLI_ACTIONS = {
     "whole-disk": "(leave out --partition)",
     "allow-mounted": "(--allow-mounted)",
     "new-name": "(another --name, or another file name)",
+    "onto-image-medium": "(--onto-image-medium)",
 }
 """How the command line offers the engine's next steps (``RescueError.action``)."""
 

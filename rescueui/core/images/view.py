@@ -1,0 +1,399 @@
+"""A read-only view of one partition of any image: its filesystem mounted, nothing written.
+
+::
+
+    with partition_view("/media/usb/web01-img", 2) as view:      # ImageError if it cannot
+        for entry in list_folder(view.root, "/etc"): ...           # rescueui.core.files
+
+How (this kernel has FUSE and loop devices, no NBD, ublk or device-mapper):
+
+1. a helper process (``python -m rescueui.core.images.view``) opens the image and serves the
+   partition's bytes as one read-only FUSE file (:mod:`.fusefile`), reading them through the
+   image's own reader: our format chunk by chunk through the one chunk decoder, each chunk's
+   BLAKE3 checked before a byte of it is served (chunks the filesystem does not use read as
+   zeros); VM disks through QEMU's block layer; raw images from the file;
+2. a read-only loop device goes over that file;
+3. the filesystem is mounted from it by the one mount rule (:mod:`rescueui.core.fsmount`:
+   ext4 ``ro,noload``, xfs ``ro,norecovery``, btrfs ``ro,rescue=nologreplay``, FAT/NTFS/exFAT
+   through their FUSE drivers where the kernel lacks them).
+
+Everything lives under ``/run/rescueui/view/<pid>-<n>/`` and is released when the block
+ends, also on an error. A process that was killed leaves it behind: :func:`sweep_stale`
+(called before every new view) unmounts and detaches what a dead process left.
+
+Kinds that can only be read in order (compressed raw images, Clonezilla folders) have no
+view yet: :class:`ImageError` says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import blake3
+
+from rescueui.core import fsmount
+from rescueui.core.errors import CorruptImageError, ImageError, RescueError
+
+VIEW_ROOT = Path("/run/rescueui/view")
+READY_TIMEOUT = 60.0
+CACHE_CHUNKS = 16  # decoded chunks kept (a 4 MiB chunk is read in many smaller requests)
+
+
+@dataclass
+class PartitionView:
+    """A mounted, read-only partition of an image."""
+
+    image: str
+    partition: int
+    fs_type: str
+    size_bytes: int
+    device: str  # the read-only loop device
+    root: Path  # where its filesystem is mounted
+    how: str  # "kernel ext4 ro,noload", "FUSE fusefat"
+    log: Path | None = None  # what the serving helper could not read (the image's damage)
+
+    def problem(self) -> str | None:
+        """The first part of the image that could not be served (a damaged chunk), if any:
+        a read error inside the view comes from there."""
+        return _first_problem(self.log)
+
+
+def _first_problem(log: Path | None) -> str | None:
+    if log is None:
+        return None
+    try:
+        with open(log, "rb") as f:
+            first = f.readline(2000).decode("utf-8", errors="replace").strip()
+    except OSError:
+        return None
+    return first.removeprefix("rescueui view: ") or None
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class PartitionReader:
+    """Random reads of one partition's bytes, from any image kind that allows them."""
+
+    def __init__(self, image: Any, partition: int) -> None:
+        self.image = image
+        stream = _partition_stream(image, partition)
+        self.stream = stream
+        self.size = int(stream.size_bytes)
+        self.fs_type = str(getattr(stream, "fs_type", "") or "")
+        self._ours = hasattr(image, "read_chunk")
+        if not self._ours and getattr(image, "sequential", False):
+            raise ImageError(
+                f"The image {image.path} ({image.describe()}) can only be read from its start "
+                "to its end, not at any place: its partitions cannot be browsed yet.",
+                hint="Restore it, or convert it to a rescueui image (restore onto a file, "
+                "then capture that file), to browse it.",
+            )
+        self._cache: OrderedDict[int, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def read_at(self, offset: int, length: int) -> bytes:
+        length = max(0, min(length, self.size - offset))
+        if length == 0:
+            return b""
+        if not self._ours:
+            buf = bytearray(length)
+            self.image.read_into(int(self.stream.start_bytes) + offset, memoryview(buf))
+            return bytes(buf)
+        piece = int(self.stream.chunk_size)
+        out = bytearray()
+        pos = offset
+        end = offset + length
+        while pos < end:
+            index = pos // piece
+            data = self._chunk(index)
+            start = pos - index * piece
+            take = min(end - pos, len(data) - start)
+            if take <= 0:
+                break
+            out += data[start : start + take]
+            pos += take
+        return bytes(out)
+
+    def _chunk(self, index: int) -> bytes:
+        with self._lock:
+            hit = self._cache.get(index)
+            if hit is not None:
+                self._cache.move_to_end(index)
+                return hit
+        rec = self.image.chunk(self.stream, index)
+        if rec.zero or rec.unused:
+            data = bytes(rec.raw_length)  # zero data, or blocks no file uses: zeros
+        else:
+            data = self.image.read_chunk(self.stream, rec)
+            if blake3.blake3(data).hexdigest() != rec.blake3:
+                raise CorruptImageError(
+                    f"{self.image.chunk_place(self.stream, rec).where()}: its BLAKE3 does not "
+                    "match the image's index; it is not shown.",
+                    hint="The image is damaged; use another copy of it.",
+                )
+        with self._lock:
+            self._cache[index] = data
+            while len(self._cache) > CACHE_CHUNKS:
+                self._cache.popitem(last=False)
+        return data
+
+
+def _partition_stream(image: Any, partition: int) -> Any:
+    for s in image.streams:
+        if getattr(s, "partition_number", None) == partition and s.kind in ("partition",):
+            return s
+    have = ", ".join(
+        str(s.partition_number) for s in image.streams if getattr(s, "partition_number", None)
+    )
+    raise ImageError(
+        f"The image {image.path} has no partition {partition}"
+        + (f" (it has {have})." if have else "."),
+        hint="Choose one of its partitions.",
+    )
+
+
+# --------------------------------------------------------------------------- the view
+
+
+_counter = 0
+_counter_lock = threading.Lock()
+
+
+def _new_dir() -> Path:
+    global _counter
+    with _counter_lock:
+        _counter += 1
+        n = _counter
+    VIEW_ROOT.mkdir(parents=True, exist_ok=True, mode=0o700)
+    d = VIEW_ROOT / f"{os.getpid()}-{n}"
+    d.mkdir(mode=0o700)
+    return d
+
+
+@contextlib.contextmanager
+def partition_view(image_dir: str | Path, partition: int) -> Iterator[PartitionView]:
+    """Partition ``partition`` of the image at ``image_dir`` mounted read-only for the block
+    (see the module doc). :class:`RescueError` (ImageError, a mount error) says what failed;
+    nothing is left behind."""
+    from rescueui.core.blockdev import range_device
+    from rescueui.core.images import open_image
+
+    if os.geteuid() != 0:
+        raise RescueError(
+            "Browsing an image mounts its partition: that needs root.",
+            hint="Run rescueui as root (the live system does).",
+        )
+    sweep_stale()
+    with open_image(image_dir) as image:  # checked here: a refusal comes before any mount
+        reader = PartitionReader(image, partition)
+        size, fs_type = reader.size, reader.fs_type
+    folder = _new_dir()
+    served = folder / "partition.img"
+    served.touch(mode=0o400)
+    log = folder / "helper.log"
+    with contextlib.ExitStack() as stack:
+        stack.callback(_remove_dir, folder)
+        child = _serve(image_dir, partition, served, size, log)
+        stack.callback(_stop, child, served)
+        device = stack.enter_context(range_device(str(served), 0, size, read_only=True))
+        if not fs_type:
+            fs_type = _probe(device)
+        root = fsmount.mount_dir("view")
+        stack.callback(_rmdir, root)
+        try:
+            how = fsmount.mount(device, root, fs_type, read_only=True)
+        except RescueError as exc:
+            damage = _first_problem(log)
+            if damage:
+                raise CorruptImageError(
+                    f"Partition {partition} of {image_dir} cannot be mounted: {damage}",
+                    hint="The image is damaged; use another copy of it.",
+                ) from exc
+            raise
+        stack.callback(fsmount.unmount, root)
+        yield PartitionView(str(image_dir), partition, fs_type, size, device, root, how, log)
+
+
+def _serve(
+    image_dir: str | Path, partition: int, served: Path, size: int, log: Path
+) -> subprocess.Popen[bytes]:
+    """Mount the FUSE file and start the helper that answers it; returns once the kernel
+    and the helper have agreed (the file has its size)."""
+    from rescueui.core.images import fusefile
+
+    fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+    err = open(log, "wb")  # the helper's stderr: a file, where a pipe could fill up
+    try:
+        fusefile.mount(str(served), fd)
+        child = subprocess.Popen(
+            [sys.executable, "-m", "rescueui.core.images.view", str(fd), os.fspath(image_dir),
+             str(partition), str(served)],
+            pass_fds=(fd,),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            start_new_session=True,
+        )  # fmt: skip
+    except BaseException:
+        fusefile.unmount(str(served))
+        raise
+    finally:
+        os.close(fd)
+        err.close()
+    deadline = time.monotonic() + READY_TIMEOUT
+    while True:
+        if child.poll() is not None:
+            fusefile.unmount(str(served))
+            raise ImageError(
+                f"The image {image_dir} could not be served for browsing: "
+                + (_first_problem(log) or "the helper ended")[:400]
+            )
+        try:
+            if os.stat(served).st_size == size:
+                return child
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            _stop(child, served)
+            raise ImageError(f"The image {image_dir} did not answer within {READY_TIMEOUT:.0f} s.")
+        time.sleep(0.05)
+
+
+def _stop(child: subprocess.Popen[bytes], served: Path) -> None:
+    from rescueui.core.images import fusefile
+
+    fusefile.unmount(str(served))
+    try:
+        child.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+
+
+def _probe(device: str) -> str:
+    from rescueui.core.tools import find_tool
+
+    blkid = find_tool("blkid") or "blkid"
+    proc = subprocess.run(
+        [blkid, "-p", "-o", "value", "-s", "TYPE", device],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    fs = proc.stdout.strip()
+    if not fs:
+        raise ImageError(
+            "The partition holds no filesystem that can be recognised; there is nothing to browse."
+        )
+    return fs
+
+
+def _rmdir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.rmdir()
+
+
+def _remove_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        for p in folder.iterdir():
+            p.unlink()
+        folder.rmdir()
+
+
+# --------------------------------------------------------------------------- after a crash
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _mounts() -> list[tuple[str, str]]:
+    out = []
+    try:
+        text = Path("/proc/self/mounts").read_text()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 3:
+            out.append((parts[0], parts[1].replace("\\040", " ")))
+    return out
+
+
+def sweep_stale() -> list[str]:
+    """Release what killed rescueui processes left of their views: filesystems mounted from
+    a view's loop device, the loop devices, the FUSE files and their folders. Returns what
+    was released (for a log line)."""
+    from rescueui.core.images import fusefile
+    from rescueui.core.tools import find_tool
+
+    done: list[str] = []
+    if not VIEW_ROOT.is_dir():
+        return done
+    losetup = find_tool("losetup") or "losetup"
+    for folder in sorted(VIEW_ROOT.iterdir()):
+        try:
+            pid = int(folder.name.split("-", 1)[0])
+        except ValueError:
+            continue
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        served = folder / "partition.img"
+        loops = subprocess.run(
+            [losetup, "-j", str(served)], capture_output=True, text=True, check=False
+        ).stdout
+        for line in loops.splitlines():
+            dev = line.split(":", 1)[0].strip()
+            if not dev.startswith("/dev/loop"):
+                continue
+            for source, where in _mounts():
+                if source == dev:
+                    fsmount.unmount(where)
+                    _rmdir(Path(where))
+                    done.append(f"unmounted {where}")
+            subprocess.run([losetup, "-d", dev], capture_output=True, check=False)
+            done.append(f"detached {dev}")
+        if fusefile.unmount(str(served)):
+            done.append(f"unmounted {served}")
+        _remove_dir(folder)
+    return done
+
+
+# --------------------------------------------------------------------------- the helper
+
+
+def _helper(argv: list[str]) -> int:
+    """``python -m rescueui.core.images.view FD IMAGE PARTITION FILE``: serve the partition
+    on the FUSE connection FD until FILE is unmounted."""
+    from rescueui.core.images import fusefile, open_image
+
+    fd, image_dir, partition, _served = int(argv[0]), argv[1], int(argv[2]), argv[3]
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent ends it by unmounting
+    try:
+        with open_image(image_dir) as image:
+            reader = PartitionReader(image, partition)
+            fusefile.serve(fd, reader.size, reader.read_at)
+    except RescueError as exc:
+        print(f"rescueui view: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_helper(sys.argv[1:]))

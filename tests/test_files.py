@@ -1,0 +1,273 @@
+"""Browse and extract files from an image without restoring it (issue 13, items 1 and 2).
+
+A GPT disk file whose ext4 partition holds the awkward files (a symbolic link, hard links,
+a sparse file, an extended attribute, a FIFO, a name with spaces and UTF-8, a folder with
+its own mode and times) is captured by rescueui and converted to qcow2 by qemu-img; from
+each, ``rescueui files`` lists and ``rescueui extract`` copies; every extracted file is
+compared with the source (SHA-256, mode, owner, times, links, holes, xattrs). Nothing stays
+mounted; what a killed process left is released by the next one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.clirun import rescueui
+from tests.loopdisk import run
+
+pytestmark = [pytest.mark.root]
+
+TOOLS = [t for t in ("qemu-img", "sfdisk", "mkfs.ext4", "zstd") if shutil.which(t) is None]
+MiB = 1024 * 1024
+PART_START = 1 * MiB
+PART_SIZE = 96 * MiB
+UTF8_NAME = "Grüße aus Köln – notes.txt"
+
+
+def _populate(root: Path) -> None:
+    (root / "etc").mkdir()
+    (root / "etc/app.conf").write_text("listen 8080\n")
+    os.chown(root / "etc/app.conf", 1001, 1002)
+    os.chmod(root / "etc/app.conf", 0o640)
+    (root / "data").mkdir(mode=0o750)
+    (root / "data/random.bin").write_bytes(os.urandom(3 * MiB + 123))
+    os.link(root / "data/random.bin", root / "data/random-hardlink.bin")
+    os.symlink("../etc/app.conf", root / "data/conf-link")
+    with open(root / "data/sparse.img", "wb") as f:
+        f.seek(20 * MiB)
+        f.write(b"end of a sparse file\n")
+    (root / "data" / UTF8_NAME).write_text("für alle\n")
+    os.setxattr(root / "data/random.bin", "user.rescueui.note", b"kept")
+    os.mkfifo(root / "data/queue")
+    for i in range(50):
+        (root / "data" / f"small-{i:03d}.txt").write_text(f"file {i}\n" * (i + 1))
+    os.utime(root / "etc/app.conf", ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
+    os.utime(root / "data", ns=(1_500_000_000_000_000_000, 1_500_000_000_000_000_000))
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The disk file, a copy of its files (the reference), our image and a qcow2 of it."""
+    if TOOLS:
+        pytest.skip(f"missing tools: {', '.join(TOOLS)}")
+    tmp = tmp_path_factory.mktemp("files")
+    disk = tmp / "disk.img"
+    with open(disk, "wb") as f:
+        f.truncate(PART_START + PART_SIZE + MiB)
+    run(
+        ["sfdisk", "--quiet", str(disk)],
+        input=f"label: gpt\nstart=2048, size={PART_SIZE // 512}, type=L\n",
+    )
+    part = tmp / "p1.ext4"
+    with open(part, "wb") as f:
+        f.truncate(PART_SIZE)
+    run(["mkfs.ext4", "-q", "-F", "-L", "data", str(part)])
+    mnt = tmp / "mnt"
+    mnt.mkdir()
+    run(["mount", "-o", "loop", str(part), str(mnt)])
+    try:
+        _populate(mnt)
+        ref = tmp / "reference"
+        run(["cp", "-a", str(mnt), str(ref)])  # what extraction must reproduce
+    finally:
+        run(["umount", str(mnt)])
+    run(
+        [
+            "dd",
+            f"if={part}",
+            f"of={disk}",
+            "bs=1M",
+            f"seek={PART_START // MiB}",
+            "conv=notrunc,sparse",
+            "status=none",
+        ]
+    )
+    part.unlink()
+    image = tmp / "img"
+    cap = rescueui("capture", disk, image, "--quiet", check=False)
+    assert cap.returncode == 0, cap.stderr
+    qcow2 = tmp / "disk.qcow2"
+    run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(disk), str(qcow2)])
+    zst = tmp / "disk.img.zst"
+    run(["zstd", "-q", "-3", str(disk), "-o", str(zst)])
+    return {"disk": disk, "ref": ref, "image": image, "qcow2": qcow2, "zst": zst, "tmp": tmp}
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(MiB):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def leftovers() -> list[str]:
+    """Mounts and loop devices of image views still present."""
+    text = Path("/proc/self/mounts").read_text()
+    found = [line for line in text.splitlines() if "/run/rescueui/view" in line or "/view-" in line]
+    loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    found += [line for line in loops.splitlines() if "/run/rescueui/view" in line]
+    return found
+
+
+@pytest.mark.parametrize("kind", ["image", "qcow2"])
+def test_list_a_folder_of_any_image(source: dict[str, Path], kind: str) -> None:
+    proc = rescueui("files", source[kind], "--partition", "1", "/data", "--json", check=False)
+    assert proc.returncode == 0, proc.stderr
+    entries = {e["name"]: e for e in json.loads(proc.stdout)["entries"]}
+    assert (
+        entries["random.bin"]["size"] == 3 * MiB + 123 and entries["random.bin"]["hard_links"] == 2
+    )
+    assert (
+        entries["conf-link"]["kind"] == "link"
+        and entries["conf-link"]["link_target"] == "../etc/app.conf"
+    )
+    assert entries["queue"]["kind"] == "fifo"
+    assert UTF8_NAME in entries
+    assert len([n for n in entries if n.startswith("small-")]) == 50
+    plain = rescueui("files", source[kind], "--partition", "1", check=False)
+    assert "data/" in plain.stdout and "etc/" in plain.stdout
+    assert leftovers() == []
+
+
+@pytest.mark.parametrize("kind", ["image", "qcow2"])
+def test_extract_keeps_everything(source: dict[str, Path], kind: str, tmp_path: Path) -> None:
+    dest = tmp_path / "out"
+    dest.mkdir()
+    proc = rescueui(
+        "extract", source[kind], "--partition", "1", "/data", "/etc/app.conf", dest,
+        "--onto-image-medium", "--json", "--quiet", check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["outcome"] == "success"
+    listed = {f["path"]: f for f in report["details"]["files"]}
+    ref = source["ref"]
+    for rel in ("data/random.bin", "data/sparse.img", f"data/{UTF8_NAME}", "data/small-049.txt"):
+        got, want = dest / rel, ref / rel
+        assert sha256(got) == sha256(want), rel
+        assert listed["/" + rel]["sha256"] == sha256(want), rel  # the report's hash is right
+        a, b = os.lstat(got), os.lstat(want)
+        assert (a.st_mode, a.st_uid, a.st_gid, a.st_mtime_ns) == (
+            b.st_mode,
+            b.st_uid,
+            b.st_gid,
+            b.st_mtime_ns,
+        ), rel
+    conf = dest / "app.conf"
+    assert conf.read_text() == "listen 8080\n"
+    st = os.lstat(conf)
+    assert (oct(st.st_mode & 0o7777), st.st_uid, st.st_gid) == ("0o640", 1001, 1002)
+    assert st.st_mtime_ns == 1_600_000_000_123_456_789
+    assert os.readlink(dest / "data/conf-link") == "../etc/app.conf"
+    assert (
+        os.lstat(dest / "data/random.bin").st_ino
+        == os.lstat(dest / "data/random-hardlink.bin").st_ino
+    )
+    assert os.getxattr(dest / "data/random.bin", "user.rescueui.note") == b"kept"
+    assert os.lstat(dest / "data/sparse.img").st_blocks * 512 < 1 * MiB  # the hole stayed a hole
+    assert (dest / "data/queue").is_fifo()
+    data = os.lstat(dest / "data")
+    assert data.st_mtime_ns == 1_500_000_000_000_000_000 and oct(data.st_mode & 0o777) == "0o750"
+    assert leftovers() == []
+
+
+def test_extract_refuses_the_image_medium_and_existing_files(
+    source: dict[str, Path], tmp_path: Path
+) -> None:
+    dest = tmp_path / "out"
+    dest.mkdir()
+    refused = rescueui(
+        "extract", source["image"], "--partition", "1", "/etc", dest, "--quiet", check=False
+    )
+    assert refused.returncode != 0
+    assert (
+        "medium that holds the image" in refused.stderr and "--onto-image-medium" in refused.stderr
+    )
+    assert list(dest.iterdir()) == []
+    (dest / "etc").mkdir()
+    again = rescueui(
+        "extract", source["image"], "--partition", "1", "/etc", dest, "--onto-image-medium", "--quiet",
+        check=False,
+    )  # fmt: skip
+    assert again.returncode != 0 and "already exists" in again.stderr
+    assert leftovers() == []
+
+
+def test_an_image_read_only_in_order_is_refused_clearly(source: dict[str, Path]) -> None:
+    proc = rescueui("files", source["zst"], "--partition", "1", check=False)
+    assert proc.returncode != 0
+    assert "cannot be browsed yet" in proc.stderr
+    assert leftovers() == []
+
+
+def test_a_killed_process_leaves_nothing_after_the_next_start(source: dict[str, Path]) -> None:
+    script = (
+        "import sys, time\n"
+        "from rescueui.core.images.view import partition_view\n"
+        f"with partition_view({str(source['image'])!r}, 1) as v:\n"
+        "    print(v.root, flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        root = proc.stdout.readline().strip()
+        assert root and (Path(root) / "etc/app.conf").is_file()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert leftovers() != []  # the killed process could not clean up
+    listing = rescueui("files", source["image"], "--partition", "1", "/etc", check=False)
+    assert listing.returncode == 0 and "app.conf" in listing.stdout
+    deadline = time.monotonic() + 10
+    while leftovers() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert leftovers() == []
+    assert not os.path.exists(root)
+
+
+def test_a_damaged_chunk_is_not_served(source: dict[str, Path], tmp_path: Path) -> None:
+    """Every data chunk of the partition altered: nothing of it is served; the failure
+    names the chunk."""
+    from rescueui.core.image import Image
+
+    image = tmp_path / "img"
+    shutil.copytree(source["image"], image, ignore=shutil.ignore_patterns("reports"))
+    with Image.open(image) as im:
+        stream = next(s for s in im.streams if s.partition_number == 1)
+        chunks = [im.chunk(stream, i) for i in range(stream.chunk_count)]
+        data = image / stream.data_file
+    blob = bytearray(data.read_bytes())
+    damaged = 0
+    for c in chunks:
+        if not c.zero and not c.unused and c.length > 64:
+            blob[c.offset + c.length // 2] ^= 0xFF
+            damaged += 1
+    assert damaged
+    data.write_bytes(bytes(blob))
+    dest = tmp_path / "out"
+    dest.mkdir()
+    proc = rescueui(
+        "extract", image, "--partition", "1", "/data/random.bin", dest, "--onto-image-medium",
+        "--quiet", "--json", check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    report = json.loads(proc.stdout)
+    assert report["outcome"] == "failed"
+    assert re.search(r"stream 'p1', chunk \d+", report["error"]), report["error"]
+    assert list(dest.iterdir()) == []
+    assert leftovers() == []
