@@ -42,7 +42,7 @@ from typing import Any
 
 import blake3
 
-from rescueui.core import fsmount
+from rescueui.core import chunkcodec, fsmount
 from rescueui.core.errors import CorruptImageError, ImageError, RescueError
 
 VIEW_ROOT = Path("/run/rescueui/view")
@@ -100,54 +100,112 @@ class PartitionReader:
                 hint="Restore it, or convert it to a rescueui image (restore onto a file, "
                 "then capture that file), to browse it.",
             )
-        self._cache: OrderedDict[int, bytes] = OrderedDict()
+        self._cache: OrderedDict[int, memoryview] = OrderedDict()
+        self._pending: dict[int, threading.Event] = {}
         self._lock = threading.Lock()
+        self._ahead: threading.Thread | None = None
 
-    def read_at(self, offset: int, length: int) -> bytes:
+    def read_at(self, offset: int, length: int) -> bytes | memoryview:
+        """``length`` bytes from ``offset`` (fewer only at the end of the partition)."""
         length = max(0, min(length, self.size - offset))
         if length == 0:
             return b""
         if not self._ours:
             buf = bytearray(length)
             self.image.read_into(int(self.stream.start_bytes) + offset, memoryview(buf))
-            return bytes(buf)
+            return buf
         piece = int(self.stream.chunk_size)
+        first = offset // piece
+        start = offset - first * piece
+        data = self._chunk(first)
+        if start + length <= len(data):  # the usual case: one chunk, no copy
+            return data[start : start + length]
         out = bytearray()
-        pos = offset
-        end = offset + length
+        pos, end = offset, offset + length
         while pos < end:
             index = pos // piece
             data = self._chunk(index)
-            start = pos - index * piece
-            take = min(end - pos, len(data) - start)
+            at = pos - index * piece
+            take = min(end - pos, len(data) - at)
             if take <= 0:
                 break
-            out += data[start : start + take]
+            out += data[at : at + take]
             pos += take
-        return bytes(out)
+        return out
 
-    def _chunk(self, index: int) -> bytes:
-        with self._lock:
-            hit = self._cache.get(index)
-            if hit is not None:
-                self._cache.move_to_end(index)
-                return hit
-        rec = self.image.chunk(self.stream, index)
-        if rec.zero or rec.unused:
-            data = bytes(rec.raw_length)  # zero data, or blocks no file uses: zeros
-        else:
-            data = self.image.read_chunk(self.stream, rec)
-            if blake3.blake3(data).hexdigest() != rec.blake3:
-                raise CorruptImageError(
-                    f"{self.image.chunk_place(self.stream, rec).where()}: its BLAKE3 does not "
-                    "match the image's index; it is not shown.",
-                    hint="The image is damaged; use another copy of it.",
-                )
-        with self._lock:
-            self._cache[index] = data
-            while len(self._cache) > CACHE_CHUNKS:
-                self._cache.popitem(last=False)
+    def _chunk(self, index: int) -> memoryview:
+        """Chunk ``index`` decoded and checked; the next one is decoded ahead meanwhile."""
+        data = self._get(index, wait=True)
+        assert data is not None
+        self._read_ahead(index + 1)
         return data
+
+    def _get(self, index: int, *, wait: bool) -> memoryview | None:
+        """From the cache, decoded by this thread, or (``wait``) by the thread already
+        decoding it; None when another thread has it and ``wait`` is False."""
+        while True:
+            with self._lock:
+                hit = self._cache.get(index)
+                if hit is not None:
+                    self._cache.move_to_end(index)
+                    return hit
+                waiting = self._pending.get(index)
+                if waiting is None:
+                    self._pending[index] = threading.Event()
+                    break
+            if not wait:
+                return None
+            waiting.wait()
+        try:
+            data = self._decode(index)
+            with self._lock:
+                self._cache[index] = data
+                while len(self._cache) > CACHE_CHUNKS:
+                    self._cache.popitem(last=False)
+        finally:
+            with self._lock:
+                self._pending.pop(index).set()
+        return data
+
+    def _read_ahead(self, index: int) -> None:
+        """Decode chunk ``index`` in the background (a reader going forward wants it next)."""
+        if index >= int(self.stream.chunk_count):
+            return
+        with self._lock:
+            if index in self._cache or index in self._pending:
+                return
+            if self._ahead is not None and self._ahead.is_alive():
+                return
+            self._ahead = threading.Thread(target=self._quietly, args=(index,), daemon=True)
+            self._ahead.start()
+
+    def _quietly(self, index: int) -> None:
+        with contextlib.suppress(RescueError, OSError):  # a reader that wants it says so
+            self._get(index, wait=False)
+
+    def _decode(self, index: int) -> memoryview:
+        rec = self.image.chunk(self.stream, index)
+        if rec.zero or rec.unused:  # zero data, or blocks no file uses: zeros
+            return _zeros(rec.raw_length)
+        place = self.image.chunk_place(self.stream, rec)
+        buf = memoryview(bytearray(rec.raw_length))
+        chunkcodec.decode_into(self.image.read_compressed(self.stream, rec), buf, place)
+        if blake3.blake3(buf).hexdigest() != rec.blake3:
+            raise CorruptImageError(
+                f"{place.where()}: its BLAKE3 does not match the image's index; it is not shown.",
+                hint="The image is damaged; use another copy of it.",
+            )
+        return buf
+
+
+_ZEROS: dict[int, memoryview] = {}
+
+
+def _zeros(length: int) -> memoryview:
+    z = _ZEROS.get(length)
+    if z is None:
+        z = _ZEROS[length] = memoryview(bytes(length))
+    return z
 
 
 def _partition_stream(image: Any, partition: int) -> Any:
@@ -207,7 +265,10 @@ def partition_view(image_dir: str | Path, partition: int) -> Iterator[PartitionV
         stack.callback(_remove_dir, folder)
         child = _serve(image_dir, partition, served, size, log)
         stack.callback(_stop, child, served)
+        st = os.stat(served)
+        _read_ahead_kb(f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}")
         device = stack.enter_context(range_device(str(served), 0, size, read_only=True))
+        _read_ahead_kb(f"/sys/block/{Path(device).name}/queue")
         if not fs_type:
             fs_type = _probe(device)
         root = fsmount.mount_dir("view")
@@ -280,6 +341,17 @@ def _stop(child: subprocess.Popen[bytes], served: Path) -> None:
     except subprocess.TimeoutExpired:
         child.kill()
         child.wait()
+
+
+READ_AHEAD_KB = 4096  # the kernel's default 128 KiB makes 128 KiB requests: 1 MiB ones are
+# served several times faster (measured: about 0.9 against 2 GB/s from memory)
+
+
+def _read_ahead_kb(sysdir: str) -> None:
+    """Let the kernel read ahead further on the FUSE file and the loop device (best effort:
+    only the speed depends on it)."""
+    with contextlib.suppress(OSError):
+        Path(sysdir, "read_ahead_kb").write_text(f"{READ_AHEAD_KB}\n")
 
 
 def _probe(device: str) -> str:
