@@ -112,12 +112,24 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _owner_gone(path: str) -> bool:
+    """Whether the view folder in ``path`` (/run/rescueui/view/<pid>-<n>/...) belongs to a
+    process that has ended (views of other live processes are theirs, not leftovers)."""
+    m = re.search(r"/run/rescueui/view/(\d+)-", path)
+    if not m:
+        return False
+    return not Path(f"/proc/{m.group(1)}").exists()
+
+
 def leftovers() -> list[str]:
-    """Mounts and loop devices of image views still present."""
-    text = Path("/proc/self/mounts").read_text()
-    found = [line for line in text.splitlines() if "/run/rescueui/view" in line or "/view-" in line]
+    """FUSE files, loop devices and mounts of image views whose process has ended."""
     loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
-    found += [line for line in loops.splitlines() if "/run/rescueui/view" in line]
+    dead_loops = {line.split(":", 1)[0] for line in loops.splitlines() if _owner_gone(line)}
+    found = [line for line in loops.splitlines() if _owner_gone(line)]
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        source, where = line.split()[:2]
+        if _owner_gone(where) or source in dead_loops:
+            found.append(line)
     return found
 
 
