@@ -103,7 +103,6 @@ class PartitionReader:
         self._cache: OrderedDict[int, memoryview] = OrderedDict()
         self._pending: dict[int, threading.Event] = {}
         self._lock = threading.Lock()
-        self._ahead: threading.Thread | None = None
 
     def read_at(self, offset: int, length: int) -> bytes | memoryview:
         """``length`` bytes from ``offset`` (fewer only at the end of the partition)."""
@@ -134,15 +133,10 @@ class PartitionReader:
         return out
 
     def _chunk(self, index: int) -> memoryview:
-        """Chunk ``index`` decoded and checked; the next one is decoded ahead meanwhile."""
-        data = self._get(index, wait=True)
-        assert data is not None
-        self._read_ahead(index + 1)
-        return data
-
-    def _get(self, index: int, *, wait: bool) -> memoryview | None:
-        """From the cache, decoded by this thread, or (``wait``) by the thread already
-        decoding it; None when another thread has it and ``wait`` is False."""
+        """Chunk ``index`` decoded and checked: from the cache, by this thread, or by the
+        thread already decoding it (the kernel's read-ahead asks for the next chunks at
+        once, so the serving threads decode them side by side; a thread of its own decoding
+        ahead was measured slower)."""
         while True:
             with self._lock:
                 hit = self._cache.get(index)
@@ -153,8 +147,6 @@ class PartitionReader:
                 if waiting is None:
                     self._pending[index] = threading.Event()
                     break
-            if not wait:
-                return None
             waiting.wait()
         try:
             data = self._decode(index)
@@ -166,22 +158,6 @@ class PartitionReader:
             with self._lock:
                 self._pending.pop(index).set()
         return data
-
-    def _read_ahead(self, index: int) -> None:
-        """Decode chunk ``index`` in the background (a reader going forward wants it next)."""
-        if index >= int(self.stream.chunk_count):
-            return
-        with self._lock:
-            if index in self._cache or index in self._pending:
-                return
-            if self._ahead is not None and self._ahead.is_alive():
-                return
-            self._ahead = threading.Thread(target=self._quietly, args=(index,), daemon=True)
-            self._ahead.start()
-
-    def _quietly(self, index: int) -> None:
-        with contextlib.suppress(RescueError, OSError):  # a reader that wants it says so
-            self._get(index, wait=False)
 
     def _decode(self, index: int) -> memoryview:
         rec = self.image.chunk(self.stream, index)
