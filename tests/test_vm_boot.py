@@ -11,7 +11,9 @@ libvirt itself does not run here):
 * the virtio system -> virtio disk and NIC; fitted to a 1-CPU host it gets 1 vCPU and the
   pre-flight warned;
 * the SATA-only system without fix-ups -> SATA (AHCI) and e1000, and the report says why;
-* the SATA-only system with the drivers fix-up -> virtio, because the fix-up adds it.
+* the SATA-only system with the drivers fix-up -> virtio, because the fix-up adds it (its
+  domain checked, not booted: test_adapt_boot boots a system whose initramfs the fix-up gave
+  a new disk driver).
 """
 
 from __future__ import annotations
@@ -145,7 +147,7 @@ def test_physical_system_without_virtio_gets_sata_and_e1000_and_boots(
 
 
 @pytest.mark.timeout(1500)
-def test_physical_system_gets_virtio_from_the_drivers_fixup_and_boots(
+def test_physical_system_gets_virtio_from_the_drivers_fixup(
     sata_image: Path, work: Path
 ) -> None:
     out = work / "vm-fixed"
@@ -159,5 +161,7 @@ def test_physical_system_gets_virtio_from_the_drivers_fixup_and_boots(
     assert any("virtio_blk" in c for c in steps["drivers"]["checks"])
     d = domain(out / "db02.xml")
     assert (d["bus"], d["nic"]) == ("virtio", "virtio")
-    line = boots(out / "db02.xml", work)
-    assert "root=/dev/vda1" in line
+    check = json.loads(rescueui("vm-check", out / "db02.xml", "--json").stdout)
+    assert check["problems"] == [] and check["bus"] == "virtio"
+    # Not booted (a minute of CI): a system whose initramfs the drivers fix-up gave a new
+    # disk driver boots from it in tests/test_adapt_boot.py (virtio -> NVMe).
