@@ -190,14 +190,10 @@ def preflight_vm(
     from rescueui.core.images import open_image
     from rescueui.core.preflight import TargetInfo, run_preflight
 
-    folder = vm_folder(request.folder)
     with open_image(image_dir) as image:
-        vm = plan_vm(image, request, this_host=this_host, adapt=adapt)
-        files = _free_name(vm, folder, request)
-        taken = _taken(files)
-        extra = [f for f in (_tool_finding(),) if f is not None]
+        vm, files, taken = _prepare(image, request, this_host=this_host, adapt=adapt)
         if taken:
-            extra.append(
+            vm.findings.append(
                 Finding(
                     "stop",
                     "vm.files",
@@ -205,8 +201,6 @@ def preflight_vm(
                     "Choose another name or folder.",
                 )
             )
-        extra.append(_space_finding(vm, folder, _data_bytes(image)))
-        vm.findings += extra
         target = TargetInfo(
             path=str(files["disk"]),
             size_bytes=vm.disk_bytes,
@@ -218,6 +212,19 @@ def preflight_vm(
         options = _adapt_for(vm, adapt)
         findings = run_preflight(image, target, adapt=options, vm=vm)
     return vm, findings
+
+
+def _prepare(
+    image: Any, request: VmRequest, *, this_host: HostProfile | None, adapt: Any
+) -> tuple[VmMachine, dict[str, Path], list[str]]:
+    """The VM planned for the open ``image``, its files (a default name made free) and
+    those of them that exist; its findings gain the tool and the room checks."""
+    folder = vm_folder(request.folder)
+    vm = plan_vm(image, request, this_host=this_host, adapt=adapt)
+    files = _free_name(vm, folder, request)
+    vm.findings += [f for f in (_tool_finding(),) if f is not None]
+    vm.findings.append(_space_finding(vm, folder, _data_bytes(image)))
+    return vm, files, _taken(files)
 
 
 def _adapt_for(vm: VmMachine, adapt: Any) -> Any:
@@ -247,20 +254,14 @@ def plan_vm_restore(
     from rescueui.core.images import open_image
     from rescueui.core.restore import plan_restore
 
-    folder = vm_folder(request.folder)
     with open_image(image_dir) as image:
-        vm = plan_vm(image, request, this_host=this_host, adapt=adapt)
-        data = _data_bytes(image)
-    files = _free_name(vm, folder, request)
-    taken = _taken(files)
+        vm, files, taken = _prepare(image, request, this_host=this_host, adapt=adapt)
     if taken:
         raise UnsafeTargetError(
             f"{taken[0]} already exists; the VM's files are only made new, never overwritten.",
             hint="Choose another name or folder, or delete the old files if they are not needed.",
             action="new-name",
         )
-    vm.findings += [f for f in (_tool_finding(),) if f is not None]
-    vm.findings.append(_space_finding(vm, folder, data))
     work_path = files.get("work", files["disk"])
     work = create_new_file(str(work_path), vm.disk_bytes)
     try:
@@ -278,6 +279,7 @@ def plan_vm_restore(
     except BaseException:
         work.remove()  # the refusal report (written by plan_restore) says so
         raise
+    folder = files["disk"].parent
     plan.final_step = VmExport(vm=vm, folder=folder, files=files, work=work, image=str(image_dir))
     return plan
 
