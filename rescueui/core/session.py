@@ -482,6 +482,64 @@ def open_warnings(findings: Sequence[Any], acknowledged: Iterable[str]) -> list[
     return [f for f in findings if needs_acknowledgement(f) and f.code not in done]
 
 
+class OpenView:
+    """One partition of an image held open read-only for a front end (the core's
+    :class:`~rescueui.core.images.view.PartitionView`, mounted until :meth:`close`).
+
+    The session that opened it closes it too when it ends (:meth:`Session.close`), so a
+    screen that forgets it, or an app that exits, leaves nothing mounted."""
+
+    def __init__(
+        self,
+        image_path: Path,
+        partition: int,
+        view: Any,
+        stack: contextlib.ExitStack,
+        on_close: Callable[[OpenView], None],
+    ) -> None:
+        self.image_path = image_path
+        self.partition = partition
+        self.view = view  # PartitionView
+        self._stack = stack
+        self._on_close = on_close
+        self._lock = threading.Lock()
+        self.closed = False
+
+    @property
+    def root(self) -> Path:
+        """Where the partition's filesystem is mounted (read-only)."""
+        return Path(self.view.root)
+
+    @property
+    def fs_type(self) -> str:
+        return str(self.view.fs_type)
+
+    @property
+    def how(self) -> str:
+        """How it is mounted ("kernel ext4 ro,noload", "FUSE fusefat read-only")."""
+        return str(self.view.how)
+
+    @property
+    def size_bytes(self) -> int:
+        return int(self.view.size_bytes)
+
+    def problem(self) -> str | None:
+        """The first part of the image that could not be read (a damaged chunk), if any."""
+        problem = self.view.problem()
+        return str(problem) if problem else None
+
+    def close(self) -> None:
+        """Unmount and release everything of the view (again: nothing happens)."""
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+        try:
+            self._stack.close()
+        finally:
+            self._on_close(self)
+
+
 class Session:
     """The front end's single door into the core."""
 
@@ -504,6 +562,8 @@ class Session:
         self.media_disks = media_disks  # which disks to look into (default: all)
         # target path -> the identity the operator was shown (pre-flight, confirmation)
         self._shown: dict[str, Any] = {}
+        self._views: list[OpenView] = []  # partitions held open for browsing
+        self._views_lock = threading.Lock()
 
     @property
     def is_demo(self) -> bool:
@@ -570,6 +630,14 @@ class Session:
             else:
                 unmount_media([where])
         self.media_mounts = still
+
+    def close(self) -> None:
+        """Everything this session holds, released: the disk watcher, the partitions open
+        for browsing, the media mounted to look for images. The front end calls it when it
+        ends."""
+        self.stop_watcher()
+        self.close_views()
+        self.release_media()
 
     def find_images(self, extra: Sequence[str | Path] = ()) -> list[ImageSummary]:
         if self.demo is not None:
@@ -837,6 +905,197 @@ class Session:
 
         return verify_image(image_dir, progress=self._pace(progress), cancel=cancel)
 
+    # -- browsing and extracting files -------------------------------------
+    def open_view(self, image_path: str | Path, partition: int) -> OpenView:
+        """Partition ``partition`` of the image mounted read-only until the returned view's
+        ``close()`` (or this session's :meth:`close`). Raises RescueError saying why it
+        cannot be (an image kind read only in order, no filesystem, not root...)."""
+        from rescueui.core.images.view import partition_view
+
+        if self.demo is not None and os.geteuid() != 0:
+            raise RescueError(
+                "Browsing files mounts the image's partition read-only, which needs root; "
+                "this demo runs without root.",
+                hint="Start the demo as root to browse its image.",
+            )
+        stack = contextlib.ExitStack()
+        try:
+            view = stack.enter_context(partition_view(image_path, partition))
+        except BaseException:
+            stack.close()
+            raise
+        opened = OpenView(Path(image_path), partition, view, stack, self._forget_view)
+        with self._views_lock:
+            self._views.append(opened)
+        return opened
+
+    def _forget_view(self, view: OpenView) -> None:
+        with self._views_lock, contextlib.suppress(ValueError):
+            self._views.remove(view)
+
+    def close_views(self) -> None:
+        """Release every partition this session still holds open for browsing."""
+        with self._views_lock:
+            views = list(self._views)
+        for view in views:
+            with contextlib.suppress(Exception):  # one that fails must not keep the others
+                view.close()
+
+    @property
+    def open_views(self) -> list[OpenView]:
+        with self._views_lock:
+            return list(self._views)
+
+    def list_folder(self, view: OpenView, path: str) -> list[Any]:
+        """The entries of the folder ``path`` in the open partition (the core's FileEntry
+        records, sorted by name). Raises RescueError: not a folder, or the image is
+        damaged where the folder is stored."""
+        from rescueui.core.files import list_folder
+
+        if view.closed:
+            raise RescueError("The partition is no longer open.", hint="Open it again.")
+        try:
+            return list_folder(view.root, path)
+        except OSError as exc:
+            raise _view_error(view, path, exc) from exc
+
+    def tree_size(
+        self, view: OpenView, path: str, cancel: threading.Event | None = None
+    ) -> tuple[int, int]:
+        """(bytes, files) of the regular files at ``path`` in the open partition: the file
+        itself, or everything under a folder (links not followed). Stops early, with what
+        was counted, when ``cancel`` is set."""
+        import stat
+
+        from rescueui.core.files import inside
+
+        try:
+            top = inside(view.root, path)
+            st = os.lstat(top)
+        except OSError as exc:
+            raise _view_error(view, path, exc) from exc
+        if stat.S_ISREG(st.st_mode):
+            return st.st_size, 1
+        if not stat.S_ISDIR(st.st_mode):
+            return 0, 0
+        total = files = 0
+        for folder, _dirs, names in os.walk(top):
+            if cancel is not None and cancel.is_set():
+                break
+            for name in names:
+                try:
+                    fst = os.lstat(os.path.join(folder, name))
+                except OSError:
+                    continue
+                if stat.S_ISREG(fst.st_mode):
+                    total += fst.st_size
+                    files += 1
+        return total, files
+
+    def default_extract_folder(self, image_path: str | Path, partition: int) -> Path:
+        """Where extracted files go unless the operator says otherwise: a new folder named
+        after the image, the partition and the time, on a writable medium other than the
+        image's own (attached media under /media, /mnt and /run/media first); on the
+        image's medium when there is no other (extracting there must then be chosen
+        explicitly). Nothing is created here (the demo: a folder of its own cache)."""
+        from datetime import datetime
+
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        name = f"{Path(os.path.abspath(image_path)).name}-p{partition}-files-{stamp}"
+        if self.demo is not None:
+            folder = self.demo.build.root / "extracted"
+            folder.mkdir(exist_ok=True)
+            return folder / name
+        media = self._writable_media(image_path)
+        return (media[0] if media else Path(os.path.abspath(image_path)).parent) / name
+
+    def _writable_media(self, image_path: str | Path) -> list[Path]:
+        """Mounted filesystems that can be written, not the image's medium nor one mounted
+        read-only to look for images; attached media first."""
+        try:
+            image_dev = os.stat(image_path).st_dev
+        except OSError:
+            image_dev = None
+        ours = {Path(m) for m in self.media_mounts}
+        found: list[tuple[int, Path]] = []
+        for _dev, mnt, _fs in mounted_filesystems():
+            where = Path(mnt)
+            if where in ours or any(p == Path("/run/rescueui") for p in where.parents):
+                continue
+            if where.parts[1:2] in (("proc",), ("sys",), ("dev",), ("boot",)):
+                continue
+            try:
+                st = os.stat(where)
+                vfs = os.statvfs(where)
+            except OSError:
+                continue
+            if st.st_dev == image_dev or vfs.f_flag & os.ST_RDONLY or not os.access(where, os.W_OK):
+                continue
+            attached = where.parts[1:2] in (("media",), ("mnt",)) or str(where).startswith(
+                "/run/media/"
+            )
+            found.append((0 if attached else 2 if where == Path("/") else 1, where))
+        return [w for _rank, w in sorted(found, key=lambda x: (x[0], str(x[1])))]
+
+    def extract_destination(
+        self, dest: str | Path, image_path: str | Path, *, allow_image_medium: bool = False
+    ) -> Path:
+        """The folder to extract into, checked by the core's rule (an existing real folder,
+        not on the image's medium unless ``allow_image_medium``; RescueError with
+        ``action == "onto-image-medium"`` when that is all that is wrong). A folder that does
+        not exist yet is made, one level, once its parent passes the same checks."""
+        from rescueui.core.files import check_destination
+
+        text = str(dest).strip()
+        if not text:
+            raise RescueError(
+                "No destination folder given.", hint="Type the folder the files go into."
+            )
+        where = Path(os.path.abspath(text))
+        if any(m == where or m in where.parents for m in self.media_mounts):
+            raise RescueError(
+                f"The folder {where} cannot be written: its medium was mounted read-only to "
+                "look for images.",
+                hint="Choose a folder on a medium this machine can write to.",
+            )
+        if not os.path.lexists(where):
+            check_destination(where.parent, image_path, allow_image_medium=allow_image_medium)
+            try:
+                os.mkdir(where, 0o755)
+            except OSError as exc:
+                raise RescueError(
+                    f"The folder {where} cannot be made: {exc.strerror}.",
+                    hint="Choose a folder on a medium this machine can write to.",
+                ) from exc
+        return check_destination(where, image_path, allow_image_medium=allow_image_medium)
+
+    def extract(
+        self,
+        image_path: str | Path,
+        partition: int,
+        paths: Sequence[str],
+        dest: str | Path,
+        *,
+        allow_image_medium: bool = False,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Any:
+        """Extract ``paths`` (inside the partition) into the folder ``dest`` (see
+        :func:`rescueui.core.files.extract`): the report lists each file with its SHA-256;
+        a failed, cancelled or refused job raises its RescueError with the report as
+        ``exc.report``."""
+        from rescueui.core.files import extract
+
+        return extract(
+            image_path,
+            partition,
+            list(paths),
+            dest,
+            allow_image_medium=allow_image_medium,
+            progress=self._pace(progress),
+            cancel=cancel,
+        )
+
     def default_capture_dir(self, disk: Any) -> Path:
         from datetime import datetime
 
@@ -962,14 +1221,42 @@ def _mount_point(path: Path) -> Path:
     return p
 
 
+def _view_error(view: OpenView, path: str, exc: OSError) -> RescueError:
+    """A read error inside an open partition, in words: the image's damage when the view
+    knows of some, else the system's reason."""
+    damage = view.problem()
+    if damage:
+        return RescueError(
+            f"{path} could not be read from the image: {damage}",
+            hint="The image is damaged; use another copy of it.",
+        )
+    return RescueError(f"{path} could not be read from the image: {exc.strerror or exc}.")
+
+
 def _norm(value: Any) -> Any:
     return tuple(value) if isinstance(value, list | tuple) else value
 
 
 def open_session(demo: bool) -> Session:
+    """The session a front end starts with. What a killed earlier run left of its partition
+    views (mounts, loop devices, FUSE files) is released first."""
+    sweep_stale_views()
     if demo:
         return Session(DemoEnvironment.create())
     return Session()
+
+
+def sweep_stale_views() -> list[str]:
+    """Release what killed rescueui processes left of their browsing views (root only: no
+    one else could have made them); what was released, for a log line."""
+    if os.geteuid() != 0:
+        return []
+    from rescueui.core.images.view import sweep_stale
+
+    try:
+        return sweep_stale()
+    except (OSError, RescueError):
+        return []
 
 
 __all__ = [
@@ -977,6 +1264,7 @@ __all__ = [
     "CheckLine",
     "ImageError",
     "ImageSummary",
+    "OpenView",
     "Session",
     "StreamSummary",
     "find_images",
@@ -984,4 +1272,5 @@ __all__ = [
     "machine_words",
     "open_session",
     "summarize_image",
+    "sweep_stale_views",
 ]
