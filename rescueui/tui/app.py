@@ -98,8 +98,8 @@ class RescueApp(App[int]):
             self.session.start_watcher(self._disk_event)
 
     def on_unmount(self) -> None:
-        self.session.stop_watcher()
-        self.session.release_media()
+        # the watcher, the partitions open for browsing, the media mounted to find images
+        self.session.close()
 
     def _disk_event(self, event: Any) -> None:
         """Called in the watcher thread."""

@@ -1,6 +1,7 @@
 """Modal dialogs: type a path, see what a capture will store, choose the machine the fix-ups
 are for, choose a new virtual machine, confirm the target by its identity, confirm a
-cancel."""
+cancel; pick the partition to browse, the folder to extract files into, and extracting onto
+the image's own medium."""
 
 from __future__ import annotations
 
@@ -573,6 +574,178 @@ class CancelJobDialog(ModalScreen[bool]):
         if self.what == "capture":
             return "The image folder will be left marked incomplete and cannot be restored."
         return "The image will not have been fully verified."
+
+    def action_yes(self) -> None:
+        self.dismiss(True)
+
+    def action_no(self) -> None:
+        self.dismiss(False)
+
+
+def browsable_streams(streams: list[Any]) -> list[Any]:
+    """The image's partitions (streams with a partition number): what can be browsed."""
+    return [s for s in streams if s.partition_number and s.kind == "partition"]
+
+
+class BrowsePartitionDialog(ModalScreen[int | None]):
+    """Which partition of the image to browse (number keys, or arrows and Enter)."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel", id="cancel")]
+
+    def __init__(self, image: Any) -> None:
+        super().__init__()
+        self.image = image
+        self.streams = browsable_streams(list(image.streams))
+
+    def compose(self) -> ComposeResult:
+        from textual.widgets import OptionList
+        from textual.widgets.option_list import Option
+
+        with Vertical(classes="dialog", id="browse-box"):
+            yield Static(
+                Text(
+                    f"Browse the files of which partition of {esc(self.image.name)}? It is "
+                    "mounted read-only from the image: nothing is written to it."
+                )
+            )
+            yield OptionList(
+                *[
+                    Option(
+                        Text(
+                            f"{s.partition_number}: {esc(s.name):<6} "
+                            f"{human_size(s.size_bytes):>10}  "
+                            f"{' '.join(esc(x) for x in (s.fs_type, s.label) if x) or '-'}"
+                        ),
+                        id=str(s.partition_number),
+                    )
+                    for s in self.streams
+                ],
+                id="streams",
+            )
+            yield Static("Enter or its number: browse it   Esc: cancel", classes="dim")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#browse-box").border_title = "Browse files"
+        self.query_one("#streams").focus()
+
+    def on_option_list_option_selected(self, event: Any) -> None:
+        self.dismiss(int(event.option.id))
+
+    def on_key(self, event: Any) -> None:
+        # ASCII digits only: '²'.isdigit() is True, and int('²') raises
+        if event.character and event.character in "0123456789":
+            n = int(event.character)
+            if any(s.partition_number == n for s in self.streams):
+                event.stop()
+                self.dismiss(n)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+@dataclass(frozen=True)
+class ExtractChoice:
+    """Where the marked files go: the folder as the session checked (and made) it, and
+    whether the operator chose the image's own medium on purpose."""
+
+    folder: Any  # Path
+    allow_image_medium: bool = False
+
+
+EXTRACT_PROMPT = (
+    "They are copied with their modes, owners, times, extended attributes and links; nothing "
+    "existing is overwritten. A folder that does not exist yet is made (its parent must "
+    "exist). The report lists every file with its SHA-256."
+)
+
+
+class ExtractDialog(ModalScreen[ExtractChoice | None]):
+    """Ask the folder to extract into. Enter has ``check`` (the session) check it at once:
+    what is wrong is shown here and the dialog stays; a folder on the image's own medium
+    (``action == "onto-image-medium"``) is asked about once more, explicitly."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel", id="cancel")]
+
+    def __init__(self, check: Callable[[str, bool], Any], default: str, *, what: str) -> None:
+        super().__init__()
+        self.check = check  # (folder, allow_image_medium) -> Path; raises RescueError
+        self.default = default
+        self.what = what
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog", id="extract-box"):
+            yield Static(plain(f"Extract {self.what} into the folder:", style="bold"))
+            yield Input(value=self.default, id="dest")
+            yield Static(Text(EXTRACT_PROMPT))
+            yield Static("", id="error")
+            yield Static("Enter: extract   Esc: cancel", classes="dim")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#extract-box").border_title = "Extract files"
+        self.query_one(Input).focus()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        self._try(event.value.strip(), allow=False)
+
+    def _try(self, dest: str, *, allow: bool) -> None:
+        try:
+            folder = self.check(dest, allow)
+        except RescueError as exc:
+            if exc.action == "onto-image-medium" and not allow:
+                self.app.push_screen(ImageMediumDialog(str(exc)), self._medium_answer(dest))
+                return
+            self.query_one("#error", Static).update(
+                plain(f"Cannot use it: {exc}", style="bold reverse")
+            )
+            self.app.bell()
+            return
+        self.dismiss(ExtractChoice(folder, allow))
+
+    def _medium_answer(self, dest: str) -> Callable[[bool | None], None]:
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self._try(dest, allow=True)
+            else:
+                self.query_one("#error", Static).update(
+                    Text("Choose a folder on another medium.", style="bold")
+                )
+
+        return answer
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+class ImageMediumDialog(ModalScreen[bool]):
+    """The second, explicit confirmation to extract onto the medium that holds the image."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("y", "yes", "Yes, extract onto it", id="yes"),
+        Binding("n", "no", "No, choose another", id="no"),
+        Binding("escape", "no", "No", show=False),
+    ]
+
+    def __init__(self, message: str) -> None:
+        super().__init__()
+        self.message = message  # the core's refusal
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog danger", id="medium-box"):
+            yield Static(plain(self.message))
+            yield Static(
+                Text(
+                    "Extract onto the medium that holds the image anyway? The files take its "
+                    "room, and writing to a failing medium can damage the image.",
+                    style="bold",
+                )
+            )
+            yield Static("y: yes, extract onto it   n: no, choose another folder", classes="dim")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#medium-box").border_title = "The image's own medium"
 
     def action_yes(self) -> None:
         self.dismiss(True)

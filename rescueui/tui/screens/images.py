@@ -1,4 +1,5 @@
-"""Step 2: images found on the attached media; selecting one shows its layout."""
+"""Step 2: images found on the attached media; selecting one shows its layout; b browses
+the files of one of its partitions (the Files screen)."""
 
 from __future__ import annotations
 
@@ -106,7 +107,14 @@ class ImageScreen(StepScreen):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "choose", "Use this image", priority=True, id="choose"),
         Binding("o", "open_path", "Open a path", id="open"),
-        Binding("v", "verify", "Verify image", id="verify"),
+        Binding("b", "browse", "Browse", tooltip="Browse the files of a partition", id="browse"),
+        Binding(
+            "v",
+            "verify",
+            "Verify",
+            tooltip="Verify the image (every chunk against its hash)",
+            id="verify",
+        ),
         Binding("r", "rescan", "Rescan", id="rescan"),
         Binding("escape", "back", "Back", id="back"),
     ]
@@ -235,6 +243,38 @@ class ImageScreen(StepScreen):
                 self.scan()
 
         self.app.push_screen(PathDialog("Image folder or file (or a folder holding images):"), add)
+
+    def action_browse(self) -> None:
+        """Pick a partition of the selected image (when it has more than one) and open its
+        files, read-only."""
+        from rescueui.tui.screens.dialogs import BrowsePartitionDialog, browsable_streams
+        from rescueui.tui.screens.files import FilesScreen
+
+        img = self.selected()
+        if img is None:
+            return
+        if not img.ok:
+            self.query_one("#status", Static).update(
+                Text(f"Cannot browse it: {esc(img.error)}", style="bold")
+            )
+            self.app.bell()
+            return
+        streams = browsable_streams(list(img.streams))
+        if not streams:
+            self.query_one("#status", Static).update(
+                Text("The image has no partitions to browse (no partition table).", style="bold")
+            )
+            self.app.bell()
+            return
+
+        def browse(number: int | None) -> None:
+            if number is not None:
+                self.app.push_screen(FilesScreen(img, number))
+
+        if len(streams) == 1:
+            browse(streams[0].partition_number)
+        else:
+            self.app.push_screen(BrowsePartitionDialog(img), browse)
 
     def action_verify(self) -> None:
         from rescueui.tui.screens.job import JobScreen

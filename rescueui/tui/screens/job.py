@@ -1,4 +1,4 @@
-"""A running engine job (restore, capture, verify image) with live panels.
+"""A running engine job (restore, capture, verify image, extract files) with live panels.
 
 The engine runs in a worker thread. Its progress callback only stores the latest snapshot and
 appends to a bounded list of rate samples; a timer repaints four times a second, so the screen
@@ -43,9 +43,10 @@ PHASE_WORDS = {
     "adapt": "Adapting the restored system to the machine (fix-ups)",
     "convert": "Writing the VM disk in its format (qemu-img convert)",
     "compare": "Reading the VM disk back and comparing it with the restored disk",
+    "extract": "Copying the files out of the image (a SHA-256 of each file)",
 }
 # The phase bar's label: the phase's name, cut to 6 letters where it has no label here.
-PHASE_LABELS = {"convert": "convert", "compare": "compare"}
+PHASE_LABELS = {"convert": "convert", "compare": "compare", "extract": "files"}
 # Phases of steps rather than bytes: the engine's message (the step being done now) gets a
 # line of its own; no bytes move (no phase bar, no stream, no rate now).
 STEP_PHASES = ("adapt",)
@@ -247,6 +248,46 @@ class JobScreen(StepScreen):
             context={"image": image},
         )
 
+    @classmethod
+    def extract(
+        cls,
+        image: Any,
+        partition: int,
+        paths: list[str],
+        dest: str,
+        *,
+        allow_image_medium: bool = False,
+    ) -> JobScreen:
+        """Files and folders (``paths`` inside image partition ``partition``) copied into
+        the folder ``dest``; ``allow_image_medium``: the operator chose the image's own
+        medium explicitly."""
+
+        def job(*, session: Any, progress: Any, cancel: threading.Event) -> Any:
+            return session.extract(
+                image.path,
+                partition,
+                paths,
+                dest,
+                allow_image_medium=allow_image_medium,
+                progress=progress,
+                cancel=cancel,
+            )
+
+        what = paths[0] if len(paths) == 1 else f"{len(paths)} items"
+        return cls(
+            "extract",
+            f"Extract {what} from partition {partition} of {image.name} -> {dest}",
+            job,
+            image_dir=image.path,
+            context={
+                "image": image,
+                "partition": partition,
+                "paths": list(paths),
+                "dest": dest,
+                "allow_image_medium": allow_image_medium,
+            },
+        )
+
     def compose(self) -> ComposeResult:
         g = self.glyphs
         yield StepsBar(self.STEP, demo=self.session.is_demo)
@@ -268,6 +309,9 @@ class JobScreen(StepScreen):
 
     def on_mount(self) -> None:
         self.query_one("#checksums-box").border_title = "BLAKE3 checks"
+        # an extraction reads through the partition's view, which checks each chunk of our
+        # images before serving it: no chunks to show here, its files are hashed instead
+        self.query_one("#checksums-box").display = self.kind != "extract"
         self.query_one("#alarm").display = False
         if self.kind != "capture":
             image = self.context.get("image")
@@ -276,6 +320,11 @@ class JobScreen(StepScreen):
                 opening = (
                     "Opening the image: its compressed stream records no size, so it is "
                     "decompressed once to measure it..."
+                )
+            if self.kind == "extract":
+                opening = (
+                    f"Opening partition {self.context.get('partition')} read-only and counting "
+                    "the bytes to copy..."
                 )
             self.query_one("#phase", Static).update(opening)
         self.set_interval(self.rescue.repaint_interval, self.repaint)
@@ -309,7 +358,7 @@ class JobScreen(StepScreen):
     def run_job(self) -> None:
         report: Any = None
         error: BaseException | None = None
-        if self.kind != "capture":
+        if self.kind not in ("capture", "extract"):  # an extraction counts its files instead
             # measured, as the restore counts it; a size measured here is remembered, so the
             # restore does not decompress the stream a second time to count it
             self.app.call_from_thread(self.use_facts, image_facts(self.image_dir))
@@ -387,7 +436,7 @@ class JobScreen(StepScreen):
         total.fraction = p.fraction
         total.label = "job"
         ph = self.query_one("#bar-phase", BlockBar)
-        ph.display = not steps
+        ph.display = not steps and self.kind != "extract"  # one phase: the job's own bar
         ph.fraction = p.phase_bytes_done / p.phase_bytes_total if p.phase_bytes_total else 0.0
         ph.label = PHASE_LABELS.get(p.phase, p.phase[:6])
         of = human_size(p.bytes_total)
@@ -406,6 +455,8 @@ class JobScreen(StepScreen):
         self.query_one("#rate-now", BigNumber).value = f"{0 if steps else p.rate_now / 1e6:.1f}"
         self.query_one("#rate-avg", BigNumber).value = f"{p.rate_avg / 1e6:.1f}"
         self.query_one(ThroughputGraph).set_samples(self.samples)
+        if self.kind == "extract":
+            return
         width = self.query_one("#checksums-box").size.width - 2
         self.query_one("#checksums", Static).update(
             checksum_text(
@@ -421,6 +472,13 @@ class JobScreen(StepScreen):
             detail = (
                 f"stream {esc(m.stream)}, chunk {m.index}, offset {m.offset}: BLAKE3 "
                 f"{esc(m.blake3[:16])}... does not match the image index"
+            )
+        if self.kind == "extract":
+            return Text(
+                f"!!! THE IMAGE IS DAMAGED - EXTRACTION STOPPED !!!\n{detail}\n"
+                "What was extracted before is listed in the report. Use another copy of the "
+                "image.",
+                style="bold reverse",
             )
         return Text(
             f"!!! CHECKSUM MISMATCH - THE IMAGE IS DAMAGED - RESTORE STOPPED !!!\n{detail}\n"
@@ -445,6 +503,11 @@ class JobScreen(StepScreen):
                 )
 
         detail = None
+        if self.kind == "extract":
+            detail = (
+                "What was extracted so far stays in the folder and is listed in the report; "
+                "the file being copied is left incomplete."
+            )
         if self.context.get("vm") is not None:
             detail = (
                 "The new VM's files made so far are removed again; nothing else was written. "

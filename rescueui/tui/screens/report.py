@@ -20,6 +20,7 @@ from textual.widgets import Footer, Static
 
 from rescueui.core.adapt import fixup_lines
 from rescueui.core.errors import AdaptError
+from rescueui.core.units import human_size
 from rescueui.core.vm import vm_lines
 from rescueui.tui.screens.base import StepScreen
 from rescueui.tui.text import esc, plain
@@ -33,6 +34,9 @@ BANNERS = {
 ADAPT_FAILED = " FIX-UP FAILED: data restored and verified, the system may not boot "
 FIXUPS_TITLE = "Fix-ups of the restored system (each step; the full report follows):"
 VM_TITLE = "The new virtual machine (its files and checks; the full report follows):"
+EXTRACTED_TITLE = "Extracted ({count}; the SHA-256 of each file):"
+EXTRACT_SUCCESS = " SUCCESS: files extracted, the SHA-256 of each listed "
+MAX_LISTED = 2000  # extracted entries shown; the JSON report lists them all
 
 
 def _section(title: str, lines: list[str], width: int, *, loud: bool = False) -> Text:
@@ -72,6 +76,42 @@ def fixup_text(details: Any, width: int = 80) -> Text:
     return _section(FIXUPS_TITLE, fixup_lines(details, commands=False), width, loud=True)
 
 
+def extracted_lines(files: Any) -> list[str]:
+    """What an extraction copied (``details["files"]`` of its report), a line per entry,
+    each file's SHA-256 on the line under it."""
+    lines: list[str] = []
+    if not isinstance(files, list):
+        return lines
+    for item in files[:MAX_LISTED]:
+        if not isinstance(item, dict):
+            continue
+        path, kind = str(item.get("path", "?")), str(item.get("kind", "?"))
+        size, note, digest = item.get("size") or 0, item.get("note") or "", item.get("sha256")
+        if kind == "folder":
+            lines.append(f"{path}/")
+        elif kind == "link":
+            lines.append(f"{path} -> {note}")
+        else:
+            what = human_size(int(size)) if kind == "file" else kind
+            if kind == "hard link":
+                what = f"hard link {note}"
+            lines.append(f"{path}  ({what})")
+        if digest:
+            lines.append(f"  sha256 {digest}")
+    if len(files) > MAX_LISTED:
+        lines.append(f"... and {len(files) - MAX_LISTED} more: the JSON report lists them all.")
+    return lines
+
+
+def extracted_text(details: Any, width: int = 80) -> Text:
+    """The files section of an extraction's report; empty when there is none."""
+    files = details.get("files") if isinstance(details, dict) else None
+    if not isinstance(files, list) or not files:
+        return Text()
+    count = f"{len(files)} entr{'y' if len(files) == 1 else 'ies'}"
+    return _section(EXTRACTED_TITLE.format(count=count), extracted_lines(files), width)
+
+
 def report_body(report: Any, error: BaseException | None, width: int = 80) -> Text:
     """The report's text, laid out for ``width`` columns (the report box's inside). It quotes
     the image and the disks: control characters are shown escaped (line breaks kept)."""
@@ -91,6 +131,10 @@ def report_body(report: Any, error: BaseException | None, width: int = 80) -> Te
         if vm:
             text.append_text(vm)
             text.append("\n")
+        files = extracted_text(details, width)
+        if files:
+            text.append_text(files)
+            text.append("\n")
         if fixups:
             text.append_text(fixups)
             text.append("\n")
@@ -103,6 +147,7 @@ def report_body(report: Any, error: BaseException | None, width: int = 80) -> Te
 class ReportScreen(StepScreen):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("enter", "start_over", "Start over", priority=True, id="start-over"),
+        Binding("enter", "files", "Back to the files", priority=True, id="files"),
         Binding("u", "resume", "Resume restore", id="resume"),
         Binding("escape", "back", "Back", id="back"),
         Binding("q", "app.quit", "Quit", id="quit"),
@@ -119,6 +164,8 @@ class ReportScreen(StepScreen):
         banner = BANNERS.get(outcome, f" {outcome.upper()} ")
         if outcome == "success" and self.job.kind == "capture":
             banner = " SUCCESS: image captured and hashed "
+        if outcome == "success" and self.job.kind == "extract":
+            banner = EXTRACT_SUCCESS
         if outcome == "success" and self.job.context.get("vm") is not None:
             banner = " SUCCESS: the new VM's disk is written, verified and compared "
         if isinstance(self.job.error, AdaptError):
@@ -137,6 +184,10 @@ class ReportScreen(StepScreen):
         self.query_one("#report-box").focus()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "files":  # an extraction goes back to its Files screen
+            return self.job.kind == "extract"
+        if action == "start_over":
+            return self.job.kind != "extract"
         if action == "resume":
             # a failed fix-up comes after the verified restore: nothing is left to resume
             # nor in a new VM: a job that did not finish removed its files again
@@ -152,6 +203,12 @@ class ReportScreen(StepScreen):
     def action_start_over(self) -> None:
         self.flow.reset()
         while len(self.app.screen_stack) > 1:
+            self.app.pop_screen()
+
+    def action_files(self) -> None:
+        from rescueui.tui.screens.files import FilesScreen
+
+        while len(self.app.screen_stack) > 1 and not isinstance(self.app.screen, FilesScreen):
             self.app.pop_screen()
 
     def action_resume(self) -> None:
