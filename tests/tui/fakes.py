@@ -10,7 +10,8 @@ from typing import Any
 
 from rescueui.core.adapt.plan import FIXUPS
 from rescueui.core.disks import Disk, Partition
-from rescueui.core.errors import CancelledError, UnsafeTargetError
+from rescueui.core.errors import CancelledError, RescueError, UnsafeTargetError
+from rescueui.core.files import FileEntry
 from rescueui.core.images.usage import usage_line
 from rescueui.core.progress import ChunkEvent, Progress
 from rescueui.core.report import JobReport
@@ -426,6 +427,117 @@ def canned_plans(all_blocks: bool) -> list[CannedPlan]:
     ]
 
 
+# ---- the files of the canned image's partition 2 (the Files screen) ----------------------
+
+CANNED_MTIME = 1_763_608_364_000_000_000  # 2025-11-20 03:12:44 UTC
+
+
+def _entry(
+    name: str,
+    kind: str,
+    size: int,
+    mode: int,
+    uid: int = 0,
+    gid: int = 0,
+    link: str | None = None,
+    days: int = 0,
+) -> FileEntry:
+    return FileEntry(name, kind, size, mode, uid, gid, CANNED_MTIME - days * 86_400 * 10**9,
+                     link, 1)  # fmt: skip
+
+
+CANNED_TREE: dict[str, list[FileEntry]] = {
+    "/": [
+        _entry("bin", "link", 7, 0o777, link="usr/bin", days=400),
+        _entry("boot", "folder", 4096, 0o755, days=30),
+        _entry("etc", "folder", 4096, 0o755, days=1),
+        _entry("home", "folder", 4096, 0o755, days=200),
+        _entry("lost+found", "folder", 16384, 0o700, days=700),
+        _entry("srv", "folder", 4096, 0o755, days=2),
+        _entry("var", "folder", 4096, 0o755, days=1),
+        _entry("vmlinuz", "link", 30, 0o777, link="boot/vmlinuz-6.1.0-28-amd64", days=30),
+        _entry("Grüße aus Köln – notes.txt", "file", 2_311, 0o644, 1000, 1000, days=12),
+        _entry("swapfile", "file", 2 * GiB, 0o600, days=700),
+    ],
+    "/srv": [
+        _entry("db", "folder", 4096, 0o750, 105, 110, days=2),
+        _entry("www", "folder", 4096, 0o755, 33, 33, days=90),
+    ],
+    "/srv/db": [
+        _entry("dump-2025-11-19.sql.zst", "file", int(2.3 * GiB), 0o640, 105, 110, days=1),
+        _entry("dump-2025-11-18.sql.zst", "file", int(2.2 * GiB), 0o640, 105, 110, days=2),
+        _entry("pg_hba.conf", "file", 4_812, 0o640, 105, 110, days=300),
+        _entry("socket", "socket", 0, 0o777, 105, 110, days=1),
+    ],
+    "/srv/www": [_entry("index.html", "file", 12_044, 0o644, 33, 33, days=90)],
+    "/etc": [
+        _entry("fstab", "file", 664, 0o644, days=300),
+        _entry("hostname", "file", 6, 0o644, days=700),
+        _entry("nginx", "folder", 4096, 0o755, days=90),
+        _entry("shadow", "file", 1_204, 0o640, 0, 42, days=40),
+    ],
+    "/etc/nginx": [_entry("nginx.conf", "file", 1_447, 0o644, days=90)],
+}
+
+
+class CannedView:
+    """What Session.open_view gives the Files screen: a partition 'mounted' nowhere."""
+
+    def __init__(self, partition: int) -> None:
+        self.partition = partition
+        self.root = Path("/nonexistent/canned-view")
+        self.fs_type = "ext4"
+        self.how = "kernel ext4 ro,noload"
+        self.size_bytes = 400 * GiB
+        self.closed = False
+
+    def problem(self) -> str | None:
+        return None
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def canned_tree_size(path: str) -> tuple[int, int]:
+    """(bytes, files) under ``path`` in :data:`CANNED_TREE`."""
+    parent, _, name = path.rpartition("/")
+    entry = next((e for e in CANNED_TREE.get(parent or "/", []) if e.name == name), None)
+    if entry is None or entry.kind != "folder":
+        return (entry.size, 1) if entry is not None and entry.kind == "file" else (0, 0)
+    size = files = 0
+    for child in CANNED_TREE.get(path, []):
+        s, f = canned_tree_size(f"{path}/{child.name}")
+        size, files = size + s, files + f
+    return size, files
+
+
+def canned_extract_report(paths: list[str], dest: str) -> JobReport:
+    """An extraction's report as the core writes it (``details["files"]``)."""
+    report = JobReport(
+        job="extract", outcome="success", source=str(canned_image().path),
+        image_dir=str(canned_image().path), target=dest, started="2026-11-21T10:02:11+00:00",
+        finished="2026-11-21T10:02:40+00:00", duration_s=29.0,
+    )  # fmt: skip
+    files: list[dict[str, Any]] = []
+    for path in paths:
+        parent, _, name = path.rpartition("/")
+        entry = next(e for e in CANNED_TREE[parent or "/"] if e.name == name)
+        if entry.kind == "folder":
+            files.append({"path": path, "kind": "folder", "size": 0, "sha256": None, "note": ""})
+            for child in CANNED_TREE.get(path, []):
+                if child.kind == "file":
+                    files.append({"path": f"{path}/{child.name}", "kind": "file",
+                                  "size": child.size, "sha256": HASH_A, "note": ""})  # fmt: skip
+        else:
+            files.append({"path": path, "kind": entry.kind, "size": entry.size,
+                          "sha256": HASH_B, "note": ""})  # fmt: skip
+    report.details.update(partition=2, paths=paths, files=files)
+    report.bytes_total = report.bytes_done = sum(f["size"] for f in files)
+    reports = f"{canned_image().path}/reports/extract-20261121T100240Z"
+    report.report_files = [f"{reports}.json", f"{reports}.txt"]
+    return report
+
+
 class CannedSession(Session):
     """Answers like the core would, from fixed data; jobs show a frozen mid-run state."""
 
@@ -448,6 +560,11 @@ class CannedSession(Session):
         self.vm_preflights: list[dict[str, Any]] = []  # what each VM pre-flight was asked
         self.vm_restores: list[dict[str, Any]] = []
         self.vm_phases: tuple[str, ...] = ("write", "verify", "convert", "compare")
+        self.views: list[CannedView] = []  # every partition opened for browsing
+        self.view_error: str | None = None  # open_view refuses with this
+        self.extracts: list[dict[str, Any]] = []
+        self.extract_folder = "/media/usb-stick"  # where a default extraction goes
+        self.image_medium = "/run/live/medium"  # folders under it: the image's own medium
 
     @property
     def is_demo(self) -> bool:
@@ -623,4 +740,66 @@ class CannedSession(Session):
         )  # fmt: skip
         while not (self.capture_gate.is_set() or cancel.is_set()):
             time.sleep(0.02)
+        return None
+
+    # -- browsing and extracting (canned: CANNED_TREE) ------------------------
+    def open_view(self, image_path: Any, partition: int) -> Any:
+        if self.view_error is not None:
+            raise RescueError(self.view_error)
+        view = CannedView(partition)
+        self.views.append(view)
+        return view
+
+    def list_folder(self, view: Any, path: str) -> list[Any]:
+        if path not in CANNED_TREE:
+            raise RescueError(f"{path} is not a folder in the image.")
+        return sorted(CANNED_TREE[path], key=lambda e: e.name)
+
+    def tree_size(self, view: Any, path: str, cancel: Any = None) -> tuple[int, int]:
+        return canned_tree_size(path)
+
+    def default_extract_folder(self, image_path: Any, partition: int) -> Path:
+        return Path(self.extract_folder) / f"web01-p{partition}-files"
+
+    def extract_destination(
+        self, dest: Any, image_path: Any, *, allow_image_medium: bool = False
+    ) -> Path:
+        where = Path(str(dest).strip())
+        if not str(where).startswith("/"):
+            raise RescueError(f"The destination {where} cannot be used: not a full path.")
+        if str(where).startswith(self.image_medium) and not allow_image_medium:
+            raise RescueError(
+                f"{where} is on the medium that holds the image; files are not extracted there "
+                "unless chosen so explicitly.",
+                hint="Choose a folder on another disk, or confirm this medium on purpose.",
+                action="onto-image-medium",
+            )
+        return where
+
+    def extract(
+        self,
+        image_path: Any,
+        partition: int,
+        paths: Any,
+        dest: Any,
+        *,
+        allow_image_medium: bool = False,
+        progress: Any = None,
+        cancel: threading.Event | None = None,
+    ) -> Any:
+        assert progress is not None and cancel is not None
+        self.extracts.append(
+            {"partition": partition, "paths": list(paths), "dest": str(dest),
+             "allow_image_medium": allow_image_medium}
+        )  # fmt: skip
+        total = sum(canned_tree_size(p)[0] for p in paths)
+        progress(
+            Progress(job="extract", phase="extract", bytes_done=total // 3, bytes_total=total,
+                     rate_now=212e6, rate_avg=198e6, elapsed=9.0, eta=18.0)
+        )  # fmt: skip
+        if isinstance(self.finish, BaseException):
+            raise self.finish
+        if self.finish is not None:
+            return canned_extract_report(list(paths), str(dest))
+        cancel.wait(30)
         return None

@@ -217,3 +217,47 @@ def test_vm_dialog_refusal(snap_compare) -> None:
         assert type(pilot.app.screen).__name__ == "VmDialog"
 
     assert snap_compare(make_app(), terminal_size=(80, 24), run_before=refused)
+
+
+# ---- the Files screen: one partition of the image, browsed read-only ---------------------
+
+
+async def _to_files_marked(pilot: Pilot) -> None:
+    """/srv/db of the canned image's partition 2, the two dumps marked."""
+    await pilot.pause()
+    await pilot.press("enter")  # disks -> image
+    await pilot.pause()
+    await pilot.press("b", "2")  # browse partition 2
+    await pilot.pause(0.3)
+    screen = pilot.app.screen
+    for name in ("srv", "db"):
+        while screen.selected().name != name:
+            await pilot.press("down")
+        await pilot.press("enter")
+        await pilot.pause(0.3)
+    await pilot.press("space", "space")  # the two dumps (the cursor moves on)
+    await pilot.pause(0.2)
+    assert len(screen.marks) == 2
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_files(snap_compare, size) -> None:
+    assert snap_compare(make_app(), terminal_size=size, run_before=_to_files_marked)
+
+
+def test_extract_report(snap_compare) -> None:
+    """The report of an extraction: each file with its SHA-256, then the core's report."""
+
+    async def report(pilot: Pilot) -> None:
+        await _to_files_marked(pilot)
+        await pilot.press("e")
+        await pilot.pause()
+        await pilot.press("enter")  # the default folder
+        await pilot.pause(0.5)
+        await pilot.press("enter")  # the report
+        await pilot.pause(0.3)
+        assert type(pilot.app.screen).__name__ == "ReportScreen"
+
+    app = make_app()
+    app.session.finish = True  # the canned extraction ends with its report
+    assert snap_compare(app, terminal_size=(80, 24), run_before=report)
