@@ -606,3 +606,53 @@ async def test_nothing_stays_mounted_when_the_app_ends_on_the_files_screen(
         await enter(pilot, screen, "etc")
         assert ours_mounted([mounted_at])
     assert ours_mounted([mounted_at]) == []
+
+
+@pytest.mark.root
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+@pytest.mark.parametrize("ascii_only", [False, True], ids=["console", "ascii"])
+def test_the_files_screen_on_the_linux_console(tmp_path: Path, ascii_only: bool) -> None:
+    """The demo's image browsed in tmux under TERM=linux: 16-colour SGR and console glyphs
+    only (ASCII only with --ascii), on the list, the marks, the search and the dialog."""
+    from tests.tui.test_console import ESC, Tmux, check_console_safe, rescueui_cmd
+
+    env = (
+        f"env -u COLORTERM TERM=linux XDG_CACHE_HOME={tmp_path / 'cache'} "
+        f"RESCUEUI_LOCK={tmp_path / 'lock'}"
+    )
+    flag = " --ascii" if ascii_only else ""
+    tmux = Tmux(f"{env} {rescueui_cmd()} --demo{flag}; sleep 600")
+    screens = []
+    try:
+        tmux.wait_for("Choose image", timeout=90)
+        tmux.keys("Enter")
+        tmux.wait_for("demo-server-image")
+        tmux.keys("b")
+        tmux.wait_for("Browse the files of which partition")
+        screens.append(tmux.capture())
+        tmux.keys("2")
+        tmux.wait_for("README.txt")
+        tmux.keys("Down", "Down", "Down", "Space")
+        tmux.wait_for("Marked: 1")
+        screens.append(tmux.capture())
+        tmux.keys("/")
+        tmux.keys("READ", literal=True)
+        tmux.wait_for("search 'READ': 1 of 4")
+        screens.append(tmux.capture())
+        tmux.keys("Escape")
+        tmux.wait_for("Esc Close")
+        tmux.keys("e")
+        tmux.wait_for("into the folder")
+        screens.append(tmux.capture())
+        tmux.keys("Escape")
+        tmux.wait_for("Esc Close")
+        tmux.keys("Escape")  # the partition released before the session ends
+        tmux.wait_for("image(s) found")
+    finally:
+        tmux.kill()
+    for screen in screens:
+        check_console_safe(screen)
+        if ascii_only:
+            bad = {ch for ch in ESC.sub("", screen) if not ch.isascii()}
+            assert not bad, f"non-ASCII glyphs in --ascii mode: {bad}"
+    assert "* README.txt" in ESC.sub("", screens[1])
