@@ -564,6 +564,7 @@ class Session:
         self._shown: dict[str, Any] = {}
         self._views: list[OpenView] = []  # partitions held open for browsing
         self._views_lock = threading.Lock()
+        self._ended = False  # close() ran: a view still being mounted is released at once
 
     @property
     def is_demo(self) -> bool:
@@ -635,6 +636,8 @@ class Session:
         """Everything this session holds, released: the disk watcher, the partitions open
         for browsing, the media mounted to look for images. The front end calls it when it
         ends."""
+        with self._views_lock:
+            self._ended = True
         self.stop_watcher()
         self.close_views()
         self.release_media()
@@ -926,7 +929,12 @@ class Session:
             raise
         opened = OpenView(Path(image_path), partition, view, stack, self._forget_view)
         with self._views_lock:
-            self._views.append(opened)
+            ended = self._ended
+            if not ended:
+                self._views.append(opened)
+        if ended:  # the front end ended while the partition was being mounted
+            opened.close()
+            raise RescueError("The program is ending: the partition was released again.")
         return opened
 
     def _forget_view(self, view: OpenView) -> None:

@@ -376,6 +376,9 @@ def test_the_session_releases_its_views(recorded_views: list[list[str]]) -> None
     session.close()
     assert recorded_views[1] == ["open 2", "released"] and two.closed
     assert session.open_views == []
+    with pytest.raises(RescueError, match="ending"):  # mounted as the session ended
+        session.open_view("/img", 3)
+    assert recorded_views[2] == ["open 3", "released"]
 
 
 async def test_the_app_releases_the_views_when_it_ends(recorded_views: list[list[str]]) -> None:
