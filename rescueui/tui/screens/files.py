@@ -210,7 +210,6 @@ class FilesScreen(StepScreen):
         self.busy = True
         self.listed_at: float = 0.0  # when the last listing was asked for
         self.listing_seconds: float | None = None  # asked -> shown, for the last folder
-        self.mounts_seen: list[str] = []  # where the partition was mounted (for tests)
         self._released = False
         self._generation = 0
         self._extract_job: Any = None
@@ -308,7 +307,6 @@ class FilesScreen(StepScreen):
             self.refresh_bindings()
             return
         self.view = view
-        self.mounts_seen.append(str(view.root))
         self.query_one("#files-title", Static).update(self._title())
         self.load("/")
 
