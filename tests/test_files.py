@@ -177,6 +177,8 @@ def test_extract_keeps_everything(source: dict[str, Path], kind: str, tmp_path: 
             b.st_gid,
             b.st_mtime_ns,
         ), rel
+    text = next(Path(f) for f in report["report_files"] if f.endswith(".txt")).read_text()
+    assert sha256(ref / "data/random.bin") in text  # the text report lists the hashes too
     conf = dest / "app.conf"
     assert conf.read_text() == "listen 8080\n"
     st = os.lstat(conf)

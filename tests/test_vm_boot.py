@@ -147,9 +147,7 @@ def test_physical_system_without_virtio_gets_sata_and_e1000_and_boots(
 
 
 @pytest.mark.timeout(1500)
-def test_physical_system_gets_virtio_from_the_drivers_fixup(
-    sata_image: Path, work: Path
-) -> None:
+def test_physical_system_gets_virtio_from_the_drivers_fixup(sata_image: Path, work: Path) -> None:
     out = work / "vm-fixed"
     report = to_vm(sata_image, out, "--name", "db02")
     assert report["outcome"] == "success"

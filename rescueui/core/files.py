@@ -3,7 +3,7 @@
 ::
 
     with partition_view(image, 2) as view:                     # rescueui.core.images.view
-        entries = list_folder(view, "/etc")
+        entries = list_folder(view.root, "/etc")
     report = extract(image, 2, ["/etc/nginx", "/srv/db.dump"], "/media/usb/out",
                      progress=callback, cancel=event)
 
@@ -34,7 +34,7 @@ from rescueui.core.adapt.rootview import RootView
 from rescueui.core.errors import CancelledError, CorruptImageError, RescueError
 from rescueui.core.progress import ProgressCallback, ProgressMeter
 from rescueui.core.report import JobReport
-from rescueui.core.units import MiB
+from rescueui.core.units import MiB, human_size
 
 BLOCK = 4 * MiB
 MAX_LISTED = 1_000_000  # entries of one folder listed at most
@@ -430,3 +430,33 @@ def _sync(folder: Path) -> None:
 def _reports(image_dir: str | Path) -> Path | None:
     m = Path(image_dir) / "manifest.json"
     return Path(image_dir) / "reports" if m.is_file() and not m.is_symlink() else None
+
+
+MAX_REPORTED = 2000  # extracted entries shown in a report's text (the JSON has them all)
+
+
+def extracted_lines(files: Any) -> list[str]:
+    """What an extraction copied (``details["files"]`` of its report), a line per entry,
+    each file's SHA-256 on the line under it."""
+    lines: list[str] = []
+    if not isinstance(files, list):
+        return lines
+    for item in files[:MAX_REPORTED]:
+        if not isinstance(item, dict):
+            continue
+        path, kind = str(item.get("path", "?")), str(item.get("kind", "?"))
+        size, note, digest = item.get("size") or 0, item.get("note") or "", item.get("sha256")
+        if kind == "folder":
+            lines.append(f"{path}/")
+        elif kind == "link":
+            lines.append(f"{path} -> {note}")
+        else:
+            what = human_size(int(size)) if kind == "file" else kind
+            if kind == "hard link":
+                what = f"hard link {note}"
+            lines.append(f"{path}  ({what})")
+        if digest:
+            lines.append(f"  sha256 {digest}")
+    if len(files) > MAX_REPORTED:
+        lines.append(f"... and {len(files) - MAX_REPORTED} more: the JSON report lists them all.")
+    return lines

@@ -256,6 +256,13 @@ class JobReport:
             lines.append("Fix-ups of the restored system:")
             for line in fixup_lines(adapt):
                 lines.extend(_wrap(_safe(line), width, "  ", "      "))
+        extracted = self.details.get("files") if self.job == "extract" else None
+        if isinstance(extracted, list) and extracted:
+            from rescueui.core.files import extracted_lines
+
+            lines.append(f"Extracted ({len(extracted)} entries):")
+            for line in extracted_lines(extracted):
+                lines.extend(_wrap(_safe(line), width, "  ", "      "))
         vm = self.details.get("vm")
         if isinstance(vm, dict):
             from rescueui.core.vm import vm_lines

@@ -20,7 +20,7 @@ from textual.widgets import Footer, Static
 
 from rescueui.core.adapt import fixup_lines
 from rescueui.core.errors import AdaptError
-from rescueui.core.units import human_size
+from rescueui.core.files import extracted_lines
 from rescueui.core.vm import vm_lines
 from rescueui.tui.screens.base import StepScreen
 from rescueui.tui.text import esc, plain
@@ -36,7 +36,6 @@ FIXUPS_TITLE = "Fix-ups of the restored system (each step; the full report follo
 VM_TITLE = "The new virtual machine (its files and checks; the full report follows):"
 EXTRACTED_TITLE = "Extracted ({count}; the SHA-256 of each file):"
 EXTRACT_SUCCESS = " SUCCESS: files extracted, the SHA-256 of each listed "
-MAX_LISTED = 2000  # extracted entries shown; the JSON report lists them all
 
 
 def _section(title: str, lines: list[str], width: int, *, loud: bool = False) -> Text:
@@ -74,33 +73,6 @@ def fixup_text(details: Any, width: int = 80) -> Text:
     """The fix-up section of a report (``details["adapt"]``), laid out for ``width``
     columns; empty when there is none. The commands run are left to the report's text."""
     return _section(FIXUPS_TITLE, fixup_lines(details, commands=False), width, loud=True)
-
-
-def extracted_lines(files: Any) -> list[str]:
-    """What an extraction copied (``details["files"]`` of its report), a line per entry,
-    each file's SHA-256 on the line under it."""
-    lines: list[str] = []
-    if not isinstance(files, list):
-        return lines
-    for item in files[:MAX_LISTED]:
-        if not isinstance(item, dict):
-            continue
-        path, kind = str(item.get("path", "?")), str(item.get("kind", "?"))
-        size, note, digest = item.get("size") or 0, item.get("note") or "", item.get("sha256")
-        if kind == "folder":
-            lines.append(f"{path}/")
-        elif kind == "link":
-            lines.append(f"{path} -> {note}")
-        else:
-            what = human_size(int(size)) if kind == "file" else kind
-            if kind == "hard link":
-                what = f"hard link {note}"
-            lines.append(f"{path}  ({what})")
-        if digest:
-            lines.append(f"  sha256 {digest}")
-    if len(files) > MAX_LISTED:
-        lines.append(f"... and {len(files) - MAX_LISTED} more: the JSON report lists them all.")
-    return lines
 
 
 def extracted_text(details: Any, width: int = 80) -> Text:
