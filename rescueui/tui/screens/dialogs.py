@@ -417,34 +417,33 @@ def destroyed_text(disk: Any) -> Text:
     return text
 
 
-class PartitionPickDialog(ModalScreen[int | None]):
-    """Which image partition goes onto the chosen target partition (number keys or arrows)."""
+class PartitionChoiceDialog(ModalScreen[int | None]):
+    """An image partition chosen by its number key, or by the arrows and Enter."""
 
     BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel", id="cancel")]
+    BOX_ID = "pick-box"
+    BOX_TITLE = ""
+    HINT: str | None = None
+    EMPTY = ""  # what an option shows when a partition has neither filesystem nor label
 
-    def __init__(self, part: Any, streams: list[Any]) -> None:
-        super().__init__()
-        self.part = part
-        self.streams = [s for s in streams if s.partition_number]
+    streams: list[Any]
+
+    def question(self) -> Text:
+        raise NotImplementedError
 
     def compose(self) -> ComposeResult:
         from textual.widgets import OptionList
         from textual.widgets.option_list import Option
 
-        with Vertical(classes="dialog", id="pick-box"):
-            yield Static(
-                Text(
-                    f"Restore which image partition onto {esc(self.part.path)} "
-                    f"({human_size(self.part.size_bytes)} {part_text(self.part)})?"
-                )
-            )
+        with Vertical(classes="dialog", id=self.BOX_ID):
+            yield Static(self.question())
             yield OptionList(
                 *[
                     Option(
                         Text(
                             f"{s.partition_number}: {esc(s.name):<6} "
                             f"{human_size(s.size_bytes):>10}  "
-                            f"{' '.join(esc(x) for x in (s.fs_type, s.label) if x)}"
+                            f"{' '.join(esc(x) for x in (s.fs_type, s.label) if x) or self.EMPTY}"
                         ),
                         id=str(s.partition_number),
                     )
@@ -452,10 +451,12 @@ class PartitionPickDialog(ModalScreen[int | None]):
                 ],
                 id="streams",
             )
+            if self.HINT:
+                yield Static(self.HINT, classes="dim")
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#pick-box").border_title = "Partition restore"
+        self.query_one(f"#{self.BOX_ID}").border_title = self.BOX_TITLE
         self.query_one("#streams").focus()
 
     def on_option_list_option_selected(self, event: Any) -> None:
@@ -471,6 +472,24 @@ class PartitionPickDialog(ModalScreen[int | None]):
 
     def action_cancel(self) -> None:
         self.dismiss(None)
+
+
+class PartitionPickDialog(PartitionChoiceDialog):
+    """Which image partition goes onto the chosen target partition (number keys or arrows)."""
+
+    BOX_ID = "pick-box"
+    BOX_TITLE = "Partition restore"
+
+    def __init__(self, part: Any, streams: list[Any]) -> None:
+        super().__init__()
+        self.part = part
+        self.streams = [s for s in streams if s.partition_number]
+
+    def question(self) -> Text:
+        return Text(
+            f"Restore which image partition onto {esc(self.part.path)} "
+            f"({human_size(self.part.size_bytes)} {part_text(self.part)})?"
+        )
 
 
 def destroyed_partition_text(disk: Any, part: Any) -> Text:
@@ -587,61 +606,24 @@ def browsable_streams(streams: list[Any]) -> list[Any]:
     return [s for s in streams if s.partition_number and s.kind == "partition"]
 
 
-class BrowsePartitionDialog(ModalScreen[int | None]):
+class BrowsePartitionDialog(PartitionChoiceDialog):
     """Which partition of the image to browse (number keys, or arrows and Enter)."""
 
-    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape", "cancel", "Cancel", id="cancel")]
+    BOX_ID = "browse-box"
+    BOX_TITLE = "Browse files"
+    HINT = "Enter or its number: browse it   Esc: cancel"
+    EMPTY = "-"
 
     def __init__(self, image: Any) -> None:
         super().__init__()
         self.image = image
         self.streams = browsable_streams(list(image.streams))
 
-    def compose(self) -> ComposeResult:
-        from textual.widgets import OptionList
-        from textual.widgets.option_list import Option
-
-        with Vertical(classes="dialog", id="browse-box"):
-            yield Static(
-                Text(
-                    f"Browse the files of which partition of {esc(self.image.name)}? It is "
-                    "mounted read-only from the image: nothing is written to it."
-                )
-            )
-            yield OptionList(
-                *[
-                    Option(
-                        Text(
-                            f"{s.partition_number}: {esc(s.name):<6} "
-                            f"{human_size(s.size_bytes):>10}  "
-                            f"{' '.join(esc(x) for x in (s.fs_type, s.label) if x) or '-'}"
-                        ),
-                        id=str(s.partition_number),
-                    )
-                    for s in self.streams
-                ],
-                id="streams",
-            )
-            yield Static("Enter or its number: browse it   Esc: cancel", classes="dim")
-        yield Footer()
-
-    def on_mount(self) -> None:
-        self.query_one("#browse-box").border_title = "Browse files"
-        self.query_one("#streams").focus()
-
-    def on_option_list_option_selected(self, event: Any) -> None:
-        self.dismiss(int(event.option.id))
-
-    def on_key(self, event: Any) -> None:
-        # ASCII digits only: '²'.isdigit() is True, and int('²') raises
-        if event.character and event.character in "0123456789":
-            n = int(event.character)
-            if any(s.partition_number == n for s in self.streams):
-                event.stop()
-                self.dismiss(n)
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)
+    def question(self) -> Text:
+        return Text(
+            f"Browse the files of which partition of {esc(self.image.name)}? It is "
+            "mounted read-only from the image: nothing is written to it."
+        )
 
 
 @dataclass(frozen=True)
