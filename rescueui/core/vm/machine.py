@@ -375,10 +375,6 @@ def _fit(
     )
 
 
-def _vcpus_words(n: int) -> str:
-    return str(n)
-
-
 def plan_vm(
     image: Any,
     request: VmRequest,
@@ -440,7 +436,7 @@ def plan_vm(
         max(0, where.cpus),
         max(0, where.cpus),
         where,
-        _vcpus_words,
+        str,
         DEFAULT_VCPUS,
     )
     memory, f_mem = _fit(
