@@ -355,8 +355,24 @@ def range_device(source: str, start: int, size: int, *, read_only: bool) -> Iter
     try:
         yield dev
     finally:
-        for _ in range(25):  # udev may still be probing the new device
-            r = subprocess.run([losetup, "-d", dev], capture_output=True, env=env, check=False)
-            if r.returncode == 0:
-                break
-            time.sleep(0.2)
+        detach_loop(dev)
+
+
+def detach_loop(dev: str, *, wait: float = 10.0) -> bool:
+    """Detach loop device ``dev`` and wait until the kernel has let it go. ``losetup -d``
+    of a device that is still open (udev probing it, a last reader) only marks it to be
+    cleared on the last close, so the device stays attached for a moment after it
+    returns. True when it is gone within ``wait`` seconds."""
+    losetup = find_tool("losetup") or "losetup"
+    name = os.path.basename(dev)
+    attached = Path("/sys/block") / name / "loop"
+    deadline = time.monotonic() + wait
+    while True:
+        subprocess.run(
+            [losetup, "-d", dev], capture_output=True, check=False, env=dict(os.environ, LC_ALL="C")
+        )
+        if not attached.exists():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)

@@ -388,6 +388,7 @@ def sweep_stale() -> list[str]:
     """Release what killed rescueui processes left of their views: filesystems mounted from
     a view's loop device, the loop devices, the FUSE files and their folders. Returns what
     was released (for a log line)."""
+    from rescueui.core import blockdev
     from rescueui.core.images import fusefile
     from rescueui.core.tools import find_tool
 
@@ -415,8 +416,8 @@ def sweep_stale() -> list[str]:
                     fsmount.unmount(where)
                     _rmdir(Path(where))
                     done.append(f"unmounted {where}")
-            subprocess.run([losetup, "-d", dev], capture_output=True, check=False)
-            done.append(f"detached {dev}")
+            if blockdev.detach_loop(dev):
+                done.append(f"detached {dev}")
         if fusefile.unmount(str(served)):
             done.append(f"unmounted {served}")
         _remove_dir(folder)
