@@ -216,17 +216,34 @@ def _new_dir() -> Path:
     return d
 
 
+@dataclass
+class ServedPartition:
+    """One partition of an image as a read-only block device (nothing mounted)."""
+
+    image: str
+    partition: int
+    fs_type: str | None  # as the image records it; None: not recorded (probe the device)
+    size_bytes: int
+    device: str  # the read-only loop device
+    log: Path  # what the serving helper could not read (the image's damage)
+
+    def problem(self) -> str | None:
+        """The first part of the image that could not be served (a damaged chunk), if any."""
+        return _first_problem(self.log)
+
+
 @contextlib.contextmanager
-def partition_view(image_dir: str | Path, partition: int) -> Iterator[PartitionView]:
-    """Partition ``partition`` of the image at ``image_dir`` mounted read-only for the block
-    (see the module doc). :class:`RescueError` (ImageError, a mount error) says what failed;
-    nothing is left behind."""
+def served_partition(image_dir: str | Path, partition: int) -> Iterator[ServedPartition]:
+    """Partition ``partition`` of the image at ``image_dir`` as a read-only loop device for
+    the block (steps 1 and 2 of the module doc): what reads it block by block, or mounts it
+    (:func:`partition_view`). Every byte read from it was checked as the image's kind allows.
+    :class:`RescueError` says what failed; nothing is left behind."""
     from rescueui.core.blockdev import range_device
     from rescueui.core.images import open_image
 
     if os.geteuid() != 0:
         raise RescueError(
-            "Browsing an image mounts its partition: that needs root.",
+            "Reading an image partition as a device (to browse or copy it) needs root.",
             hint="Run rescueui as root (the live system does).",
         )
     sweep_stale()
@@ -245,8 +262,18 @@ def partition_view(image_dir: str | Path, partition: int) -> Iterator[PartitionV
         _read_ahead_kb(f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}")
         device = stack.enter_context(range_device(str(served), 0, size, read_only=True))
         _read_ahead_kb(f"/sys/block/{Path(device).name}/queue")
-        if not fs_type:
-            fs_type = _probe(device)
+        yield ServedPartition(str(image_dir), partition, fs_type or None, size, device, log)
+
+
+@contextlib.contextmanager
+def partition_view(image_dir: str | Path, partition: int) -> Iterator[PartitionView]:
+    """Partition ``partition`` of the image at ``image_dir`` mounted read-only for the block
+    (see the module doc). :class:`RescueError` (ImageError, a mount error) says what failed;
+    nothing is left behind."""
+    with contextlib.ExitStack() as stack:
+        served = stack.enter_context(served_partition(image_dir, partition))
+        device, log = served.device, served.log
+        fs_type = served.fs_type or _probe(device)
         root = fsmount.mount_dir("view")
         stack.callback(_rmdir, root)
         try:
@@ -260,7 +287,9 @@ def partition_view(image_dir: str | Path, partition: int) -> Iterator[PartitionV
                 ) from exc
             raise
         stack.callback(fsmount.unmount, root)
-        yield PartitionView(str(image_dir), partition, fs_type, size, device, root, how, log)
+        yield PartitionView(
+            str(image_dir), partition, fs_type, served.size_bytes, device, root, how, log
+        )
 
 
 def _serve(
