@@ -44,8 +44,12 @@ import blake3
 
 from rescueui.core import chunkcodec, fsmount
 from rescueui.core.errors import CorruptImageError, ImageError, RescueError
+from rescueui.core.images import staging
+from rescueui.core.images.staging import StageProgress
 
 VIEW_ROOT = Path("/run/rescueui/view")
+STAGING_NOTE = "staging"  # in a view's folder: the path of its staging file kept elsewhere
+STAGED_PREFIX = "rescueui-view-"  # a staging file elsewhere: rescueui-view-<pid>-<n>.img
 READY_TIMEOUT = 60.0
 CACHE_CHUNKS = 16  # decoded chunks kept (a 4 MiB chunk is read in many smaller requests)
 
@@ -94,11 +98,9 @@ class PartitionReader:
         self.fs_type = str(getattr(stream, "fs_type", "") or "")
         self._ours = hasattr(image, "read_chunk")
         if not self._ours and getattr(image, "sequential", False):
-            raise ImageError(
+            raise ImageError(  # served_partition stages these first (.staging)
                 f"The image {image.path} ({image.describe()}) can only be read from its start "
-                "to its end, not at any place: its partitions cannot be browsed yet.",
-                hint="Restore it, or convert it to a rescueui image (restore onto a file, "
-                "then capture that file), to browse it.",
+                "to its end, not at any place: it is read through a staging file.",
             )
         self._cache: OrderedDict[int, memoryview] = OrderedDict()
         self._pending: dict[int, threading.Event] = {}
@@ -233,11 +235,22 @@ class ServedPartition:
 
 
 @contextlib.contextmanager
-def served_partition(image_dir: str | Path, partition: int) -> Iterator[ServedPartition]:
+def served_partition(
+    image_dir: str | Path,
+    partition: int,
+    *,
+    staging_dir: str | Path | None = None,
+    progress: StageProgress | None = None,
+    cancel: threading.Event | None = None,
+) -> Iterator[ServedPartition]:
     """Partition ``partition`` of the image at ``image_dir`` as a read-only loop device for
     the block (steps 1 and 2 of the module doc): what reads it block by block, or mounts it
     (:func:`partition_view`). Every byte read from it was checked as the image's kind allows.
-    :class:`RescueError` says what failed; nothing is left behind."""
+    :class:`RescueError` says what failed; nothing is left behind.
+
+    An image read only in order is staged first (:mod:`.staging`): into the view's folder,
+    or into ``staging_dir`` when given; ``progress(done, total)`` follows that reading and
+    ``cancel`` stops it (CancelledError). Other kinds ignore the three."""
     from rescueui.core.blockdev import range_device
     from rescueui.core.images import open_image
 
@@ -247,31 +260,87 @@ def served_partition(image_dir: str | Path, partition: int) -> Iterator[ServedPa
             hint="Run rescueui as root (the live system does).",
         )
     sweep_stale()
-    with open_image(image_dir) as image:  # checked here: a refusal comes before any mount
-        reader = PartitionReader(image, partition)
-        size, fs_type = reader.size, reader.fs_type
-    folder = _new_dir()
-    served = folder / "partition.img"
-    served.touch(mode=0o400)
-    log = folder / "helper.log"
     with contextlib.ExitStack() as stack:
-        stack.callback(_remove_dir, folder)
-        child = _serve(image_dir, partition, served, size, log)
-        stack.callback(_stop, child, served)
-        st = os.stat(served)
-        _read_ahead_kb(f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}")
+        with open_image(image_dir) as image:  # checked here: a refusal comes before any mount
+            staged = staging.needs_staging(image)
+            if staged:
+                stream = _partition_stream(image, partition)
+                size, fs_type = int(stream.size_bytes), str(getattr(stream, "fs_type", "") or "")
+            else:
+                reader = PartitionReader(image, partition)
+                size, fs_type = reader.size, reader.fs_type
+            folder = _new_dir()
+            stack.callback(_remove_dir, folder)
+            log = folder / "helper.log"
+            log.touch(mode=0o600)
+            if staged:
+                served = _stage(image, partition, folder, staging_dir, progress, cancel, stack)
+        if not staged:
+            served = folder / "partition.img"
+            served.touch(mode=0o400)
+            child = _serve(image_dir, partition, served, size, log)
+            stack.callback(_stop, child, served)
+            st = os.stat(served)
+            _read_ahead_kb(f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}")
         device = stack.enter_context(range_device(str(served), 0, size, read_only=True))
         _read_ahead_kb(f"/sys/block/{Path(device).name}/queue")
         yield ServedPartition(str(image_dir), partition, fs_type or None, size, device, log)
 
 
+def _stage(
+    image: Any,
+    partition: int,
+    folder: Path,
+    staging_dir: str | Path | None,
+    progress: StageProgress | None,
+    cancel: threading.Event | None,
+    stack: contextlib.ExitStack,
+) -> Path:
+    """Stage the partition (:mod:`.staging`) into the view's folder or ``staging_dir``;
+    the file is removed with the view (and by :func:`sweep_stale` after a crash)."""
+    if staging_dir is None:
+        target = folder / "partition.img"
+    else:
+        place = Path(staging_dir)
+        if not place.is_dir():
+            raise RescueError(
+                f"The staging folder {place} does not exist or is not a folder.",
+                hint="Choose an existing folder on a medium with enough free space.",
+            )
+        target = place.resolve() / f"{STAGED_PREFIX}{folder.name}.img"
+        (folder / STAGING_NOTE).write_text(f"{target}\n")  # for sweep_stale, before it exists
+        stack.callback(_unlink, target)
+    need = staging.data_bytes(image, partition)
+    staging.check_space(
+        target.parent,
+        need,
+        f"Partition {partition} of {image.path}",
+        chosen=staging_dir is not None,
+    )
+    staging.stage_partition(image, partition, target, progress=progress, cancel=cancel)
+    os.chmod(target, 0o400)
+    return target
+
+
 @contextlib.contextmanager
-def partition_view(image_dir: str | Path, partition: int) -> Iterator[PartitionView]:
+def partition_view(
+    image_dir: str | Path,
+    partition: int,
+    *,
+    staging_dir: str | Path | None = None,
+    progress: StageProgress | None = None,
+    cancel: threading.Event | None = None,
+) -> Iterator[PartitionView]:
     """Partition ``partition`` of the image at ``image_dir`` mounted read-only for the block
     (see the module doc). :class:`RescueError` (ImageError, a mount error) says what failed;
-    nothing is left behind."""
+    nothing is left behind. ``staging_dir``, ``progress``, ``cancel``: as for
+    :func:`served_partition` (images read only in order)."""
     with contextlib.ExitStack() as stack:
-        served = stack.enter_context(served_partition(image_dir, partition))
+        served = stack.enter_context(
+            served_partition(
+                image_dir, partition, staging_dir=staging_dir, progress=progress, cancel=cancel
+            )
+        )
         device, log = served.device, served.log
         fs_type = served.fs_type or _probe(device)
         root = fsmount.mount_dir("view")
@@ -380,6 +449,11 @@ def _rmdir(path: Path) -> None:
         path.rmdir()
 
 
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
+
+
 def _remove_dir(folder: Path) -> None:
     with contextlib.suppress(OSError):
         for p in folder.iterdir():
@@ -413,9 +487,23 @@ def _mounts() -> list[tuple[str, str]]:
     return out
 
 
+def _staged_elsewhere(folder: Path) -> Path | None:
+    """The staging file a view kept outside its folder (its note names it; only a file
+    named after the folder is believed)."""
+    try:
+        text = (folder / STAGING_NOTE).read_text(errors="replace").strip()
+    except OSError:
+        return None
+    path = Path(text)
+    if not path.is_absolute() or path.name != f"{STAGED_PREFIX}{folder.name}.img":
+        return None
+    return path
+
+
 def sweep_stale() -> list[str]:
     """Release what killed rescueui processes left of their views: filesystems mounted from
-    a view's loop device, the loop devices, the FUSE files and their folders. Returns what
+    a view's loop device, the loop devices, the FUSE files, staging files (in the view's
+    folder or the staging folder its note names) and the folders. Returns what
     was released (for a log line)."""
     from rescueui.core import blockdev
     from rescueui.core.images import fusefile
@@ -433,22 +521,27 @@ def sweep_stale() -> list[str]:
         if pid == os.getpid() or _pid_alive(pid):
             continue
         served = folder / "partition.img"
-        loops = subprocess.run(
-            [losetup, "-j", str(served)], capture_output=True, text=True, check=False
-        ).stdout
-        for line in loops.splitlines():
-            dev = line.split(":", 1)[0].strip()
-            if not dev.startswith("/dev/loop"):
-                continue
-            for source, where in _mounts():
-                if source == dev:
-                    fsmount.unmount(where)
-                    _rmdir(Path(where))
-                    done.append(f"unmounted {where}")
-            if blockdev.detach_loop(dev):
-                done.append(f"detached {dev}")
+        elsewhere = _staged_elsewhere(folder)
+        for backing in [served] + ([elsewhere] if elsewhere else []):
+            loops = subprocess.run(
+                [losetup, "-j", str(backing)], capture_output=True, text=True, check=False
+            ).stdout
+            for line in loops.splitlines():
+                dev = line.split(":", 1)[0].strip()
+                if not dev.startswith("/dev/loop"):
+                    continue
+                for source, where in _mounts():
+                    if source == dev:
+                        fsmount.unmount(where)
+                        _rmdir(Path(where))
+                        done.append(f"unmounted {where}")
+                if blockdev.detach_loop(dev):
+                    done.append(f"detached {dev}")
         if fusefile.unmount(str(served)):
             done.append(f"unmounted {served}")
+        if elsewhere is not None and elsewhere.exists():
+            _unlink(elsewhere)
+            done.append(f"removed {elsewhere}")
         _remove_dir(folder)
     return done
 
