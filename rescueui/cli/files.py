@@ -37,7 +37,18 @@ def run(args: argparse.Namespace) -> int:
         say("rescueui files: give the image and at most one folder in it.")
         return 2
     image_dir, path = args.where[0], (args.where[1] if len(args.where) == 2 else "/")
-    with partition_view(image_dir, args.partition) as view:
+    said: list[int] = []
+
+    def staging(done: int, total: int) -> None:  # one line: the reading takes a while
+        if not said:
+            said.append(total)
+            say(
+                "Partition {} of {} can only be read from its start to its end: reading {} "
+                "into a staging file first…",
+                args.partition, image_dir, human_size(total),
+            )  # fmt: skip
+
+    with partition_view(image_dir, args.partition, progress=staging) as view:
         entries = list_folder(view.root, path)
     if args.json:
         echo_json({"path": path, "entries": [e.to_dict() for e in entries]})

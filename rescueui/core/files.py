@@ -25,7 +25,7 @@ import hashlib
 import os
 import stat
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -358,7 +358,8 @@ def extract(
         if not paths:
             raise RescueError("Nothing to extract: no path given.")
         folder = check_destination(dest, image_dir, allow_image_medium=allow_image_medium)
-        with partition_view(image_dir, partition) as view:
+        staging = _staging_progress(progress, partition)
+        with partition_view(image_dir, partition, progress=staging, cancel=cancel) as view:
             report.details["mounted"] = view.how
             walk = _walk(view.root, paths)
             meter.bytes_total = walk.bytes_total
@@ -396,6 +397,53 @@ def extract(
         raise err from exc
     report.write(_reports(image_dir))
     return report
+
+
+def _staging_progress(
+    progress: ProgressCallback | None, partition: int
+) -> Callable[[int, int], None] | None:
+    """The progress of reading an image read only in order into its staging file (before
+    anything is extracted): phase "stage", its own byte counts."""
+    if progress is None:
+        return None
+    meter = ProgressMeter("extract", 0, progress)
+
+    def staged(done: int, total: int) -> None:
+        if meter.bytes_total != total:
+            meter.bytes_total = total
+            meter.update(
+                bytes_total=total, phase="stage", stream=f"(reading partition {partition})"
+            )
+        meter.advance(done - meter.last.bytes_done)
+
+    return staged
+
+
+def copy_tree(
+    source: Path, target: Path, meter: ProgressMeter, cancel: threading.Event | None = None
+) -> tuple[int, list[str]]:
+    """Copy everything below the folder ``source`` into the (new, empty) filesystem root
+    ``target``, keeping what :func:`extract` keeps, and the root's own mode, owner, times
+    and attributes; a ``lost+found`` the new filesystem already has is used as it is.
+    Returns (entries copied, warnings)."""
+    work = _Extractor(meter, cancel)
+    for name in sorted(os.listdir(source)):
+        src, dst = source / name, target / name
+        st = os.lstat(src)
+        if (
+            name == "lost+found"
+            and stat.S_ISDIR(st.st_mode)
+            and dst.is_dir()
+            and not dst.is_symlink()
+        ):
+            for child in sorted(os.listdir(src)):
+                work.copy(src / child, dst / child, f"/{name}/{child}")
+            work.dirs.append((src, st, dst))
+            continue
+        work.copy(src, dst, f"/{name}")
+    work.dirs.append((source, os.lstat(source), target))
+    work.finish()
+    return len(work.done), work.warnings
 
 
 def _fail(
