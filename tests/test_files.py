@@ -2,15 +2,18 @@
 
 A GPT disk file whose ext4 partition holds the awkward files (a symbolic link, hard links,
 a sparse file, an extended attribute, a FIFO, a name with spaces and UTF-8, a folder with
-its own mode and times) is captured by rescueui and converted to qcow2 by qemu-img; from
-each, ``rescueui files`` lists and ``rescueui extract`` copies; every extracted file is
-compared with the source (SHA-256, mode, owner, times, links, holes, xattrs). Nothing stays
-mounted; what a killed process left is released by the next one.
+its own mode and times) is captured by rescueui, converted to qcow2 by qemu-img, compressed
+by zstd (read only in order: staged first) and saved as a Clonezilla folder (the commands
+``ocs-sr`` runs: partclone, zstd; see tests/clonezillafixtures.py); from each, ``rescueui
+files`` lists and ``rescueui extract`` copies; every extracted file is compared with the
+source (SHA-256, mode, owner, times, links, holes, xattrs). Nothing stays mounted; what a
+killed process left (staging files too) is released by the next one.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -24,11 +27,16 @@ from pathlib import Path
 import pytest
 
 from tests.clirun import rescueui
+from tests.clonezillafixtures import SourceDisk, save_disk
 from tests.loopdisk import run
 
 pytestmark = [pytest.mark.root]
 
-TOOLS = [t for t in ("qemu-img", "sfdisk", "mkfs.ext4", "zstd") if shutil.which(t) is None]
+TOOLS = [
+    t
+    for t in ("qemu-img", "sfdisk", "mkfs.ext4", "zstd", "parted", "partclone.ext4")
+    if shutil.which(t) is None
+]
 MiB = 1024 * 1024
 PART_START = 1 * MiB
 PART_SIZE = 96 * MiB
@@ -101,7 +109,18 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(disk), str(qcow2)])
     zst = tmp / "disk.img.zst"
     run(["zstd", "-q", "-3", str(disk), "-o", str(zst)])
-    return {"disk": disk, "ref": ref, "image": image, "qcow2": qcow2, "zst": zst, "tmp": tmp}
+    size = PART_START + PART_SIZE + MiB
+    layout = {1: (PART_START, PART_SIZE, "ext4")}
+    clonezilla = save_disk(SourceDisk(disk, size, "gpt", layout), tmp / "clonezilla", comp="zst")
+    return {
+        "disk": disk,
+        "ref": ref,
+        "image": image,
+        "qcow2": qcow2,
+        "zst": zst,
+        "clonezilla": clonezilla,
+        "tmp": tmp,
+    }
 
 
 def sha256(path: Path) -> str:
@@ -133,7 +152,10 @@ def leftovers() -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("kind", ["image", "qcow2"])
+ALL_KINDS = ["image", "qcow2", "zst", "clonezilla"]  # the last two are read only in order
+
+
+@pytest.mark.parametrize("kind", ALL_KINDS)
 def test_list_a_folder_of_any_image(source: dict[str, Path], kind: str) -> None:
     proc = rescueui("files", source[kind], "--partition", "1", "/data", "--json", check=False)
     assert proc.returncode == 0, proc.stderr
@@ -153,7 +175,7 @@ def test_list_a_folder_of_any_image(source: dict[str, Path], kind: str) -> None:
     assert leftovers() == []
 
 
-@pytest.mark.parametrize("kind", ["image", "qcow2"])
+@pytest.mark.parametrize("kind", ALL_KINDS)
 def test_extract_keeps_everything(source: dict[str, Path], kind: str, tmp_path: Path) -> None:
     dest = tmp_path / "out"
     dest.mkdir()
@@ -219,10 +241,143 @@ def test_extract_refuses_the_image_medium_and_existing_files(
     assert leftovers() == []
 
 
-def test_an_image_read_only_in_order_is_refused_clearly(source: dict[str, Path]) -> None:
-    proc = rescueui("files", source["zst"], "--partition", "1", check=False)
+def _mounted_or_attached(*paths: Path | str) -> list[str]:
+    """Lines of /proc/self/mountinfo and ``losetup -j`` that still name one of ``paths``."""
+    found = []
+    info = Path("/proc/self/mountinfo").read_text()
+    for p in paths:
+        found += [line for line in info.splitlines() if f" {p} " in line]
+        loops = subprocess.run(["losetup", "-j", str(p)], capture_output=True, text=True)
+        found += loops.stdout.splitlines()
+    return found
+
+
+@pytest.mark.parametrize("kind", ["zst", "clonezilla"])
+def test_a_staged_view_is_sparse_and_leaves_nothing(source: dict[str, Path], kind: str) -> None:
+    """A partition read only in order is staged into the view's folder: a sparse file of
+    the partition's size holding only its data, read through a read-only loop device, the
+    progress counted up to its total; all of it is gone when the view ends."""
+    from rescueui.core.images.view import partition_view
+
+    seen: list[tuple[int, int]] = []
+    with partition_view(source[kind], 1, progress=lambda d, t: seen.append((d, t))) as view:
+        backing = subprocess.run(
+            ["losetup", "--noheadings", "-O", "BACK-FILE", view.device],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        staged = Path(backing)
+        assert staged.parent.parent == Path("/run/rescueui/view") and staged.is_file()
+        st = os.stat(staged)
+        assert st.st_size == PART_SIZE
+        assert st.st_blocks * 512 < PART_SIZE // 2  # holes where the filesystem has no data
+        assert (view.root / "etc/app.conf").read_text() == "listen 8080\n"
+        assert sha256(view.root / "data/random.bin") == sha256(source["ref"] / "data/random.bin")
+        ro = subprocess.run(
+            ["blockdev", "--getro", view.device], capture_output=True, text=True, check=True
+        )
+        assert ro.stdout.strip() == "1"
+        root, device = view.root, view.device
+    assert seen and seen[-1][0] == seen[-1][1] > 0
+    assert all(a[0] <= b[0] for a, b in itertools.pairwise(seen))
+    assert not staged.exists() and not staged.parent.exists()
+    assert _mounted_or_attached(root, staged) == []
+    assert device not in Path("/proc/self/mountinfo").read_text()
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path):  # type: ignore[no-untyped-def]
+    where = tmp_path / "small"
+    where.mkdir()
+    run(["mount", "-t", "tmpfs", "-o", "size=8m,mode=0700", "tmpfs", str(where)])
+    try:
+        yield where
+    finally:
+        run(["umount", str(where)])
+
+
+def test_too_little_staging_space_is_refused_clearly(
+    source: dict[str, Path], small_tmpfs: Path
+) -> None:
+    """A staging folder with less free space than the partition's data: refused before a
+    byte is written, the message names the needed and the free bytes and what to do."""
+    from rescueui.core.errors import RescueError
+    from rescueui.core.images.view import partition_view
+
+    for kind in ("zst", "clonezilla"):
+        with pytest.raises(RescueError) as caught:
+            with partition_view(source[kind], 1, staging_dir=small_tmpfs):
+                pytest.fail("the view was opened")
+        exc = caught.value
+        msg = str(exc)
+        assert "staging file in " + str(small_tmpfs) in exc.message, msg
+        need, free = re.findall(r"\((\d+) bytes\)", exc.message)
+        assert int(need) > int(free) and int(free) <= 8 * MiB, msg
+        assert exc.hint and "staging folder" in exc.hint and "restore the partition" in exc.hint
+        assert "--" not in msg  # no command-line flags in the engine's words
+        assert list(small_tmpfs.iterdir()) == []
+    assert leftovers() == []
+
+
+def test_staging_into_a_chosen_folder(source: dict[str, Path], tmp_path: Path) -> None:
+    """The staging file goes where it is asked to; it is removed when the view ends."""
+    from rescueui.core.images.view import partition_view
+
+    place = tmp_path / "stage"
+    place.mkdir()
+    with partition_view(source["zst"], 1, staging_dir=place) as view:
+        files = list(place.iterdir())
+        assert len(files) == 1 and files[0].name.startswith("rescueui-view-")
+        assert (view.root / "etc/app.conf").is_file()
+        root = view.root
+    assert list(place.iterdir()) == []
+    assert _mounted_or_attached(root, files[0]) == []
+
+
+def test_a_damaged_stream_is_not_served(source: dict[str, Path], tmp_path: Path) -> None:
+    """A byte of the compressed stream altered (raw.zst; a Clonezilla partition image): the
+    view is refused, the error names the file and the place; nothing is extracted."""
+    zst = tmp_path / "disk.img.zst"
+    blob = bytearray(source["zst"].read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    zst.write_bytes(bytes(blob))
+    folder = tmp_path / "clonezilla"
+    shutil.copytree(source["clonezilla"], folder)
+    stream = next(folder.glob("sda1.ext4-ptcl-img.zst*"))
+    blob = bytearray(stream.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    stream.write_bytes(bytes(blob))
+    for image, named in ((zst, str(zst)), (folder, str(stream.name))):
+        dest = tmp_path / f"out-{image.name}"
+        dest.mkdir()
+        proc = rescueui(
+            "extract", image, "--partition", "1", "/data", dest, "--onto-image-medium",
+            "--quiet", check=False,
+        )  # fmt: skip
+        assert proc.returncode != 0
+        assert named in proc.stderr and "damaged" in proc.stderr, proc.stderr
+        assert re.search(r"(byte|blocks) \d+", proc.stderr), proc.stderr
+        assert list(dest.iterdir()) == []
+    assert leftovers() == []
+
+
+def test_a_partclone_checksum_mismatch_is_not_served(
+    source: dict[str, Path], tmp_path: Path
+) -> None:
+    """An uncompressed Clonezilla partition image with one data byte altered: partclone's
+    block checksum catches it while staging; the view is refused."""
+    size = PART_START + PART_SIZE + MiB
+    layout = {1: (PART_START, PART_SIZE, "ext4")}
+    folder = save_disk(
+        SourceDisk(source["disk"], size, "gpt", layout), tmp_path / "cz", comp="uncomp"
+    )
+    stream = next(folder.glob("sda1.ext4-ptcl-img.uncomp*"))
+    blob = bytearray(stream.read_bytes())
+    blob[len(blob) * 3 // 4] ^= 0x01
+    stream.write_bytes(bytes(blob))
+    proc = rescueui("files", folder, "--partition", "1", "/data", check=False)
     assert proc.returncode != 0
-    assert "cannot be browsed yet" in proc.stderr
+    assert stream.name in proc.stderr and "checksum" in proc.stderr.lower(), proc.stderr
+    assert "random.bin" not in proc.stdout
     assert leftovers() == []
 
 
@@ -251,6 +406,39 @@ def test_a_killed_process_leaves_nothing_after_the_next_start(source: dict[str, 
     while leftovers() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert leftovers() == []
+    assert not os.path.exists(root)
+
+
+def test_a_killed_staged_view_leaves_nothing_after_the_next_start(
+    source: dict[str, Path], tmp_path: Path
+) -> None:
+    """A killed process that staged a partition into a chosen folder: the next view
+    detaches its device and removes the staging file."""
+    place = tmp_path / "stage"
+    place.mkdir()
+    script = (
+        "import sys, time\n"
+        "from rescueui.core.images.view import partition_view\n"
+        f"with partition_view({str(source['zst'])!r}, 1, staging_dir={str(place)!r}) as v:\n"
+        "    print(v.root, flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        root = proc.stdout.readline().strip()
+        assert root and (Path(root) / "etc/app.conf").is_file()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    staged = list(place.iterdir())
+    assert len(staged) == 1 and _mounted_or_attached(root, staged[0]) != []
+    listing = rescueui("files", source["image"], "--partition", "1", "/etc", check=False)
+    assert listing.returncode == 0 and "app.conf" in listing.stdout
+    assert list(place.iterdir()) == []
+    assert _mounted_or_attached(root, staged[0]) == []
     assert not os.path.exists(root)
 
 
