@@ -11,18 +11,23 @@ How (this kernel has FUSE and loop devices, no NBD, ublk or device-mapper):
    partition's bytes as one read-only FUSE file (:mod:`.fusefile`), reading them through the
    image's own reader: our format chunk by chunk through the one chunk decoder, each chunk's
    BLAKE3 checked before a byte of it is served (chunks the filesystem does not use read as
-   zeros); VM disks through QEMU's block layer; raw images from the file;
-2. a read-only loop device goes over that file;
+   zeros); VM disks through QEMU's block layer; raw images from the file.
+   Kinds that can only be read in order (compressed raw images, Clonezilla folders: the image
+   is ``sequential``) have no helper: the partition is *staged* instead (:mod:`.staging`),
+   read once from its start to its end through the seam's decoder with every check the kind
+   carries (partclone's block checksums, a bmap's, the compression's, the stream's length;
+   a compressed raw image is read on to its end, where its checksum is) and written into a
+   sparse file holding only its data. That takes a while (``progress(done, total)``); the
+   staging folder's free space is checked first (the view's folder, or ``staging_dir``);
+2. a read-only loop device goes over that file (the FUSE file or the staging file);
 3. the filesystem is mounted from it by the one mount rule (:mod:`rescueui.core.fsmount`:
    ext4 ``ro,noload``, xfs ``ro,norecovery``, btrfs ``ro,rescue=nologreplay``, FAT/NTFS/exFAT
    through their FUSE drivers where the kernel lacks them).
 
-Everything lives under ``/run/rescueui/view/<pid>-<n>/`` and is released when the block
-ends, also on an error. A process that was killed leaves it behind: :func:`sweep_stale`
-(called before every new view) unmounts and detaches what a dead process left.
-
-Kinds that can only be read in order (compressed raw images, Clonezilla folders) have no
-view yet: :class:`ImageError` says so.
+Everything lives under ``/run/rescueui/view/<pid>-<n>/`` (a staging file too, unless
+``staging_dir`` puts it elsewhere: then the folder notes where) and is released when the
+block ends, also on an error. A process that was killed leaves it behind: :func:`sweep_stale`
+(called before every new view) unmounts, detaches and removes what a dead process left.
 """
 
 from __future__ import annotations
