@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -519,15 +520,28 @@ def test_real_variants_each_give_their_finding(captured: dict, loops: LoopFactor
 @pytest.mark.root
 @pytest.mark.udev
 def test_real_fit_too_small_names_shortfall(captured: dict, loops: LoopFactory) -> None:
-    tgt = loops.create(200)
+    """A target smaller than the image's disk: the data fits (the plan, a warning) or the
+    STOP names by how much it does not; a target larger by exactly that much fits."""
     # the image ends with the source's backup GPT (the tail stream): the whole 256 MiB
     with Image.open(captured["dir"]) as im:
         need = im.extent_bytes
         assert im.manifest.streams[-1].kind == "tail"
     assert need == 256 * MiB
-    f = findings_for(captured["dir"], tgt.path)["fit"]
-    assert f.level == "stop"
-    assert f"{need - 200 * MiB:,} bytes" in f.message
+    f = findings_for(captured["dir"], loops.create(200).path)
+    assert "fit" not in f
+    assert f["smaller.plan"].level == "warn"
+    assert "partition 2 (ext4" in f["smaller.plan"].detail
+    tgt = loops.create(24)
+    stop = findings_for(captured["dir"], tgt.path)["smaller.fit"]
+    assert stop.level == "stop"
+    m = re.search(r"\(([0-9,]+) bytes\) short", stop.message)
+    assert m, stop.message
+    short = int(m.group(1).replace(",", ""))
+    assert short > 0 and short % MiB == 0
+    enough = findings_for(captured["dir"], loops.create(24 + short // MiB).path)
+    assert enough["smaller.plan"].level == "warn", enough
+    less = findings_for(captured["dir"], loops.create(24 + short // MiB - 1).path)
+    assert less["smaller.fit"].level == "stop"
     # the CLI says STOP as a word and exits 3
     proc = subprocess.run(
         [sys.executable, "-m", "rescueui", "preflight", str(captured["dir"]), tgt.path],
@@ -536,7 +550,7 @@ def test_real_fit_too_small_names_shortfall(captured: dict, loops: LoopFactory) 
         cwd=REPO,
     )
     assert proc.returncode == 3, proc.stderr
-    assert "[STOP]" in proc.stdout and f"{need - 200 * MiB:,}" in proc.stdout
+    assert "[STOP]" in proc.stdout and f"{short:,}" in proc.stdout
     assert "\x1b[" not in proc.stdout  # not a terminal: no colour, the word carries it
     js = subprocess.run(
         [sys.executable, "-m", "rescueui", "preflight", "--json", str(captured["dir"]), tgt.path],
@@ -547,8 +561,8 @@ def test_real_fit_too_small_names_shortfall(captured: dict, loops: LoopFactory) 
     assert js.returncode == 3
     data = json.loads(js.stdout)
     assert data["stops"] == 1
-    assert {"level": "stop", "code": "fit"}.items() <= next(
-        x for x in data["findings"] if x["code"] == "fit"
+    assert {"level": "stop", "code": "smaller.fit"}.items() <= next(
+        x for x in data["findings"] if x["code"] == "smaller.fit"
     ).items()
 
 

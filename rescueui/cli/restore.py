@@ -193,11 +193,6 @@ def show_plan(plan: Any, code: str) -> None:
     ident = plan.identity
     image = plan.image
     src = image.manifest.source_disk
-    what = (
-        f"partition {plan.partition} of the image"
-        if plan.partition is not None
-        else "the whole disk image"
-    )
     say("Image:   {}", image.dir)
     say(
         "         from {} {} ({}), captured {}",
@@ -208,7 +203,7 @@ def show_plan(plan: Any, code: str) -> None:
     )
     show_findings(plan)
     say("Target:  {}", ident.describe())
-    say("Writes:  {}, {}", what, human_size(plan.needed_bytes))
+    say("Writes:  {}", plan.writes)
     say("This DESTROYS everything on the target:")
     for line in plan.destroys():
         say("  {}", line)

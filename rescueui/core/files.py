@@ -419,6 +419,11 @@ def _staging_progress(
     return staged
 
 
+def file_bytes(root: Path) -> int:
+    """The bytes of the regular files below the folder ``root`` (holes counted)."""
+    return _walk(root, ["/"]).bytes_total
+
+
 def copy_tree(
     source: Path, target: Path, meter: ProgressMeter, cancel: threading.Event | None = None
 ) -> tuple[int, list[str]]:

@@ -20,14 +20,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rescueui.core.errors import RescueError
+from rescueui.core.fsmount import EXT_TYPES
 from rescueui.core.tools import find_tool
 from rescueui.core.units import MiB
 
-EXT_TYPES = ("ext2", "ext3", "ext4")
-MAKEABLE = (*EXT_TYPES, "xfs")
+MAKEABLE = (*sorted(EXT_TYPES), "xfs")
 
-# The smallest filesystem each type's mkfs makes (xfsprogs 5.19+ refuses below 300 MB).
-MIN_BYTES = {"ext2": 16 * MiB, "ext3": 16 * MiB, "ext4": 16 * MiB, "xfs": 300 * 1000 * 1000}
+# The smallest filesystem each type's mkfs makes (xfsprogs 5.19+: "must be larger than
+# 300MB", which it counts in MiB).
+MIN_BYTES = {"ext2": 16 * MiB, "ext3": 16 * MiB, "ext4": 16 * MiB, "xfs": 301 * MiB}
 
 # ext features that describe a state, not a choice: mke2fs cannot set them
 _EXT_STATE = {"needs_recovery", "orphan_present", "recover", "journal_dev", "snapshot_bitmap"}
@@ -80,9 +81,8 @@ def _run(cmd: list[str], what: str, timeout: float = 600) -> str:
     except subprocess.TimeoutExpired as exc:
         raise FsMakeError(f"{what}: {cmd[0]} did not finish within {timeout:.0f} s.") from exc
     if proc.returncode != 0:
-        out = (proc.stderr.strip() or proc.stdout.strip() or f"exit status {proc.returncode}")[
-            -400:
-        ]
+        text = proc.stderr.strip() or proc.stdout.strip() or f"exit status {proc.returncode}"
+        out = " ".join(text.splitlines()[:3])[:400]  # the error; a usage text may follow
         raise FsMakeError(f"{what} failed: {out}")
     return proc.stdout
 

@@ -156,7 +156,9 @@ def gate(
     blocking = stops(findings)
     if blocking:
         raise PreflightError(
-            "Pre-flight check stopped the restore: " + "; ".join(f.message for f in blocking) + ".",
+            "Pre-flight check stopped the restore: "
+            + "; ".join(f.message.rstrip(".") for f in blocking)
+            + ".",
             hint="Nothing was written. The pre-flight findings say why; choose another target "
             "or image.",
         )
@@ -165,7 +167,7 @@ def gate(
     if open_warnings:
         raise PreflightError(
             f"{len(open_warnings)} pre-flight warning(s) need the operator's acknowledgement: "
-            + "; ".join(f.message for f in open_warnings)
+            + "; ".join(f.message.rstrip(".") for f in open_warnings)
             + ".",
             hint="Nothing was written. Read them, then acknowledge them if the restore should "
             "go ahead anyway.",
@@ -568,6 +570,7 @@ def run_preflight(
     grow: bool = True,
     adapt: AdaptOptions | None = None,
     vm: Any = None,
+    smaller: Any = None,
 ) -> list[Finding]:
     """All findings for restoring ``image`` onto ``target`` on this machine.
 
@@ -577,6 +580,9 @@ def run_preflight(
     operator chose and the machine they are for (its profile replaces ``host``). ``vm``:
     the target is the disk of a new virtual machine (:class:`rescueui.core.vm.machine.
     VmMachine`): its ``vm.*`` findings replace the CPU, memory and bus comparisons.
+    ``smaller``: the plan for a whole-disk target smaller than the image's disk
+    (:mod:`rescueui.core.smaller`; made here when needed and not given): its findings
+    replace the block-for-block fit, and the boot loader is planned to be installed again.
     """
     if isinstance(target, str | Path):
         target = TargetInfo.from_path(target, image_paths=[image.dir])
@@ -589,13 +595,24 @@ def run_preflight(
     if adapt is not None and adapt.host is not None:
         findings = [_for_other_machine(f) for f in findings]
     findings += _check_unused_space(facts, target, partition)
+    size = int(_get(target, "size_bytes", 0) or 0)
+    if partition is None and facts.whole_disk and smaller is None:
+        from rescueui.core import smaller as smaller_mod
+
+        if smaller_mod.needed(image, size):
+            smaller = smaller_mod.plan_smaller(image, size)
+    if smaller is not None:
+        from rescueui.core import smaller as smaller_mod
+
+        findings = [f for f in findings if f.code not in _SMALLER_DECIDES] + smaller.findings()
+        adapt = smaller_mod.adapt_options(adapt)
     if vm is not None:
         findings = list(vm.findings) + [f for f in findings if f.code not in _VM_DECIDES]
     if adapt is not None and partition is None and facts.whole_disk:
         from rescueui.core.adapt import plan_for_image
         from rescueui.core.adapt.plan import settle_findings
 
-        plan = plan_for_image(image, int(_get(target, "size_bytes", 0) or 0), adapt, host=host)
+        plan = plan_for_image(image, size, adapt, host=host, rewritten=smaller is not None)
         findings = settle_findings(findings + plan.findings, plan)
     return findings
 
@@ -612,6 +629,9 @@ def on_other_machine(target: Any, host: HostProfile) -> Any:
 # Comparisons a new virtual machine's own findings (vm.cpus, vm.memory, vm.disk) replace:
 # the VM is made to fit, so the plan says what it gets instead.
 _VM_DECIDES = ("cpus", "memory", "bus")
+
+# Findings a restore onto a smaller disk replaces with its plan (smaller.plan / smaller.fit).
+_SMALLER_DECIDES = ("fit", "fit.larger", "unused-space")
 
 # Findings that compare the source machine with the machine the disk is for.
 _HOST_CODES = ("firmware", "cpus", "memory", "virtual", "model", "nics")

@@ -263,6 +263,13 @@ class JobReport:
             lines.append(f"Extracted ({len(extracted)} entries):")
             for line in extracted_lines(extracted):
                 lines.extend(_wrap(_safe(line), width, "  ", "      "))
+        smaller = self.details.get("smaller")
+        if isinstance(smaller, dict):
+            from rescueui.core.smaller import smaller_lines
+
+            lines.append("Onto a smaller disk:")
+            for line in smaller_lines(smaller):
+                lines.extend(_wrap(_safe(line), width, "  ", "      "))
         vm = self.details.get("vm")
         if isinstance(vm, dict):
             from rescueui.core.vm import vm_lines

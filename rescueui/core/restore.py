@@ -45,6 +45,7 @@ from typing import Any, Protocol
 
 from rescueui.core import parttable
 from rescueui.core import preflight as preflight_mod
+from rescueui.core import smaller as smaller_mod
 from rescueui.core.errors import (
     CancelledError,
     ImageError,
@@ -52,6 +53,7 @@ from rescueui.core.errors import (
     RescueError,
     RestoreError,
     TargetChangedError,
+    TargetTooSmallError,
     UnsafeTargetError,
 )
 from rescueui.core.identity import ConfirmedTarget, DiskIdentity, recheck
@@ -112,6 +114,7 @@ class RestorePlan:
     exact: bool = False  # True: make the space no filesystem uses zero too, on any target
     adapt: Any = None  # adapt.plan.AdaptPlan: the fix-ups after the restore (None: none)
     final_step: FinalStep | None = None  # e.g. the virtual machine made of the restored disk
+    smaller: Any = None  # smaller.SmallerPlan: onto a smaller disk, files copied (None: blocks)
     unused: UnusedSpace = field(
         default_factory=lambda: UnusedSpace(True, "not decided")  # set by plan_restore
     )
@@ -123,6 +126,18 @@ class RestorePlan:
     @property
     def mode(self) -> str:
         return "partition" if self.partition is not None else "disk"
+
+    @property
+    def writes(self) -> str:
+        """What the restore writes, in a few words (for the confirmation screen)."""
+        if self.partition is not None:
+            return f"partition {self.partition} of the image, {human_size(self.needed_bytes)}"
+        if self.smaller is not None:
+            return (
+                f"the image's {len(self.smaller.partitions)} partitions laid out anew for the "
+                f"smaller disk ({human_size(self.needed_bytes)}), their files copied"
+            )
+        return f"the whole disk image, {human_size(self.needed_bytes)}"
 
     def destroys(self) -> list[str]:
         """What is on the target now and will be overwritten (for the confirmation screen)."""
@@ -198,6 +213,7 @@ def run_preflight_hook(
     acknowledged_by: str | None = None,
     adapt: Any = None,
     vm: Any = None,
+    smaller: Any = None,
 ) -> tuple[list[Any], list[Any], preflight_mod.TargetInfo]:
     """Run the pre-flight checks; returns (findings, acknowledgements, target info).
 
@@ -210,7 +226,7 @@ def run_preflight_hook(
     by = acknowledged_by or ("all warnings accepted at once" if accept_warnings else "operator")
     info = preflight_mod.TargetInfo.from_path(ident.path, image_paths=[image.path])
     findings = preflight_mod.run_preflight(
-        image, info, partition=partition, grow=grow, adapt=adapt, vm=vm
+        image, info, partition=partition, grow=grow, adapt=adapt, vm=vm, smaller=smaller
     )
     try:
         acks = preflight_mod.gate(
@@ -330,6 +346,7 @@ def _plan_restore(
     vm: Any,
 ) -> RestorePlan:
     accepted = accepted_codes
+    layout: smaller_mod.SmallerPlan | None = None
     image = open_image(image_dir)  # any kind: our folders, VM disks, raw images
     try:
         ident = recheck(target)
@@ -353,7 +370,19 @@ def _plan_restore(
                     action="restore-partition",
                 )
             needed = image.extent_bytes
-            check_fit(ident, needed, f"the image {image.path.name}")
+            if smaller_mod.needed(image, ident.size_bytes):
+                layout = smaller_mod.plan_smaller(image, ident.size_bytes)
+                if resume:
+                    raise RestoreError(
+                        "A restore onto a smaller disk copies files; it cannot be resumed.",
+                        hint="Start the restore again from the beginning.",
+                    )
+                if not preflight and not layout.fits:
+                    raise TargetTooSmallError(layout.findings()[0].message)
+                adapt = smaller_mod.adapt_options(adapt)
+                needed = sum(p.new_bytes for p in layout.partitions)
+            else:
+                check_fit(ident, needed, f"the image {image.path.name}")
         else:
             stream = _partition_stream(image, partition)
             if ident.kind == "block" and not ident.partition:
@@ -380,6 +409,7 @@ def _plan_restore(
                 acknowledged_by=acknowledged_by,
                 adapt=adapt,
                 vm=vm,
+                smaller=layout,
             )
         adapt_plan = None
         if adapt is not None and adapt.enabled and partition is None:
@@ -387,7 +417,9 @@ def _plan_restore(
             from rescueui.core.host import read_host_profile
 
             host = adapt.host if adapt.host is not None else read_host_profile()
-            adapt_plan = plan_for_image(image, ident.size_bytes, adapt, host=host)
+            adapt_plan = plan_for_image(
+                image, ident.size_bytes, adapt, host=host, rewritten=layout is not None
+            )
     except BaseException:
         image.close()
         raise
@@ -409,6 +441,7 @@ def _plan_restore(
         exact=exact,
         unused=unused_space(ident.kind, ident.devnum, exact=exact),
         adapt=adapt_plan,
+        smaller=layout,
     )
 
 
@@ -438,7 +471,7 @@ class FinalStep(Protocol):
         step owns and say so in ``report`` (before it is written)."""
 
 
-class _Phases:
+class Phases:
     """Seconds and bytes per phase, for the report."""
 
     def __init__(self) -> None:
@@ -471,7 +504,7 @@ def _segments(plan: RestorePlan) -> SegmentTable:
     return plan.image.segment_table(plan.partition, leave_unused=plan.unused.leave)
 
 
-def _report_dir(image: Any) -> Path:
+def report_dir(image: Any) -> Path:
     return image.dir / "reports"
 
 
@@ -486,6 +519,8 @@ def restore(
     On failure or cancel the report is written too, then the :class:`RescueError` is raised
     with it as ``exc.report`` (see the module doc).
     """
+    if plan.smaller is not None:
+        return smaller_mod.run_smaller(plan, progress=progress, cancel=cancel)
     ident = plan.identity
     image = plan.image
     segments = _segments(plan)
@@ -569,13 +604,59 @@ def restore(
             except Exception as exc:  # the report is written all the same
                 report.warnings.append(f"Cleaning up after the failure failed: {exc}")
     report.finish(outcome, error)
-    report.write(_report_dir(image))
+    report.write(report_dir(image))
     if error is not None:
         error.report = report  # type: ignore[attr-defined]
         if cause is not None:
             raise error from cause
         raise error
     return report
+
+
+def run_fixups(
+    plan: RestorePlan, handle: TargetHandle, report: JobReport, meter: ProgressMeter
+) -> None:
+    """Apply the plan's fix-ups (``plan.adapt``) to the restored system on the held target;
+    their results go into ``report.details["adapt"]``. :class:`AdaptError` if one failed."""
+    from rescueui.core.adapt import layout_of_image
+    from rescueui.core.adapt.apply import apply_adaptation, whole_disk_device
+    from rescueui.core.errors import AdaptError
+
+    ident = handle.identity
+    meter.update(phase="adapt", message="adapting the restored system to its machine")
+    details: dict[str, Any] = {"plan": plan.adapt.to_dict()}
+    report.details["adapt"] = details
+    if os.geteuid() != 0:
+        details["result"] = "not run: needs root"
+        report.notes.append(
+            "The restored system was not adapted to the machine: that needs root (it "
+            "mounts the restored filesystems)."
+        )
+        return
+    with whole_disk_device(ident.path) as disk:
+        handle.ensure("adapting the restored system")
+        from rescueui.core import blockdev
+
+        layout = layout_of_image(
+            plan.image, blockdev.device_size(disk), rewritten=plan.smaller is not None
+        )
+        layout.table = parttable.read_table(disk) or layout.table
+        result = apply_adaptation(
+            disk,
+            plan.adapt,
+            layout=layout,
+            progress=lambda m: meter.update(phase="adapt", message=m),
+            ensure=handle.ensure,
+        )
+    details.update(result.to_dict())
+    if result.failed:
+        names = ", ".join(s.fixup for s in result.failed)
+        first = result.failed[0]
+        raise AdaptError(
+            f"The restore is written and verified, but fix-up(s) {names} failed: "
+            f"{first.error} The restored system may not boot on this machine.",
+            hint=first.next_step,
+        )
 
 
 class _RestoreJob:
@@ -594,7 +675,7 @@ class _RestoreJob:
         # Readers of sequential images (compressed streams) take segments in order, one
         # thread; the read-back verify reads the target and may use them all.
         self.workers = 1 if plan.image.sequential else plan.workers
-        self.phases = _Phases()
+        self.phases = Phases()
         total = self._total(segments)
         self.meter = ProgressMeter("restore", total, progress or (lambda _p: None))
         self._use_segments(segments)
@@ -1031,45 +1112,8 @@ class _RestoreJob:
 
     def _adapt(self, handle: TargetHandle) -> None:
         """The chosen fix-ups on the restored system (after the verify: the data is safe)."""
-        from rescueui.core.adapt import layout_of_image
-        from rescueui.core.adapt.apply import apply_adaptation, whole_disk_device
-        from rescueui.core.errors import AdaptError
-
-        plan = self.plan
-        ident = handle.identity
         self.phases.start("adapt")
-        self.meter.update(phase="adapt", message="adapting the restored system to its machine")
-        details: dict[str, Any] = {"plan": plan.adapt.to_dict()}
-        self.report.details["adapt"] = details
-        if os.geteuid() != 0:
-            details["result"] = "not run: needs root"
-            self.report.notes.append(
-                "The restored system was not adapted to the machine: that needs root (it "
-                "mounts the restored filesystems)."
-            )
-            return
-        with whole_disk_device(ident.path) as disk:
-            handle.ensure("adapting the restored system")
-            from rescueui.core import blockdev
-
-            layout = layout_of_image(plan.image, blockdev.device_size(disk))
-            layout.table = parttable.read_table(disk) or layout.table
-            result = apply_adaptation(
-                disk,
-                plan.adapt,
-                layout=layout,
-                progress=lambda m: self.meter.update(phase="adapt", message=m),
-                ensure=handle.ensure,
-            )
-        details.update(result.to_dict())
-        if result.failed:
-            names = ", ".join(s.fixup for s in result.failed)
-            first = result.failed[0]
-            raise AdaptError(
-                f"The restore is written and verified, but fix-up(s) {names} failed: "
-                f"{first.error} The restored system may not boot on this machine.",
-                hint=first.next_step,
-            )
+        run_fixups(self.plan, handle, self.report, self.meter)
 
     def _after(self, handle: TargetHandle) -> None:
         """Partition table housekeeping after a verified whole-disk restore (every step

@@ -58,22 +58,29 @@ def examine_disk(disk: str, table: dict[str, Any] | None) -> InstalledSystem:
         return InstalledSystem(found=False, reason=f"not examined: {exc}")
 
 
-def layout_of_image(image: Any, target_bytes: int) -> DiskLayout:
-    """The restored disk as the image will leave it on a target of ``target_bytes``."""
+def layout_of_image(image: Any, target_bytes: int, *, rewritten: bool = False) -> DiskLayout:
+    """The restored disk as the image will leave it on a target of ``target_bytes``
+    (``rewritten``: its partitions laid out anew and their files copied)."""
     table = image.manifest.partition_table
     uuids = {
         s.partition_number: s.fs_uuid
         for s in image.streams
         if getattr(s, "partition_number", None) and getattr(s, "fs_uuid", None)
     }
-    return DiskLayout(table, target_bytes, uuids)
+    return DiskLayout(table, target_bytes, uuids, rewritten=rewritten)
 
 
 def plan_for_image(
-    image: Any, target_bytes: int, options: AdaptOptions, *, host: HostProfile
+    image: Any,
+    target_bytes: int,
+    options: AdaptOptions,
+    *,
+    host: HostProfile,
+    rewritten: bool = False,
 ) -> AdaptPlan:
     """The fix-ups for restoring ``image`` (a whole disk) onto a target of
-    ``target_bytes`` for ``host``, from what the image recorded at capture."""
+    ``target_bytes`` for ``host``, from what the image recorded at capture. ``rewritten``:
+    the restore lays the partitions out anew and copies their files (onto a smaller disk)."""
     from rescueui.core.adapt.apply import rescue_grub_platforms
 
     recorded = getattr(image.manifest, "system", None)
@@ -86,7 +93,7 @@ def plan_for_image(
     return plan_adaptation(
         system,
         host,
-        layout_of_image(image, target_bytes),
+        layout_of_image(image, target_bytes, rewritten=rewritten),
         selection=options.selection if options.enabled else set(),
         for_this_machine=options.for_this_machine,
         rescue_grub_platforms=rescue_grub_platforms(),

@@ -343,7 +343,10 @@ def apply_adaptation(
             system.root_partition = ms.root_partition
             result.system = system.describe()
             layout_now = DiskLayout(
-                table, layout.target_bytes, {n: p.uuid for n, p in ms.partitions.items() if p.uuid}
+                table,
+                layout.target_bytes,
+                {n: p.uuid for n, p in ms.partitions.items() if p.uuid},
+                rewritten=layout.rewritten,
             )
             now = plan_adaptation(
                 system,

@@ -70,6 +70,9 @@ class DiskLayout:
     table: dict[str, Any] | None
     target_bytes: int
     fs_uuids: dict[int, str] = field(default_factory=dict)  # partition number -> fs UUID
+    # the partitions were laid out anew and their files copied (a restore onto a smaller
+    # disk): the boot loader is installed again even where it already suits the firmware
+    rewritten: bool = False
 
     @property
     def label(self) -> str:
@@ -424,11 +427,18 @@ def _plan_boot_loader(
             code,
             "No GRUB or systemd-boot found in the system: its boot loader is not changed.",
         )
-    if firmware in boots:
+    if firmware in boots and not layout.rewritten:
         return None, Finding(
             "ok",
             code,
             f"The boot loader ({system.boot_loader}) boots by {firmware.upper()}, as {where} starts.",
+        )
+    if firmware in boots and (system.boot_loader == "systemd-boot" or not system.grub_dir):
+        return None, Finding(
+            "ok",
+            code,
+            f"The boot loader ({system.boot_loader}) boots by {firmware.upper()} from the EFI "
+            "system partition, which is copied block for block: it is kept as it is.",
         )
     if system.boot_loader == "systemd-boot" or not system.grub_dir:
         return None, Finding(
@@ -523,10 +533,17 @@ def _plan_boot_loader(
         f"{system.grub_dir}/{platform}/ (GRUB's modules) and {system.grub_dir}/grub.cfg (update-grub)"
     )
     title = f"install GRUB for {firmware.upper()} ({platform})"
-    why = (
-        f"the installed GRUB boots by {', '.join(b.upper() for b in sorted(boots))} only and "
-        f"{where} starts in {firmware.upper()} mode"
-    )
+    if firmware in boots:
+        title = f"install GRUB for {firmware.upper()} ({platform}) again"
+        why = (
+            "the partitions are laid out anew and their files copied (a restore onto a "
+            "smaller disk): GRUB is installed again so that it finds them, and checked"
+        )
+    else:
+        why = (
+            f"the installed GRUB boots by {', '.join(b.upper() for b in sorted(boots))} only "
+            f"and {where} starts in {firmware.upper()} mode"
+        )
     if source == "rescue medium":
         why += f"; GRUB's {platform} files come from this rescue medium (the restored system lacks them)"
     return FixUp("boot-loader", title, changes, why, params=params), None
