@@ -304,7 +304,7 @@ def test_restore_onto_too_small_disk_refused_unwritten(captured: dict, loops: Lo
     from rescueui.core.identity import confirm_target, confirmation_code, identity_of
     from rescueui.core.restore import plan_restore
 
-    small = loops.create(200, fill="random")
+    small = loops.create(8, fill="random")  # too small even for its files
     before = small.backing.read_bytes()
     confirmed = confirm_target(small.path, confirmation_code(identity_of(small.path)))
     with pytest.raises(RescueError, match="too small"):

@@ -377,8 +377,18 @@ def _plan_restore(
                         "A restore onto a smaller disk copies files; it cannot be resumed.",
                         hint="Start the restore again from the beginning.",
                     )
-                if not preflight and not layout.fits:
-                    raise TargetTooSmallError(layout.findings()[0].message)
+                if not layout.fits:
+                    try:
+                        check_fit(ident, needed, f"the image {image.path.name}")
+                    except TargetTooSmallError as exc:
+                        stop = layout.findings()[0]
+                        err = TargetTooSmallError(
+                            f"{exc.message} Copying its files onto the smaller disk does not "
+                            f"help: {layout.why_not()}.",
+                            hint=stop.detail,
+                        )
+                        err.findings = [stop]  # type: ignore[attr-defined]
+                        raise err from None
                 adapt = smaller_mod.adapt_options(adapt)
                 needed = sum(p.new_bytes for p in layout.partitions)
             else:

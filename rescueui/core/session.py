@@ -667,7 +667,19 @@ class Session:
 
         if not disk.targetable:
             return "; ".join(disk.reasons)
+        if self.onto_smaller(image, disk):
+            return None
         return rule.fit_problem(image.extent_bytes, disk.size_bytes, disk.path)
+
+    def onto_smaller(self, image: ImageSummary, disk: Any) -> bool:
+        """The disk is smaller than the image's disk, but the image is a whole disk with a
+        partition table: its files may go onto it, laid out anew (the pre-flight shows the
+        plan, or by how much the data does not fit; :mod:`rescueui.core.smaller`)."""
+        return (
+            self.demo is None
+            and disk.size_bytes < image.extent_bytes
+            and image.table_type in ("gpt", "dos")
+        )
 
     def partition_problem(
         self, image: ImageSummary, disk: Any, part: Any, number: int

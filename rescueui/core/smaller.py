@@ -114,6 +114,17 @@ class SmallerPlan:
     def fits(self) -> bool:
         return not self.problem and self.shortfall <= 0
 
+    def why_not(self) -> str:
+        """Why the image cannot go onto the smaller disk ("" when it can)."""
+        if self.problem:
+            return f"the image cannot be restored file by file: {self.problem}"
+        if self.shortfall > 0:
+            return (
+                f"the data does not fit: {human_size(self.shortfall)} ({self.shortfall:,} "
+                "bytes) short"
+            )
+        return ""
+
     def lines(self) -> list[str]:
         return [p.line() for p in self.partitions]
 
@@ -138,7 +149,7 @@ class SmallerPlan:
                 Finding(
                     "stop",
                     "smaller.fit",
-                    f"{smaller}, and the image cannot be restored file by file: {self.problem}.",
+                    f"{smaller}, and {self.why_not()}.",
                     f"Choose a disk of at least {human_size(self.image_bytes)}.",
                 )
             ]
@@ -149,8 +160,7 @@ class SmallerPlan:
                 Finding(
                     "stop",
                     "smaller.fit",
-                    f"{smaller}, and the data does not fit: {human_size(self.shortfall)} "
-                    f"({self.shortfall:,} bytes) short.",
+                    f"{smaller}, and {self.why_not()}.",
                     f"Needed at least: {listing}. Choose a disk of at least "
                     f"{human_size(least)}. Nothing was written.",
                 )
@@ -283,6 +293,9 @@ def plan_smaller(image: Any, target_bytes: int) -> SmallerPlan:
     nothing. Partitions whose use the image does not record are measured through the
     image's read-only view (root)."""
     plan = SmallerPlan(int(image.extent_bytes), target_bytes)
+    if os.geteuid() != 0:
+        plan.problem = "that mounts its filesystems, which needs root"
+        return plan
     table = image.manifest.partition_table
     if not table or not table.get("partitions"):
         plan.problem = "it has no partition table"
@@ -313,9 +326,6 @@ def plan_smaller(image: Any, target_bytes: int) -> SmallerPlan:
         }
         role = _role(table, p, fs_type, bool(ids & boot_ids))
         if role in ("data", "other") and (used is None or not fs_type):
-            if os.geteuid() != 0:
-                plan.problem = "measuring what its partitions hold needs root"
-                return plan
             try:
                 fs_type, used = _measure(image, number)
             except RescueError as exc:

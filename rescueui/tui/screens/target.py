@@ -47,6 +47,8 @@ class TargetScreen(StepScreen):
 
     def _fit(self, disk: Any) -> Text:
         problem = self.session.fit_problem(self.flow.image, disk)
+        if problem is None and self.session.onto_smaller(self.flow.image, disk):
+            return Text("smaller", style="bold")
         if problem is None:
             return Text("fits", style="bold")
         return Text("REFUSED", style="bold reverse")
@@ -75,7 +77,13 @@ class TargetScreen(StepScreen):
             return
         problem = self.session.fit_problem(self.flow.image, disk)
         text = Text()
-        if problem is None:
+        if problem is None and self.session.onto_smaller(self.flow.image, disk):
+            text.append(
+                "Fit: smaller than the image's disk. If the data fits, the partitions are laid "
+                "out anew and their files copied; the pre-flight shows the plan.\n",
+                style="bold",
+            )
+        elif problem is None:
             text.append("Fit: the image fits on this disk.\n", style="bold")
         else:
             text.append(f"REFUSED: {esc(problem)}\n", style="bold reverse")
