@@ -596,16 +596,21 @@ def run_preflight(
         findings = [_for_other_machine(f) for f in findings]
     findings += _check_unused_space(facts, target, partition)
     size = int(_get(target, "size_bytes", 0) or 0)
-    if partition is None and facts.whole_disk and smaller is None:
+    if smaller is None and (partition is not None or facts.whole_disk):
         from rescueui.core import smaller as smaller_mod
 
-        if smaller_mod.needed(image, size):
-            smaller = smaller_mod.plan_smaller(image, size)
+        if smaller_mod.needed(image, size, partition):
+            smaller = (
+                smaller_mod.plan_smaller(image, size)
+                if partition is None
+                else smaller_mod.plan_smaller_partition(image, partition, size)
+            )
     if smaller is not None:
         from rescueui.core import smaller as smaller_mod
 
         findings = [f for f in findings if f.code not in _SMALLER_DECIDES] + smaller.findings()
-        adapt = smaller_mod.adapt_options(adapt)
+        if partition is None:
+            adapt = smaller_mod.adapt_options(adapt)
     if vm is not None:
         findings = list(vm.findings) + [f for f in findings if f.code not in _VM_DECIDES]
     if adapt is not None and partition is None and facts.whole_disk:

@@ -267,7 +267,7 @@ class JobReport:
         if isinstance(smaller, dict):
             from rescueui.core.smaller import smaller_lines
 
-            lines.append("Onto a smaller disk:")
+            lines.append("Onto a smaller target (files copied):")
             for line in smaller_lines(smaller):
                 lines.extend(_wrap(_safe(line), width, "  ", "      "))
         vm = self.details.get("vm")

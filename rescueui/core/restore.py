@@ -130,6 +130,11 @@ class RestorePlan:
     @property
     def writes(self) -> str:
         """What the restore writes, in a few words (for the confirmation screen)."""
+        if self.partition is not None and self.smaller is not None:
+            return (
+                f"partition {self.partition} of the image: its filesystem made again on the "
+                "smaller partition, its files copied"
+            )
         if self.partition is not None:
             return f"partition {self.partition} of the image, {human_size(self.needed_bytes)}"
         if self.smaller is not None:
@@ -372,23 +377,6 @@ def _plan_restore(
             needed = image.extent_bytes
             if smaller_mod.needed(image, ident.size_bytes):
                 layout = smaller_mod.plan_smaller(image, ident.size_bytes)
-                if resume:
-                    raise RestoreError(
-                        "A restore onto a smaller disk copies files; it cannot be resumed.",
-                        hint="Start the restore again from the beginning.",
-                    )
-                if not layout.fits:
-                    try:
-                        check_fit(ident, needed, f"the image {image.path.name}")
-                    except TargetTooSmallError as exc:
-                        stop = layout.findings()[0]
-                        err = TargetTooSmallError(
-                            f"{exc.message} Copying its files onto the smaller disk does not "
-                            f"help: {layout.why_not()}.",
-                            hint=stop.detail,
-                        )
-                        err.findings = [stop]  # type: ignore[attr-defined]
-                        raise err from None
                 adapt = smaller_mod.adapt_options(adapt)
                 needed = sum(p.new_bytes for p in layout.partitions)
             else:
@@ -404,7 +392,36 @@ def _plan_restore(
                     action="whole-disk",
                 )
             needed = stream.size_bytes
-            check_fit(ident, needed, f"partition {partition} of the image")
+            if smaller_mod.needed(image, ident.size_bytes, partition):
+                layout = smaller_mod.plan_smaller_partition(image, partition, ident.size_bytes)
+                needed = ident.size_bytes
+            else:
+                check_fit(ident, needed, f"partition {partition} of the image")
+        if layout is not None:
+            if resume:
+                raise RestoreError(
+                    "A restore onto a smaller disk or partition copies files; it cannot be "
+                    "resumed.",
+                    hint="Start the restore again from the beginning.",
+                )
+            if not layout.fits:
+                try:
+                    what = (
+                        f"the image {image.path.name}"
+                        if partition is None
+                        else f"partition {partition} of the image"
+                    )
+                    check_fit(ident, layout.image_bytes, what)
+                except TargetTooSmallError as exc:
+                    stop = layout.findings()[0]
+                    err = TargetTooSmallError(
+                        f"{exc.message} Copying its files onto the smaller "
+                        f"{'disk' if partition is None else 'partition'} does not help: "
+                        f"{layout.why_not()}.",
+                        hint=stop.detail,
+                    )
+                    err.findings = [stop]  # type: ignore[attr-defined]
+                    raise err from None
         findings: list[Any] = []
         acks: list[Any] = []
         info: preflight_mod.TargetInfo | None = None

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from rescueui.core.demo import DemoEnvironment, paced
 from rescueui.core.errors import ImageError, RescueError
+from rescueui.core.fsmake import MAKEABLE
 from rescueui.core.progress import ProgressCallback
 from rescueui.core.units import human_size
 
@@ -698,6 +699,8 @@ class Session:
         stream = next((st for st in image.streams if st.partition_number == number), None)
         if stream is None:
             return f"the image has no partition {number}"
+        if self.demo is None and stream.fs_type in MAKEABLE:
+            return None  # a smaller partition: its files may fit (the pre-flight says)
         return rule.fit_problem(
             stream.size_bytes, part.size_bytes, part.path, f"image partition {number}"
         )

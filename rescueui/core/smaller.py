@@ -109,6 +109,7 @@ class SmallerPlan:
     table: dict[str, Any] = field(default_factory=dict)  # the new table (sfdisk JSON)
     shortfall: int = 0  # > 0: the data does not fit by that much
     problem: str = ""  # why the image cannot be restored file by file at all
+    partition: int | None = None  # one image partition onto a smaller existing partition
 
     @property
     def fits(self) -> bool:
@@ -135,13 +136,17 @@ class SmallerPlan:
             "fits": self.fits,
             "shortfall_bytes": self.shortfall,
             "problem": self.problem,
+            "partition": self.partition,
             "partitions": [asdict(p) for p in self.partitions],
         }
 
     def findings(self) -> list[Finding]:
         """The pre-flight's word on the fit (replacing its block-for-block "fit")."""
+        source = (
+            "the image's disk" if self.partition is None else f"image partition {self.partition}"
+        )
         smaller = (
-            f"The target ({human_size(self.target_bytes)}) is smaller than the image's disk "
+            f"The target ({human_size(self.target_bytes)}) is smaller than {source} "
             f"({human_size(self.image_bytes)})"
         )
         if self.problem:
@@ -163,6 +168,17 @@ class SmallerPlan:
                     f"{smaller}, and {self.why_not()}.",
                     f"Needed at least: {listing}. Choose a disk of at least "
                     f"{human_size(least)}. Nothing was written.",
+                )
+            ]
+        if self.partition is not None:
+            return [
+                Finding(
+                    "warn",
+                    "smaller.plan",
+                    f"{smaller}: its data fits, so the filesystem is made again on the target "
+                    "and its files copied.",
+                    f"{listing}. The filesystem keeps its type, UUID, label and features; the "
+                    "copied files are compared with the image's.",
                 )
             ]
         files = [p for p in self.partitions if p.how == "files"]
@@ -222,9 +238,12 @@ def smaller_lines(details: Any) -> list[str]:
 # --------------------------------------------------------------------------- planning
 
 
-def needed(image: Any, target_bytes: int) -> bool:
-    """Whether a whole-disk restore of ``image`` onto ``target_bytes`` needs this plan:
-    the target is smaller than what a block-for-block restore writes."""
+def needed(image: Any, target_bytes: int, partition: int | None = None) -> bool:
+    """Whether restoring ``image`` (or its partition ``partition``) onto ``target_bytes``
+    needs this plan: the target is smaller than what a block-for-block restore writes."""
+    if partition is not None:
+        stream = _stream(image, partition)
+        return stream is not None and target_bytes < int(stream.size_bytes)
     return bool(image.manifest.whole_disk) and target_bytes < int(image.extent_bytes)
 
 
@@ -349,6 +368,46 @@ def plan_smaller(image: Any, target_bytes: int) -> SmallerPlan:
     return plan
 
 
+def plan_smaller_partition(image: Any, number: int, target_bytes: int) -> SmallerPlan:
+    """The plan for image partition ``number`` onto an existing partition of
+    ``target_bytes`` that is smaller than it; writes nothing."""
+    stream = _stream(image, number)
+    size = int(stream.size_bytes) if stream is not None else 0
+    plan = SmallerPlan(size, target_bytes, partition=number)
+    if os.geteuid() != 0:
+        plan.problem = "that mounts its filesystem, which needs root"
+        return plan
+    fs_type = getattr(stream, "fs_type", None)
+    used = getattr(stream, "used_bytes", None)
+    if used is None or not fs_type:
+        try:
+            fs_type, used = _measure(image, number)
+        except RescueError as exc:
+            plan.problem = f"partition {number} cannot be read: {exc.message}"
+            return plan
+    if fs_type not in fsmake.MAKEABLE:
+        plan.problem = (
+            f"its filesystem ({fs_type or 'none known'}) cannot be made again by rescueui "
+            f"(only {', '.join(fsmake.MAKEABLE)})"
+        )
+        return plan
+    part = PlannedPartition(
+        number, "data", fs_type, getattr(stream, "label", None), "files", size, used_bytes=used
+    )
+    part.need_bytes = _need(part)
+    part.new_bytes = target_bytes
+    plan.partitions.append(part)
+    plan.shortfall = max(0, part.need_bytes - target_bytes)
+    return plan
+
+
+def _need(p: PlannedPartition) -> int:
+    """The least size the copy of partition ``p``'s filesystem is planned with."""
+    used = p.used_bytes or 0
+    least = fsmake.MIN_BYTES.get(p.fs_type or "", 16 * MiB)
+    return min(p.old_bytes, _align_up(max(least, used + used // EXTRA_DEN + EXTRA_FIXED), ALIGN))
+
+
 def _align_up(n: int, a: int) -> int:
     return -(-n // a) * a
 
@@ -366,11 +425,7 @@ def _lay_out(
         if p.how != "files":
             p.need_bytes = p.new_bytes = p.old_bytes
             continue
-        used = p.used_bytes or 0
-        least = fsmake.MIN_BYTES.get(p.fs_type or "", 16 * MiB)
-        want = max(least, used + used // EXTRA_DEN + EXTRA_FIXED)
-        p.need_bytes = min(p.old_bytes, _align_up(want, ALIGN))
-        p.new_bytes = p.need_bytes
+        p.need_bytes = p.new_bytes = _need(p)
     # sectors the layout takes besides the partitions: each start rounded up to a MiB
     sectors = 0
     cursor = first
@@ -444,6 +499,11 @@ class SmallerJob:
         """Write everything onto the held target ``handle`` (a TargetHandle, exclusive)."""
         layout = self.layout
         ident = handle.identity
+        if layout.partition is not None:  # onto an existing partition: no table
+            handle.close_writer()  # mkfs opens it itself
+            handle.ensure(f"making the filesystem on {ident.path}")
+            self._files(layout.partitions[0], ident.path)
+            return
         self.phases.start("table")
         self.meter.update(phase="table", message="clearing the old tables, writing the new one")
         self._head(handle)
@@ -711,8 +771,9 @@ def run_smaller(
     report.findings = list(plan.findings)
     report.acknowledgements = list(plan.acknowledgements)
     report.details.update(
-        mode="disk, files copied onto a smaller disk",
-        partition=None,
+        mode="disk" if layout.partition is None else "partition",
+        partition=layout.partition,
+        files_copied=True,
         target_identity=ident.to_dict(),
         image_extent_bytes=image.extent_bytes,
         verify=plan.verify,
