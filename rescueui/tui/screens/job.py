@@ -44,12 +44,15 @@ PHASE_WORDS = {
     "convert": "Writing the VM disk in its format (qemu-img convert)",
     "compare": "Reading the VM disk back and comparing it with the restored disk",
     "extract": "Copying the files out of the image (a SHA-256 of each file)",
+    "table": "Writing the new partition table (onto a smaller disk)",
+    "copy": "Copying partitions block for block, or files into filesystems made again",
+    "check": "Checking the new filesystem (its own fsck, changing nothing)",
 }
 # The phase bar's label: the phase's name, cut to 6 letters where it has no label here.
 PHASE_LABELS = {"convert": "convert", "compare": "compare", "extract": "files"}
 # Phases of steps rather than bytes: the engine's message (the step being done now) gets a
 # line of its own; no bytes move (no phase bar, no stream, no rate now).
-STEP_PHASES = ("adapt",)
+STEP_PHASES = ("adapt", "table", "check")
 
 JobFn = Callable[..., Any]  # (progress=, cancel=) -> JobReport
 
