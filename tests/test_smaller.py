@@ -250,9 +250,26 @@ def test_restore_onto_a_smaller_disk_succeeds(restored: Run) -> None:
     assert "smaller.plan" in acknowledged, report["acknowledgements"]
     smaller = report["details"].get("smaller")
     assert isinstance(smaller, dict), report["details"]
-    # TODO(contract): per-partition fields of details["smaller"] (number, filesystem, label,
-    # used bytes, old and new size, "made again, files copied" / "kept, copied block for
-    # block"), and that they match the GPT read back below.
+    planned = {p["number"]: p for p in smaller["partitions"]}
+    assert planned[1]["how"] == "block" and planned[1]["new_bytes"] == planned[1]["old_bytes"]
+    for n in (2, 3):
+        p = planned[n]
+        assert (p["how"], p["fs_type"], p["label"]) == ("files", sf.FS_TYPES[n], sf.LABELS[n])
+        assert p["used_bytes"] < p["new_bytes"] < p["old_bytes"], p
+    # the GPT read back has the planned sizes, in bytes
+    sizes = {i + 1: q["size"] * 512 for i, q in enumerate(sf.gpt(restored.target)["partitions"])}
+    assert sizes == {n: p["new_bytes"] for n, p in planned.items()}, (sizes, planned)
+    done = {r["partition"]: r for r in smaller["results"]}
+    assert done[1]["read_back"] is True, done[1]
+    for n in (2, 3):
+        assert done[n]["fsck"].endswith("clean"), done[n]
+        assert done[n]["tree"]["entries"] > 1700, done[n]
+    # the text report next to the image shows the same
+    texts = [f for f in report["report_files"] if f.endswith(".txt")]
+    assert texts, report["report_files"]
+    text = Path(texts[-1]).read_text()
+    assert "Onto a smaller target (files copied):" in text, text
+    assert "e2fsck -f -n: clean" in text and "xfs_repair -n: clean" in text, text
     print(f"restore took {restored.seconds:.1f} s; details.smaller = {smaller}")
 
 
@@ -323,6 +340,56 @@ def test_sparse_file_stays_sparse(restored: Run, mounts: Path, n: int) -> None:
             st = (top / "sparse/sparse-20M.img").stat()
     assert st.st_size == 20 * MiB
     assert st.st_blocks * 512 < 1 * MiB, f"{st.st_blocks * 512} bytes allocated"
+
+
+# --------------------------------------------------------------------------- one partition
+
+
+PART_TABLE = "label: gpt\nstart=2048, size={mib}MiB, type=linux\n"
+
+
+def restore_partition(image: Path, work: Path, name: str, mib: int) -> tuple[Run, str]:
+    """Image partition 2 (ext4 "root", 480 MiB) restored onto an existing partition of
+    ``mib`` MiB (the first of a disk file filled with old data); (the run, the command's
+    stdout)."""
+    target = sf.pattern_file(work / name, mib + 2)
+    sf.run(["sfdisk", "--quiet", target], input=PART_TABLE.format(mib=mib))
+    before = sf.sha256_file(target)
+    started = time.monotonic()
+    with sf.partitions(target) as parts:
+        proc = rescueui("restore", image, parts[1], "--partition", "2", *RESTORE, check=False)
+        settle()
+    return Run(target, proc.returncode, proc.stdout, proc.stderr, time.monotonic() - started,
+               before, sf.sha256_file(target)), proc.stdout  # fmt: skip
+
+
+def test_one_partition_onto_a_smaller_partition(
+    src: sf.Source, image: Path, work: Path, mounts: Path
+) -> None:
+    r, _ = restore_partition(image, work, "part-300.raw", 300)
+    report = succeeded(r)
+    assert r.findings()["smaller.plan"]["level"] == "warn", r.explain()
+    assert report["details"]["smaller"]["partition"] == 2
+    with sf.partitions(src.disk, read_only=True) as a, sf.partitions(r.target, read_only=True) as b:
+        ids = sf.blkid(b[1])
+        want = src.facts["filesystems"]["2"]
+        assert [ids.get(k) for k in ("TYPE", "UUID", "LABEL")] == [
+            want[k] for k in ("TYPE", "UUID", "LABEL")
+        ], ids
+        sf.run(["e2fsck", "-f", "-n", b[1]])
+        with sf.mounted(a[2], mounts / "p-src") as top:
+            tree_src = sf.snapshot(top)
+        with sf.mounted(b[1], mounts / "p-dst") as top:
+            tree_dst = sf.snapshot(top)
+    assert sf.differences(tree_src, tree_dst) == []
+
+
+def test_one_partition_onto_a_too_small_partition_is_refused(image: Path, work: Path) -> None:
+    r, _ = restore_partition(image, work, "part-100.raw", 100)
+    assert r.returncode != 0, r.explain()
+    assert r.hash_after == r.hash_before, "the refused restore wrote to the target"
+    assert r.json["outcome"] == "refused", r.explain()
+    assert "does not fit" in r.json["error"], r.explain()
 
 
 # --------------------------------------------------------------------------- the helpers
