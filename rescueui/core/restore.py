@@ -38,7 +38,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -548,31 +548,13 @@ def restore(
     """
     if plan.smaller is not None:
         return smaller_mod.run_smaller(plan, progress=progress, cancel=cancel)
-    ident = plan.identity
     image = plan.image
     segments = _segments(plan)
-    write_total = segments.total_bytes
-    report = JobReport(
-        job="restore",
-        source=str(image.path),
-        image_dir=str(image.path),
-        target=ident.path,
-        bytes_total=write_total,
-    )
-    report.findings = list(plan.findings)
-    report.acknowledgements = list(plan.acknowledgements)
+    report = restore_report(plan, segments.total_bytes)
     report.details.update(
-        mode=plan.mode,
-        partition=plan.partition,
-        target_identity=ident.to_dict(),
         image_manifest_blake3=image.manifest.manifest_blake3,
-        image_extent_bytes=image.extent_bytes,
-        verify=plan.verify,
         resume=plan.resume,
         grow=plan.grow,
-        image_kind=image.kind,
-        image_description=image.describe(),
-        source_checks=image.integrity.words,
     )
     checked = image.integrity.checked_at_source
     streams = [plan.stream] if plan.stream is not None else image.streams
@@ -600,12 +582,56 @@ def restore(
     if not checked:
         report.notes.append(f"Source checks: {image.integrity.words}.")
     job = _RestoreJob(plan, segments, report, progress, cancel)
+
+    def body() -> None:
+        job.run()
+        job._mark_streams_done()
+
+    return run_job(plan, report, job.meter, job.phases, body)
+
+
+def restore_report(plan: RestorePlan, bytes_total: int) -> JobReport:
+    """The report a restore of ``plan`` starts with: the plan's findings and
+    acknowledgements, the target and the image."""
+    image = plan.image
+    report = JobReport(
+        job="restore",
+        source=str(image.path),
+        image_dir=str(image.path),
+        target=plan.identity.path,
+        bytes_total=bytes_total,
+    )
+    report.findings = list(plan.findings)
+    report.acknowledgements = list(plan.acknowledgements)
+    report.details.update(
+        mode=plan.mode,
+        partition=plan.partition,
+        target_identity=plan.identity.to_dict(),
+        image_extent_bytes=image.extent_bytes,
+        verify=plan.verify,
+        image_kind=image.kind,
+        image_description=image.describe(),
+        source_checks=image.integrity.words,
+    )
+    return report
+
+
+def run_job(
+    plan: RestorePlan,
+    report: JobReport,
+    meter: ProgressMeter,
+    phases: Phases,
+    body: Callable[[], None],
+) -> JobReport:
+    """Run ``body`` (the writing of a restore), then write the report whatever happened:
+    returned on success; on failure or cancel attached to the raised :class:`RescueError`
+    (a bug becomes one saying so, its cause kept)."""
+    image = plan.image
     outcome: str = "success"
     error: RescueError | None = None
     cause: BaseException | None = None
     try:
-        job.run()
-        job._mark_streams_done()
+        body()
     except CancelledError as exc:
         outcome, error = "cancelled", exc
     except RescueError as exc:
@@ -618,11 +644,11 @@ def restore(
             "run the restore again.",
         )
     finally:
-        job.phases.stop()
-        report.phases = job.phases.data
+        phases.stop()
+        report.phases = phases.data
         # before finish(): it computes rate_avg from bytes_done and the job's duration
-        report.bytes_done = job.meter.last.bytes_done
-        report.bytes_total = job.meter.bytes_total
+        report.bytes_done = meter.last.bytes_done
+        report.bytes_total = meter.bytes_total
         with contextlib.suppress(Exception):
             image.close()
         if error is not None and plan.final_step is not None:

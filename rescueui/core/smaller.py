@@ -51,7 +51,6 @@ from rescueui.core.errors import (
     CorruptImageError,
     RescueError,
     RestoreError,
-    TargetChangedError,
 )
 from rescueui.core.preflight import BIOS_BOOT_TYPES, ESP_TYPES, Finding, gpt_backup_bytes
 from rescueui.core.progress import ProgressCallback, ProgressMeter
@@ -754,33 +753,14 @@ def run_smaller(
     the written report; raises :class:`RescueError` with it as ``exc.report`` otherwise."""
     from rescueui.core.identity import recheck
     from rescueui.core.lock import WriterLock
-    from rescueui.core.restore import Phases, report_dir, run_fixups
+    from rescueui.core.restore import Phases, restore_report, run_fixups, run_job
     from rescueui.core.target import check_target_safety, open_target
 
-    ident = plan.identity
     image = plan.image
     layout: SmallerPlan = plan.smaller
     total = work_bytes(layout, plan.verify)
-    report = JobReport(
-        job="restore",
-        source=str(image.path),
-        image_dir=str(image.path),
-        target=ident.path,
-        bytes_total=total,
-    )
-    report.findings = list(plan.findings)
-    report.acknowledgements = list(plan.acknowledgements)
-    report.details.update(
-        mode="disk" if layout.partition is None else "partition",
-        partition=layout.partition,
-        files_copied=True,
-        target_identity=ident.to_dict(),
-        image_extent_bytes=image.extent_bytes,
-        verify=plan.verify,
-        image_kind=image.kind,
-        image_description=image.describe(),
-        source_checks=image.integrity.words,
-    )
+    report = restore_report(plan, total)
+    report.details.update(files_copied=True)
     if not plan.verify:
         report.warnings.append(
             "Verification was turned off: the copied files were not compared with the image's "
@@ -789,9 +769,9 @@ def run_smaller(
     meter = ProgressMeter("restore", total, progress or (lambda _p: None))
     phases = Phases()
     job = SmallerJob(plan, report, meter, phases, cancel)
-    outcome, error, cause = "success", None, None
-    try:
-        with WriterLock(ident.path, job="restore", path=plan.lock_path):
+
+    def body() -> None:
+        with WriterLock(plan.identity.path, job="restore", path=plan.lock_path):
             check_target_safety(recheck(plan.target), image_dir=image.path)
             handle = open_target(plan.target)
             report.details["direct_io"] = handle.direct
@@ -804,31 +784,5 @@ def run_smaller(
                 handle.close()
         phases.stop()
         meter.update(phase="done", message="restore complete")
-    except CancelledError as exc:
-        outcome, error = "cancelled", exc
-    except TargetChangedError as exc:
-        outcome, error = "failed", exc
-    except RescueError as exc:
-        outcome, error = "failed", exc
-    except Exception as exc:  # a bug: still a report, never "success"
-        outcome, cause = "failed", exc
-        error = RescueError(
-            f"Internal error during the restore: {type(exc).__name__}: {exc}.",
-            hint="The target is partly written. Report this bug with the report file; "
-            "restore again.",
-        )
-    finally:
-        phases.stop()
-        report.phases = phases.data
-        report.bytes_done = meter.last.bytes_done
-        report.bytes_total = meter.bytes_total
-        with contextlib.suppress(Exception):
-            image.close()
-    report.finish(outcome, error)
-    report.write(report_dir(image))
-    if error is not None:
-        error.report = report  # type: ignore[attr-defined]
-        if cause is not None:
-            raise error from cause
-        raise error
-    return report
+
+    return run_job(plan, report, meter, phases, body)
