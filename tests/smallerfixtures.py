@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.bootsystem import _mounts_below, _remove_stale  # the same cache discipline
 from tests.clirun import capture, loop
 from tests.loopdisk import settle
 
@@ -85,10 +86,6 @@ OLD_TIME_NS = 1_500_000_000 * 10**9 + 987_654_321  # 2017-07-14
 
 def which(name: str) -> str | None:
     return shutil.which(name) or shutil.which(name, path=SYSTEM_PATH)
-
-
-def missing_tools() -> list[str]:
-    return [t for t in TOOLS if which(t) is None]
 
 
 def log(msg: str) -> None:
@@ -174,33 +171,6 @@ def _prune_old_keys(keep: Path) -> None:
             ):
                 log(f"removing the fixture of an older recipe: {other}")
                 shutil.rmtree(other, ignore_errors=True)
-
-
-def _mounts_below(path: Path) -> list[str]:
-    prefix = str(path.resolve())
-    points = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        point = line.split()[4].replace("\\040", " ")
-        if point == prefix or point.startswith(prefix + "/"):
-            points.append(point)
-    return sorted(points, key=len, reverse=True)
-
-
-def _remove_stale(key_dir: Path) -> None:
-    """An interrupted build's leftovers (the lock is held: no build runs): its mounts, its
-    loop devices, its directory."""
-    for tmp in sorted(key_dir.glob("tmp-*")):
-        log(f"removing the leftovers of an interrupted build: {tmp}")
-        for point in _mounts_below(tmp):
-            if run(["umount", point], check=False).returncode != 0:
-                run(["umount", "-l", point], check=False)
-        for img in tmp.glob("*.raw"):
-            for line in run(["losetup", "-j", img], check=False).stdout.splitlines():
-                dev = line.split(":", 1)[0]
-                run(["partx", "-d", dev], check=False)
-                run(["losetup", "-d", dev], check=False)
-        if not _mounts_below(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _random_file(path: Path, size: int) -> None:

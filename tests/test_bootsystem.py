@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 
 from tests import bootsystem
+from tests.marks import needs
 
 TOOLS = ("debootstrap", "sfdisk", "partx", "losetup", "mkfs.ext4", "mkfs.vfat", "fusefat",
          "fusermount", "mcopy", "qemu-system-x86_64")  # fmt: skip
-MISSING = [t for t in TOOLS if shutil.which(t) is None]
-
-pytestmark = [
-    pytest.mark.root,
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        bool(MISSING), reason=f"missing tools: {', '.join(MISSING)} (.ci/packages.txt)"
-    ),
-]
+pytestmark = needs(*TOOLS, slow=True)
 
 
 @pytest.mark.timeout(1800)  # a first build: debootstrap and two disks

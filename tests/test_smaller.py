@@ -37,16 +37,9 @@ import pytest
 from tests import smallerfixtures as sf
 from tests.clirun import loop, rescueui
 from tests.loopdisk import settle
+from tests.marks import needs
 
-MISSING = sf.missing_tools()
-
-pytestmark = [
-    pytest.mark.root,
-    pytest.mark.udev,
-    pytest.mark.skipif(
-        bool(MISSING), reason=f"missing tools: {', '.join(MISSING)} (.ci/packages.txt)"
-    ),
-]
+pytestmark = needs(*sf.TOOLS, udev=True)
 
 MiB = sf.MiB
 PART = r"partition (\d+) \((\w+) \"([^\"]*)\"[^)]*\): "

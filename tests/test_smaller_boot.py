@@ -23,18 +23,11 @@ from tests import bootsystem
 from tests import smallerfixtures as sf
 from tests.clirun import capture, loop, rescueui
 from tests.loopdisk import settle
+from tests.marks import needs
 
 TOOLS = ("debootstrap", "sfdisk", "partx", "mkfs.ext4", "qemu-system-x86_64", "unshare",
          "chroot")  # fmt: skip
-MISSING = [t for t in TOOLS if shutil.which(t) is None]
-
-pytestmark = [
-    pytest.mark.root,
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        bool(MISSING), reason=f"missing tools: {', '.join(MISSING)} (.ci/packages.txt)"
-    ),
-]
+pytestmark = needs(*TOOLS, slow=True)
 
 MiB = 1024 * 1024
 SHRINK = 0.30  # the target is this much smaller than the source disk

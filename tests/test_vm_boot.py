@@ -19,7 +19,6 @@ libvirt itself does not run here):
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +27,10 @@ import pytest
 from rescueui.core.units import GiB
 from tests import bootsystem
 from tests.clirun import capture, rescueui
+from tests.marks import needs
 
 TOOLS = ("debootstrap", "sfdisk", "partx", "qemu-system-x86_64", "qemu-img", "unshare", "chroot")
-MISSING = [t for t in TOOLS if shutil.which(t) is None]
-
-pytestmark = [
-    pytest.mark.root,
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        bool(MISSING), reason=f"missing tools: {', '.join(MISSING)} (.ci/packages.txt)"
-    ),
-]
+pytestmark = needs(*TOOLS, slow=True)
 
 
 @pytest.fixture(scope="module")
