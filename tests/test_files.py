@@ -381,11 +381,13 @@ def test_a_partclone_checksum_mismatch_is_not_served(
     assert leftovers() == []
 
 
-def test_a_killed_process_leaves_nothing_after_the_next_start(source: dict[str, Path]) -> None:
+def _view_killed(image: Path, extra: str = "") -> str:
+    """A process that opens a view of partition 1 of ``image`` (``extra``: more arguments
+    of partition_view) and is killed while it holds it; the view's root."""
     script = (
         "import sys, time\n"
         "from rescueui.core.images.view import partition_view\n"
-        f"with partition_view({str(source['image'])!r}, 1) as v:\n"
+        f"with partition_view({str(image)!r}, 1{extra}) as v:\n"
         "    print(v.root, flush=True)\n"
         "    time.sleep(600)\n"
     )
@@ -399,6 +401,11 @@ def test_a_killed_process_leaves_nothing_after_the_next_start(source: dict[str, 
     finally:
         if proc.poll() is None:
             proc.kill()
+    return root
+
+
+def test_a_killed_process_leaves_nothing_after_the_next_start(source: dict[str, Path]) -> None:
+    root = _view_killed(source["image"])
     assert leftovers() != []  # the killed process could not clean up
     listing = rescueui("files", source["image"], "--partition", "1", "/etc", check=False)
     assert listing.returncode == 0 and "app.conf" in listing.stdout
@@ -416,23 +423,7 @@ def test_a_killed_staged_view_leaves_nothing_after_the_next_start(
     detaches its device and removes the staging file."""
     place = tmp_path / "stage"
     place.mkdir()
-    script = (
-        "import sys, time\n"
-        "from rescueui.core.images.view import partition_view\n"
-        f"with partition_view({str(source['zst'])!r}, 1, staging_dir={str(place)!r}) as v:\n"
-        "    print(v.root, flush=True)\n"
-        "    time.sleep(600)\n"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        root = proc.stdout.readline().strip()
-        assert root and (Path(root) / "etc/app.conf").is_file()
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    root = _view_killed(source["zst"], f", staging_dir={str(place)!r}")
     staged = list(place.iterdir())
     assert len(staged) == 1 and _mounted_or_attached(root, staged[0]) != []
     listing = rescueui("files", source["image"], "--partition", "1", "/etc", check=False)
