@@ -403,8 +403,10 @@ def plan_smaller_partition(image: Any, number: int, target_bytes: int) -> Smalle
 def _need(p: PlannedPartition) -> int:
     """The least size the copy of partition ``p``'s filesystem is planned with."""
     used = p.used_bytes or 0
-    least = fsmake.MIN_BYTES.get(p.fs_type or "", 16 * MiB)
-    return min(p.old_bytes, _align_up(max(least, used + used // EXTRA_DEN + EXTRA_FIXED), ALIGN))
+    fs = p.fs_type or ""
+    least = fsmake.MIN_BYTES.get(fs, 16 * MiB)
+    want = used + used // EXTRA_DEN + EXTRA_FIXED + fsmake.OVERHEAD_BYTES.get(fs, 0)
+    return min(p.old_bytes, _align_up(max(least, want), ALIGN))
 
 
 def _align_up(n: int, a: int) -> int:
