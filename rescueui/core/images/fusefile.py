@@ -43,6 +43,7 @@ NO_REPLY = (FUSE_FORGET, FUSE_BATCH_FORGET, FUSE_INTERRUPT)
 
 FUSE_ASYNC_READ = 1 << 0
 FUSE_BIG_WRITES = 1 << 5
+FUSE_ASYNC_DIO = 1 << 15
 FUSE_MAX_PAGES = 1 << 22
 
 MAX_PAGES = 256  # 1 MiB per READ request
@@ -193,7 +194,7 @@ def _answer(
         major, minor, max_readahead, flags = INIT_IN.unpack_from(body, 0)
         if major != 7:
             raise _Errno(errno.EPROTO)
-        want = flags & (FUSE_ASYNC_READ | FUSE_BIG_WRITES | FUSE_MAX_PAGES)
+        want = flags & (FUSE_ASYNC_READ | FUSE_BIG_WRITES | FUSE_MAX_PAGES | FUSE_ASYNC_DIO)
         return INIT_OUT.pack(
             7, min(minor, 31), max_readahead, want, 16, 12, MAX_PAGES * 4096, 1, MAX_PAGES,
             0, 0, *([0] * 7),

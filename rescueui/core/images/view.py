@@ -57,6 +57,7 @@ STAGING_NOTE = "staging"  # in a view's folder: the path of its staging file kep
 STAGED_PREFIX = "rescueui-view-"  # a staging file elsewhere: rescueui-view-<pid>-<n>.img
 READY_TIMEOUT = 60.0
 CACHE_CHUNKS = 16  # decoded chunks kept (a 4 MiB chunk is read in many smaller requests)
+DECODE_AHEAD = 2  # chunks decoded ahead (by as many threads) while a partition is read in order
 
 
 @dataclass
@@ -110,6 +111,10 @@ class PartitionReader:
         self._cache: OrderedDict[int, memoryview] = OrderedDict()
         self._pending: dict[int, threading.Event] = {}
         self._lock = threading.Lock()
+        self._last = -2  # the chunk asked for last: the next one means reading in order
+        self._ahead: list[int] = []  # chunks to decode ahead, for the decode-ahead threads
+        self._wake = threading.Condition(self._lock)
+        self._started = False
 
     def read_at(self, offset: int, length: int) -> bytes | memoryview:
         """``length`` bytes from ``offset`` (fewer only at the end of the partition)."""
@@ -141,11 +146,16 @@ class PartitionReader:
 
     def _chunk(self, index: int) -> memoryview:
         """Chunk ``index`` decoded and checked: from the cache, by this thread, or by the
-        thread already decoding it (the kernel's read-ahead asks for the next chunks at
-        once, so the serving threads decode them side by side; a thread of its own decoding
-        ahead was measured slower)."""
+        thread already decoding it. Read in order (this chunk follows the one asked for
+        before), the next :data:`DECODE_AHEAD` chunks are decoded meanwhile by threads of
+        their own: the kernel asks for one chunk at a time (its read-ahead is one chunk), so
+        the serving threads alone would decode one chunk at a time."""
         while True:
             with self._lock:
+                if index != self._last:
+                    if index == self._last + 1 and self._ours:
+                        self._decode_ahead(index)
+                    self._last = index
                 hit = self._cache.get(index)
                 if hit is not None:
                     self._cache.move_to_end(index)
@@ -165,6 +175,46 @@ class PartitionReader:
             with self._lock:
                 self._pending.pop(index).set()
         return data
+
+    def _decode_ahead(self, index: int) -> None:
+        """Queue the chunks after ``index`` for the decode-ahead threads (lock held)."""
+        if not self._started:
+            self._started = True
+            for _ in range(DECODE_AHEAD):
+                threading.Thread(target=self._ahead_loop, daemon=True).start()
+        last = -(-self.size // int(self.stream.chunk_size)) - 1
+        self._ahead = [
+            i
+            for i in range(index + 1, min(index + DECODE_AHEAD, last) + 1)
+            if i not in self._cache and i not in self._pending
+        ]
+        self._wake.notify_all()
+
+    def _ahead_loop(self) -> None:
+        """A decode-ahead thread: decodes (and checks) the queued chunks into the cache. A
+        chunk that fails here is left out: the serving thread that asks for it decodes it
+        again and answers the error."""
+        while True:
+            with self._lock:
+                while not self._ahead:
+                    self._wake.wait()
+                index = self._ahead.pop(0)
+                if index in self._cache or index in self._pending:
+                    continue
+                done = self._pending[index] = threading.Event()
+            data = None
+            try:
+                data = self._decode(index)
+            except Exception:  # reported when the chunk is asked for (decoded again)
+                data = None
+            finally:
+                with self._lock:
+                    if data is not None:
+                        self._cache[index] = data
+                        while len(self._cache) > CACHE_CHUNKS:
+                            self._cache.popitem(last=False)
+                    self._pending.pop(index)
+                    done.set()
 
     def _decode(self, index: int) -> memoryview:
         rec = self.image.chunk(self.stream, index)
@@ -288,6 +338,8 @@ def served_partition(
             st = os.stat(served)
             _read_ahead_kb(f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}")
         device = stack.enter_context(range_device(str(served), 0, size, read_only=True))
+        if not staged:
+            _direct_io(device)
         _read_ahead_kb(f"/sys/block/{Path(device).name}/queue")
         yield ServedPartition(str(image_dir), partition, fs_type or None, size, device, log)
 
@@ -431,6 +483,24 @@ def _read_ahead_kb(sysdir: str) -> None:
     only the speed depends on it)."""
     with contextlib.suppress(OSError):
         Path(sysdir, "read_ahead_kb").write_text(f"{READ_AHEAD_KB}\n")
+
+
+LOOP_SET_DIRECT_IO = 0x4C08
+
+
+def _direct_io(device: str) -> None:
+    """Let the loop device read the FUSE file with direct I/O (best effort: only the speed
+    depends on it): its reads go to the helper as they are, several at once (the helper
+    grants FUSE_ASYNC_DIO), into the pages of whoever reads the device, instead of through
+    the FUSE file's own page cache and one more copy."""
+    import fcntl
+
+    with contextlib.suppress(OSError):
+        fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fcntl.ioctl(fd, LOOP_SET_DIRECT_IO, 1)
+        finally:
+            os.close(fd)
 
 
 def _probe(device: str) -> str:
