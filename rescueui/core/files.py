@@ -236,40 +236,95 @@ class _Extractor:
 
     def _file(self, src: Path, dst: Path, st: os.stat_result) -> str:
         """Copy one regular file, its holes kept; its SHA-256 (holes hashed as zeros)."""
-        h = hashlib.sha256()
-        done = 0  # bytes of the file hashed (and counted in the progress)
         fin = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
             fout = os.open(dst, flags, 0o600)
             try:
-                for start, end in _data_ranges(fin, st.st_size):
-                    if start > done:  # a hole: zeros in the hash, nothing written
-                        _hash_zeros(h, start - done)
-                        self.meter.advance(start - done)
-                        done = start
-                    os.lseek(fin, start, os.SEEK_SET)
-                    os.lseek(fout, start, os.SEEK_SET)
-                    while done < end:
-                        if self.cancel is not None and self.cancel.is_set():
-                            raise CancelledError("Extraction cancelled by the operator.")
-                        data = os.read(fin, min(BLOCK, end - done))
-                        if not data:
-                            raise RescueError(f"{src} ended early at byte {done} while read.")
-                        h.update(data)
-                        view = memoryview(data)
-                        while view:
-                            view = view[os.write(fout, view) :]
-                        done += len(data)
-                        self.meter.advance(len(data))
-                if st.st_size > done:
-                    _hash_zeros(h, st.st_size - done)
-                    self.meter.advance(st.st_size - done)
+                if st.st_size > PIPELINE_MIN:
+                    digest = self._copy_pipelined(src, fin, fout, st.st_size)
+                else:
+                    digest = self._copy_serial(src, fin, fout, st.st_size)
                 os.ftruncate(fout, st.st_size)
             finally:
                 os.close(fout)
         finally:
             os.close(fin)
+        return digest
+
+    def _check_cancel(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise CancelledError("Extraction cancelled by the operator.")
+
+    def _copy_serial(self, src: Path, fin: int, fout: int, size: int) -> str:
+        """A small file: read, hash and write one block after the other."""
+        h = hashlib.sha256()
+        done = 0  # bytes of the file hashed (and counted in the progress)
+        for start, end in _data_ranges(fin, size):
+            if start > done:  # a hole: zeros in the hash, nothing written
+                _hash_zeros(h, start - done)
+                self.meter.advance(start - done)
+                done = start
+            while done < end:
+                self._check_cancel()
+                data = os.pread(fin, min(BLOCK, end - done), done)
+                if not data:
+                    raise RescueError(f"{src} ended early at byte {done} while read.")
+                h.update(data)
+                _write_all(fout, memoryview(data), done)
+                done += len(data)
+                self.meter.advance(len(data))
+        if size > done:
+            _hash_zeros(h, size - done)
+            self.meter.advance(size - done)
+        return h.hexdigest()
+
+    def _copy_pipelined(self, src: Path, fin: int, fout: int, size: int) -> str:
+        """A large file: this thread reads block after block (waiting for the image view
+        to serve them) while one thread hashes the blocks read before and another writes
+        them (hashlib and the system calls release the GIL, so the three overlap). The
+        hash sees the blocks in order, holes as zeros; a block's buffer is read into again
+        only when it was both hashed and written."""
+        h = hashlib.sha256()
+        hasher = _Worker("hash")
+        writer = _Worker("write")
+        free: list[tuple[memoryview, list[Any]]] = [
+            (memoryview(bytearray(BLOCK)), []) for _ in range(PIPELINE_BUFFERS)
+        ]
+        turn = 0
+        done = 0
+        try:
+            for start, end in _data_ranges(fin, size):
+                if start > done:
+                    hasher.put(_hash_zeros, h, start - done)
+                    self.meter.advance(start - done)
+                    done = start
+                while done < end:
+                    self._check_cancel()
+                    buf, waits = free[turn]
+                    turn = (turn + 1) % len(free)
+                    for w in waits:
+                        w.wait()
+                    hasher.check()
+                    writer.check()
+                    n = os.preadv(fin, [buf[: min(BLOCK, end - done)]], done)
+                    if not n:
+                        raise RescueError(f"{src} ended early at byte {done} while read.")
+                    data = buf[:n]
+                    waits[:] = [
+                        hasher.put(h.update, data),
+                        writer.put(_write_all, fout, data, done),
+                    ]
+                    done += n
+                    self.meter.advance(n)
+            if size > done:
+                hasher.put(_hash_zeros, h, size - done)
+                self.meter.advance(size - done)
+        finally:
+            hasher.close()
+            writer.close()
+        hasher.check()
+        writer.check()
         return h.hexdigest()
 
     def _metadata(self, src: Path, st: os.stat_result, dst: Path) -> None:
@@ -304,6 +359,55 @@ def _xattrs(path: Path) -> list[str]:
 
 
 _ZEROS = bytes(BLOCK)
+PIPELINE_MIN = 2 * BLOCK  # files larger than this are copied with _copy_pipelined
+PIPELINE_BUFFERS = 4  # blocks read ahead of the hashing and writing threads
+
+
+def _write_all(fd: int, data: memoryview, at: int) -> None:
+    """Write all of ``data`` at byte ``at`` of ``fd``."""
+    while data:
+        n = os.pwrite(fd, data, at)
+        data, at = data[n:], at + n
+
+
+class _Worker:
+    """One thread running calls in the order they are put; the first error is kept (and
+    raised by :meth:`check`) and the calls after it are skipped."""
+
+    def __init__(self, name: str) -> None:
+        import queue
+
+        self.jobs: queue.SimpleQueue[
+            tuple[threading.Event, Callable[..., Any], tuple[Any, ...]] | None
+        ] = queue.SimpleQueue()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name=f"extract-{name}", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            done, fn, args = job
+            try:
+                if self.error is None:
+                    fn(*args)
+            except BaseException as exc:  # raised in the copying thread (check)
+                self.error = exc
+            finally:
+                done.set()
+
+    def put(self, fn: Callable[..., Any], *args: Any) -> threading.Event:
+        done = threading.Event()
+        self.jobs.put((done, fn, args))
+        return done
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def close(self) -> None:
+        """Run what was put, then end the thread."""
+        self.jobs.put(None)
+        self.thread.join()
 
 
 def _hash_zeros(h: Any, n: int) -> None:
