@@ -194,6 +194,75 @@ async def test_tui_restores_one_partition_onto_an_existing_partition(
 
 @pytest.mark.root
 @pytest.mark.udev
+async def test_tui_restores_onto_a_smaller_disk(loops: LoopFactory, tmp_path: Path) -> None:
+    """A 40 MiB disk for the image of a 64 MiB one: listed as "smaller", the pre-flight shows
+    the plan to acknowledge, the job copies the files, the report says what was done."""
+    source = loops.create(64, table=GPT)
+    mkfs_vfat(source.part(1), "EFI")
+    mkfs_ext4(source.part(2), "root")
+    mnt = source.mount(2, tmp_path / "src")
+    run("cp", "-a", STDLIB / "json", mnt)
+    subprocess.run(["umount", mnt], check=True)
+    source.mounts.remove(mnt)
+    image_dir = tmp_path / "image"
+    capture(source.path, image_dir)
+    target = loops.create(40, fill="random")
+
+    app = RescueApp(Session(mount_media=False), console=True, watch_disks=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(
+            pilot, lambda: isinstance(app.screen, DisksScreen) and app.screen.table.row_count > 0
+        )
+        await pilot.press("enter", "o")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "PathDialog")
+        await pilot.press(*str(image_dir), "enter")
+        await wait_for(
+            pilot,
+            lambda: (
+                isinstance(app.screen, ImageScreen)
+                and any(i.path == image_dir for i in app.screen.images)
+            ),
+        )
+        while app.screen.selected().path != image_dir:
+            await pilot.press("down")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, TargetScreen))
+        await choose_row(pilot, app.screen.query_one(DiskTable), target.name)
+        assert "Fit: smaller than the image's disk" in screen_text(app)
+        await pilot.press("enter")
+        await wait_for(
+            pilot,
+            lambda: isinstance(app.screen, PreflightScreen) and app.screen.findings is not None,
+            what="pre-flight",
+        )
+        codes = {f.code: f.level for f in app.screen.findings}
+        assert codes.get("smaller.plan") == "warn" and "fit" not in codes, codes
+        assert "smaller than the image's disk (64.0 MiB): the data fits" in screen_text(app)
+        assert "filesystem made again, files copied" in screen_text(app)
+        await acknowledge_warnings(pilot, app.screen)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmTargetDialog))
+        await pilot.press(*app.screen.code, "enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, JobScreen))
+        job = app.screen
+        await wait_for(pilot, lambda: job.finished, timeout=300, what="restore")
+        assert job.outcome == "success", job.error
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, ReportScreen))
+        report = " ".join(str(app.screen.query_one("#report").render()).split())
+        assert "Onto a smaller target (files copied):" in report
+        assert "e2fsck -f -n: clean" in report
+
+    target.rescan()
+    assert _read(target.part(1)) == _read(source.part(1))  # the ESP: kept, block for block
+    a = source.mount(2, tmp_path / "a", options="ro")
+    b = target.mount(2, tmp_path / "b", options="ro")
+    tree = _tree(Path(a))
+    assert tree and tree == _tree(Path(b))
+
+
+@pytest.mark.root
+@pytest.mark.udev
 async def test_real_udev_hotplug_updates_the_disk_list(loops: LoopFactory) -> None:
     app = RescueApp(Session(mount_media=False), console=True, watch_disks=True)
     async with app.run_test(size=(120, 40)) as pilot:
