@@ -260,7 +260,7 @@ def adapt_options(adapt: Any) -> Any:
     return replace(adapt, selection=set(adapt.selection) | {"boot-loader"})
 
 
-def _role(table: dict[str, Any], part: dict[str, Any], fs_type: str | None, boot: bool) -> str:
+def _role(part: dict[str, Any], fs_type: str | None, boot: bool) -> str:
     ptype = str(part.get("type", "")).lower()
     if ptype in ESP_TYPES:
         return "EFI system"
@@ -342,7 +342,7 @@ def plan_smaller(image: Any, target_bytes: int) -> SmallerPlan:
             )
             if x
         }
-        role = _role(table, p, fs_type, bool(ids & boot_ids))
+        role = _role(p, fs_type, bool(ids & boot_ids))
         if role in ("data", "other") and (used is None or not fs_type):
             try:
                 fs_type, used = _measure(image, number)
@@ -350,7 +350,7 @@ def plan_smaller(image: Any, target_bytes: int) -> SmallerPlan:
                 if role == "data":
                     plan.problem = f"partition {number} cannot be read: {exc.message}"
                     return plan
-            role = _role(table, p, fs_type, bool(ids & boot_ids))
+            role = _role(p, fs_type, bool(ids & boot_ids))
         how = "files" if role == "data" else "swap" if role == "swap" else "block"
         plan.partitions.append(
             PlannedPartition(
