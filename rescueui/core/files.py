@@ -20,8 +20,10 @@ operator chose it explicitly.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
+import mmap
 import os
 import stat
 import threading
@@ -289,8 +291,9 @@ class _Extractor:
         hasher = _Worker("hash")
         writer = _Worker("write")
         free: list[tuple[memoryview, list[Any]]] = [
-            (memoryview(bytearray(BLOCK)), []) for _ in range(PIPELINE_BUFFERS)
+            (memoryview(mmap.mmap(-1, BLOCK)), []) for _ in range(PIPELINE_BUFFERS)
         ]
+        direct = _open_direct(src) if os.environ.get("RX_DIRECT", "1") == "1" else None
         turn = 0
         done = 0
         try:
@@ -307,7 +310,7 @@ class _Extractor:
                         w.wait()
                     hasher.check()
                     writer.check()
-                    n = os.preadv(fin, [buf[: min(BLOCK, end - done)]], done)
+                    n = _read_block(fin, direct, buf, min(BLOCK, end - done), done)
                     if not n:
                         raise RescueError(f"{src} ended early at byte {done} while read.")
                     data = buf[:n]
@@ -323,6 +326,8 @@ class _Extractor:
         finally:
             hasher.close()
             writer.close()
+            if direct is not None:
+                os.close(direct)
         hasher.check()
         writer.check()
         return h.hexdigest()
@@ -361,6 +366,7 @@ def _xattrs(path: Path) -> list[str]:
 _ZEROS = bytes(BLOCK)
 PIPELINE_MIN = 2 * BLOCK  # files larger than this are copied with _copy_pipelined
 PIPELINE_BUFFERS = 4  # blocks read ahead of the hashing and writing threads
+DIRECT_ALIGN = 4096
 
 
 def _write_all(fd: int, data: memoryview, at: int) -> None:
@@ -368,6 +374,26 @@ def _write_all(fd: int, data: memoryview, at: int) -> None:
     while data:
         n = os.pwrite(fd, data, at)
         data, at = data[n:], at + n
+
+
+def _open_direct(src: Path) -> int | None:
+    """``src`` opened again with O_DIRECT, or None where that is refused."""
+    try:
+        return os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_DIRECT)
+    except OSError:
+        return None
+
+
+def _read_block(fin: int, direct: int | None, buf: memoryview, want: int, at: int) -> int:
+    """Read ``want`` bytes at ``at`` into ``buf`` (page-aligned): with direct I/O where the
+    range allows it (whole 4 KiB blocks, or the end of the file), else through the cache."""
+    if direct is not None and at % DIRECT_ALIGN == 0:
+        span = -(-want // DIRECT_ALIGN) * DIRECT_ALIGN
+        with contextlib.suppress(OSError):
+            n = os.preadv(direct, [buf[:span]], at)
+            if n >= want or n % DIRECT_ALIGN:
+                return min(n, want)
+    return os.preadv(fin, [buf[:want]], at)
 
 
 class _Worker:
