@@ -293,7 +293,7 @@ class _Extractor:
         free: list[tuple[memoryview, list[Any]]] = [
             (memoryview(mmap.mmap(-1, BLOCK)), []) for _ in range(PIPELINE_BUFFERS)
         ]
-        direct = _open_direct(src) if os.environ.get("RX_DIRECT", "1") == "1" else None
+        direct = _open_direct(src)
         turn = 0
         done = 0
         try:
