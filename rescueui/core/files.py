@@ -185,7 +185,10 @@ def check_destination(
 
 
 class _Extractor:
-    def __init__(self, meter: ProgressMeter, cancel: threading.Event | None) -> None:
+    def __init__(
+        self, meter: ProgressMeter, cancel: threading.Event | None, *, hashes: bool = True
+    ) -> None:
+        self.hashes = hashes  # a SHA-256 of each file (the extraction's report lists them)
         self.meter = meter
         self.cancel = cancel
         self.links: dict[tuple[int, int], tuple[Path, str | None]] = {}
@@ -260,7 +263,7 @@ class _Extractor:
 
     def _copy_serial(self, src: Path, fin: int, fout: int, size: int) -> str:
         """A small file: read, hash and write one block after the other."""
-        h = hashlib.sha256()
+        h = hashlib.sha256() if self.hashes else _NoHash()
         done = 0  # bytes of the file hashed (and counted in the progress)
         for start, end in _data_ranges(fin, size):
             if start > done:  # a hole: zeros in the hash, nothing written
@@ -287,7 +290,7 @@ class _Extractor:
         them (hashlib and the system calls release the GIL, so the three overlap). The
         hash sees the blocks in order, holes as zeros; a block's buffer is read into again
         only when it was both hashed and written."""
-        h = hashlib.sha256()
+        h = hashlib.sha256() if self.hashes else _NoHash()
         hasher = _Worker("hash")
         writer = _Worker("write")
         free: list[tuple[memoryview, list[Any]]] = [
@@ -364,6 +367,16 @@ def _xattrs(path: Path) -> list[str]:
 
 
 _ZEROS = bytes(BLOCK)
+
+
+class _NoHash:
+    """Where no file's hash is wanted (a copy verified another way)."""
+
+    def update(self, _data: Any) -> None:
+        return None
+
+    def hexdigest(self) -> str:
+        return ""
 PIPELINE_MIN = 2 * BLOCK  # files larger than this are copied with _copy_pipelined
 PIPELINE_BUFFERS = 4  # blocks read ahead of the hashing and writing threads
 DIRECT_ALIGN = 4096
@@ -549,11 +562,6 @@ def _staging_progress(
     return staged
 
 
-def file_bytes(root: Path) -> int:
-    """The bytes of the regular files below the folder ``root`` (holes counted)."""
-    return _walk(root, ["/"]).bytes_total
-
-
 def copy_tree(
     source: Path, target: Path, meter: ProgressMeter, cancel: threading.Event | None = None
 ) -> tuple[int, list[str]]:
@@ -561,7 +569,7 @@ def copy_tree(
     ``target``, keeping what :func:`extract` keeps, and the root's own mode, owner, times
     and attributes; a ``lost+found`` the new filesystem already has is used as it is.
     Returns (entries copied, warnings)."""
-    work = _Extractor(meter, cancel)
+    work = _Extractor(meter, cancel, hashes=False)  # the caller compares the trees
     for name in sorted(os.listdir(source)):
         src, dst = source / name, target / name
         st = os.lstat(src)

@@ -640,7 +640,7 @@ class SmallerJob:
 
     def _files(self, part: PlannedPartition, node: str) -> None:
         """Make the filesystem again, copy its files, check it, compare the trees."""
-        from rescueui.core.files import copy_tree, file_bytes
+        from rescueui.core.files import copy_tree
         from rescueui.core.images.view import partition_view
         from rescueui.core.treesum import compare_trees
 
@@ -649,13 +649,10 @@ class SmallerJob:
         with partition_view(self.plan.image.path, part.number) as view:
             self.phases.start("copy")
             self.meter.update(phase="copy", message=f"{what}: making the {fs} filesystem again")
-            # the progress counts the files' bytes (copied, then compared), not the blocks
-            counted = file_bytes(view.root) - (part.used_bytes or 0)
-            self.meter.bytes_total += counted * (2 if self.plan.verify else 1)
-            self.meter.update(bytes_total=self.meter.bytes_total)
             ident = fsmake.identity_of(view.device, fs)
             cmd = fsmake.make_like(ident, node, part.new_bytes)
             self.meter.update(message=f"{what}: copying the files")
+            before = self.meter.last.bytes_done
             with fsmount.mounted(node, fs, read_only=False, purpose="smaller") as target:
                 try:
                     entries, warnings = copy_tree(view.root, target, self.meter, self.cancel)
@@ -675,6 +672,13 @@ class SmallerJob:
                         ) from exc
                     raise
                 _syncfs(target)
+            # the progress planned the used blocks; it counts the files' bytes (copied, then
+            # compared): the total follows what was copied
+            copied = self.meter.last.bytes_done - before
+            self.meter.bytes_total += (copied - (part.used_bytes or 0)) * (
+                2 if self.plan.verify else 1
+            )
+            self.meter.update(bytes_total=self.meter.bytes_total)
             self.report.warnings += [f"{what}: {w}" for w in warnings]
             self.meter.update(phase="check", message=f"{what}: checking the new filesystem")
             verdict = fsmake.check_clean(node, fs)

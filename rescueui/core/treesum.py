@@ -15,11 +15,13 @@ filesystems). Access and change times are not (reading changes the one, copying 
 from __future__ import annotations
 
 import os
+import queue
 import stat
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import blake3
 
@@ -27,6 +29,7 @@ from rescueui.core.errors import CancelledError, RescueError
 from rescueui.core.text import safe_text
 
 BLOCK = 4 * 1024 * 1024
+_Entry = tuple[str, tuple[tuple[str, str], ...], int]  # path, its fields, its file bytes
 
 
 class TreeDifferenceError(RescueError):
@@ -78,11 +81,13 @@ def _content(
 
 def _entries(
     root: Path, progress: Callable[[int], None], cancel: Callable[[], bool]
-) -> Iterator[tuple[str, tuple[tuple[str, str], ...], int]]:
+) -> Iterator[_Entry]:
     """(path inside the tree, its entry, file bytes) for every path, in sorted order."""
     links: dict[tuple[int, int], str] = {}
     stack = ["/"]
     while stack:
+        if cancel():
+            raise CancelledError("The verify of the copied files was cancelled.")
         rel = stack.pop()
         host = os.path.join(root, rel.lstrip("/")) if rel != "/" else os.fspath(root)
         st = os.lstat(host)
@@ -144,9 +149,48 @@ def compare_trees(
     tick = progress or (lambda _n: None)
     stop = (lambda: cancel.is_set()) if cancel is not None else (lambda: False)
     h = blake3.blake3()
-    count = total = 0
-    src = _entries(source, lambda _n: None, stop)
+    finished = threading.Event()
+    src = _ahead(_entries(source, lambda _n: None, lambda: stop() or finished.is_set()), finished)
     dst = _entries(target, tick, stop)
+    try:
+        return _compare(src, dst, h)
+    finally:
+        finished.set()  # the source's walk ends too (a difference was found, or cancel)
+        for _ in src:  # let its thread see it and end
+            pass
+
+
+def _ahead(
+    entries: Iterator[_Entry], finished: threading.Event, depth: int = 64
+) -> Iterator[_Entry]:
+    """``entries`` made by a thread of their own, up to ``depth`` ahead (the source's walk
+    and hashing run beside the target's: reading files and BLAKE3 release the GIL). Once
+    ``finished`` is set the walk stops and its end is quiet."""
+    out: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+
+    def run() -> None:
+        try:
+            for e in entries:
+                out.put(("entry", e))
+        except BaseException as exc:  # raised in the comparing thread
+            out.put(("error", exc))
+        else:
+            out.put(("end", None))
+
+    threading.Thread(target=run, name="treesum-source", daemon=True).start()
+    while True:
+        kind, value = out.get()
+        if kind == "error":
+            if isinstance(value, CancelledError) and finished.is_set():
+                return
+            raise value
+        if kind == "end":
+            return
+        yield value
+
+
+def _compare(src: Iterator[_Entry], dst: Iterator[_Entry], h: Any) -> TreeSum:
+    count = total = 0
     while True:
         a = next(src, None)
         b = next(dst, None)
