@@ -484,10 +484,22 @@ class SmallerJob:
         self.phases = phases
         self.cancel = cancel
         self.results: list[dict[str, Any]] = []
+        self._mark = 0  # bytes done when the phase running began
         report.details["smaller"] = {**self.layout.to_dict(), "results": self.results}
 
     def cancelled(self) -> bool:
         return self.cancel is not None and self.cancel.is_set()
+
+    def _phase(self, name: str, message: str) -> None:
+        """Start phase ``name`` (again); the bytes done since the last one count there."""
+        self._phase_done()
+        self.phases.start(name)
+        self.meter.update(phase=name, message=message)
+
+    def _phase_done(self) -> None:
+        """The bytes done since the phase running began count in it."""
+        self.phases.add(self.meter.last.bytes_done - self._mark)
+        self._mark = self.meter.last.bytes_done
 
     def _check_cancel(self) -> None:
         if self.cancelled():
@@ -504,9 +516,9 @@ class SmallerJob:
             handle.close_writer()  # mkfs opens it itself
             handle.ensure(f"making the filesystem on {ident.path}")
             self._files(layout.partitions[0], ident.path)
+            self._phase_done()
             return
-        self.phases.start("table")
-        self.meter.update(phase="table", message="clearing the old tables, writing the new one")
+        self._phase("table", "clearing the old tables, writing the new one")
         self._head(handle)
         handle.sync()
         handle.close_writer()  # sfdisk, partx and mkfs open the disk themselves
@@ -526,6 +538,7 @@ class SmallerJob:
                     self._swap(part, node)
                 else:
                     self._files(part, node)
+        self._phase_done()
         self.report.notes.append(
             "Restored onto a smaller disk: the disk's GUID, the partitions' types, names and "
             "UUIDs and the filesystems' UUIDs and labels are the image's."
@@ -577,9 +590,8 @@ class SmallerJob:
         """Copy an image partition of unchanged size block for block; read it back."""
         from rescueui.core.images.view import served_partition
 
-        self.phases.start("copy")
         what = f"partition {part.number}"
-        self.meter.update(phase="copy", message=f"{what}: copying block for block")
+        self._phase("copy", f"{what}: copying block for block")
         source = blake3.blake3()
         with served_partition(self.plan.image.path, part.number) as served:
             src = os.open(served.device, os.O_RDONLY | os.O_CLOEXEC)
@@ -612,8 +624,7 @@ class SmallerJob:
                 os.close(src)
         digest = source.hexdigest()
         if self.plan.verify:
-            self.phases.start("verify")
-            self.meter.update(phase="verify", message=f"{what}: reading it back")
+            self._phase("verify", f"{what}: reading it back")
             back = _read_back(node, part.old_bytes, self.meter, self._check_cancel)
             if back != digest:
                 raise RestoreError(
@@ -629,7 +640,7 @@ class SmallerJob:
     def _swap(self, part: PlannedPartition, node: str) -> None:
         from rescueui.core.images.view import served_partition
 
-        self.meter.update(phase="copy", message=f"partition {part.number}: making swap again")
+        self._phase("copy", f"partition {part.number}: making swap again")
         with served_partition(self.plan.image.path, part.number) as served:
             ident = fsmake.swap_identity(served.device)
         cmd = fsmake.make_swap_like(ident, node)
@@ -647,8 +658,7 @@ class SmallerJob:
         what = f"partition {part.number}"
         fs = part.fs_type or ""
         with partition_view(self.plan.image.path, part.number) as view:
-            self.phases.start("copy")
-            self.meter.update(phase="copy", message=f"{what}: making the {fs} filesystem again")
+            self._phase("copy", f"{what}: making the {fs} filesystem again")
             ident = fsmake.identity_of(view.device, fs)
             cmd = fsmake.make_like(ident, node, part.new_bytes)
             self.meter.update(message=f"{what}: copying the files")
@@ -680,7 +690,7 @@ class SmallerJob:
             )
             self.meter.update(bytes_total=self.meter.bytes_total)
             self.report.warnings += [f"{what}: {w}" for w in warnings]
-            self.meter.update(phase="check", message=f"{what}: checking the new filesystem")
+            self._phase("check", f"{what}: checking the new filesystem")
             verdict = fsmake.check_clean(node, fs)
             result: dict[str, Any] = {
                 "partition": part.number,
@@ -692,8 +702,7 @@ class SmallerJob:
                 "fsck": verdict,
             }
             if self.plan.verify:
-                self.phases.start("verify")
-                self.meter.update(phase="verify", message=f"{what}: comparing the files")
+                self._phase("verify", f"{what}: comparing the files")
                 with fsmount.mounted(node, fs, read_only=True, purpose="smaller") as target:
                     tree = compare_trees(
                         view.root, target, progress=self.meter.advance, cancel=self.cancel
