@@ -924,10 +924,19 @@ class Session:
         return verify_image(image_dir, progress=self._pace(progress), cancel=cancel)
 
     # -- browsing and extracting files -------------------------------------
-    def open_view(self, image_path: str | Path, partition: int) -> OpenView:
+    def open_view(
+        self,
+        image_path: str | Path,
+        partition: int,
+        *,
+        progress: Callable[[int, int], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> OpenView:
         """Partition ``partition`` of the image mounted read-only until the returned view's
         ``close()`` (or this session's :meth:`close`). Raises RescueError saying why it
-        cannot be (an image kind read only in order, no filesystem, not root...)."""
+        cannot be (no filesystem, not enough room to stage it, not root...). ``progress``
+        (bytes done, total) follows the staging of an image read only in order (compressed
+        raw, Clonezilla), which is read once before it can be browsed; ``cancel`` stops it."""
         from rescueui.core.images.view import partition_view
 
         if self.demo is not None and os.geteuid() != 0:
@@ -938,7 +947,9 @@ class Session:
             )
         stack = contextlib.ExitStack()
         try:
-            view = stack.enter_context(partition_view(image_path, partition))
+            view = stack.enter_context(
+                partition_view(image_path, partition, progress=progress, cancel=cancel)
+            )
         except BaseException:
             stack.close()
             raise

@@ -562,6 +562,8 @@ class CannedSession(Session):
         self.vm_phases: tuple[str, ...] = ("write", "verify", "convert", "compare")
         self.views: list[CannedView] = []  # every partition opened for browsing
         self.view_error: str | None = None  # open_view refuses with this
+        self.stage_bytes = 0  # > 0: open_view stages that much first (an image read in order)
+        self.staged = threading.Event()  # set by the test: the staging may end
         self.extracts: list[dict[str, Any]] = []
         self.extract_folder = "/media/usb-stick"  # where a default extraction goes
         self.image_medium = "/run/live/medium"  # folders under it: the image's own medium
@@ -743,7 +745,13 @@ class CannedSession(Session):
         return None
 
     # -- browsing and extracting (canned: CANNED_TREE) ------------------------
-    def open_view(self, image_path: Any, partition: int) -> Any:
+    def open_view(
+        self, image_path: Any, partition: int, *, progress: Any = None, cancel: Any = None
+    ) -> Any:
+        if self.stage_bytes and progress is not None:  # an image read only in order
+            for done in range(0, self.stage_bytes + 1, self.stage_bytes // 4):
+                progress(done, self.stage_bytes)
+            self.staged.wait(timeout=10)
         if self.view_error is not None:
             raise RescueError(self.view_error)
         view = CannedView(partition)

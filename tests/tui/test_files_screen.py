@@ -268,6 +268,26 @@ async def test_a_partition_that_cannot_be_browsed_says_why() -> None:
         assert isinstance(app.screen, ImageScreen)
 
 
+async def test_an_image_read_in_order_shows_its_staging() -> None:
+    """A compressed raw or Clonezilla image is read once before it can be browsed: the
+    status line says so with the share done, then the listing comes."""
+    app = canned_app(stage_bytes=1024**3)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, ImageScreen) and app.screen.images)
+        await pilot.press("b")
+        await wait_for(pilot, lambda: isinstance(app.screen, BrowsePartitionDialog))
+        await pilot.press("2")
+        await wait_for(pilot, lambda: isinstance(app.screen, FilesScreen))
+        await wait_for(pilot, lambda: "100 % of 1.0 GiB" in words(app), what="staging shown")
+        assert "read once, in order, before it can be browsed" in words(app)
+        app.session.staged.set()
+        screen = app.screen
+        await wait_for(pilot, lambda: not screen.busy, what="the first listing")
+        assert screen.view is not None and "read once" not in words(app)
+
+
 async def test_browse_in_ascii_mode_draws_only_ascii() -> None:
     app = RescueApp(CannedSession(), console=True, watch_disks=False, ascii_only=True)
     async with app.run_test(size=(80, 24)) as pilot:
@@ -305,7 +325,7 @@ class FolderSession(Session):
         self.root = root
         self.opened: list[FolderView] = []
 
-    def open_view(self, image_path: Any, partition: int) -> Any:
+    def open_view(self, image_path: Any, partition: int, **_: Any) -> Any:
         view = FolderView(self.root)
         self.opened.append(view)
         return view
@@ -352,7 +372,7 @@ def recorded_views(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     events: list[list[str]] = []
 
     @contextlib.contextmanager
-    def fake_view(image_dir: Any, partition: int) -> Iterator[Any]:
+    def fake_view(image_dir: Any, partition: int, **_: Any) -> Iterator[Any]:
         record = [f"open {partition}"]
         events.append(record)
         try:

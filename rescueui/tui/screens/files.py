@@ -12,6 +12,7 @@ so a folder of 10 000 entries shows as fast as a small one (``bench/files_screen
 
 from __future__ import annotations
 
+import contextlib
 import stat
 import threading
 import time
@@ -211,6 +212,8 @@ class FilesScreen(StepScreen):
         self.listed_at: float = 0.0  # when the last listing was asked for
         self.listing_seconds: float | None = None  # asked -> shown, for the last folder
         self._released = False
+        self._stop_staging = threading.Event()  # set when the screen closes: staging stops
+        self._staged_percent = -1
         self._generation = 0
         self._extract_job: Any = None
 
@@ -283,7 +286,9 @@ class FilesScreen(StepScreen):
         view = None
         error: str | None = None
         try:
-            view = self.session.open_view(self.image.path, self.partition)
+            view = self.session.open_view(
+                self.image.path, self.partition, progress=self._staging, cancel=self._stop_staging
+            )
         except RescueError as exc:
             error = str(exc)
         except Exception as exc:  # a bug must not leave the screen at "Opening..."
@@ -293,6 +298,20 @@ class FilesScreen(StepScreen):
         except RuntimeError:  # the app is ending: nothing may stay mounted
             if view is not None:
                 view.close()
+
+    def _staging(self, done: int, total: int) -> None:
+        """An image read only in order is read once before it can be browsed: its progress
+        on the status line (from the opening thread; a new line per whole percent)."""
+        percent = done * 100 // total if total else 100
+        if percent == self._staged_percent:
+            return
+        self._staged_percent = percent
+        line = (
+            f"Opening partition {self.partition}: this kind of image is read once, in order, "
+            f"before it can be browsed - {percent} % of {human_size(total)}..."
+        )
+        with contextlib.suppress(RuntimeError):  # the app is ending
+            self.app.call_from_thread(self._status, line)
 
     def _opened(self, view: Any, error: str | None) -> None:
         if self._released:  # the screen was closed while the partition was being mounted
@@ -574,6 +593,7 @@ class FilesScreen(StepScreen):
     def release(self) -> None:
         """Unmount the partition (the screen is closing)."""
         self._released = True
+        self._stop_staging.set()
         for mark in self.marks.values():
             mark.cancel.set()
         view, self.view = self.view, None
