@@ -377,6 +377,8 @@ class _NoHash:
 
     def hexdigest(self) -> str:
         return ""
+
+
 PIPELINE_MIN = 2 * BLOCK  # files larger than this are copied with _copy_pipelined
 PIPELINE_BUFFERS = 4  # blocks read ahead of the hashing and writing threads
 DIRECT_ALIGN = 4096
