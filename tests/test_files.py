@@ -55,6 +55,10 @@ def _populate(root: Path) -> None:
     with open(root / "data/sparse.img", "wb") as f:
         f.seek(20 * MiB)
         f.write(b"end of a sparse file\n")
+    with open(root / "data/big.bin", "wb") as f:  # large: read by its extents from our image
+        f.write(os.urandom(5 * MiB + 77))
+        f.seek(9 * MiB + 4096 + 5)  # a hole, then data again
+        f.write(os.urandom(3 * MiB + 11))
     (root / "data" / UTF8_NAME).write_text("für alle\n")
     os.setxattr(root / "data/random.bin", "user.rescueui.note", b"kept")
     os.mkfifo(root / "data/queue")
@@ -188,7 +192,9 @@ def test_extract_keeps_everything(source: dict[str, Path], kind: str, tmp_path: 
     assert report["outcome"] == "success"
     listed = {f["path"]: f for f in report["details"]["files"]}
     ref = source["ref"]
-    for rel in ("data/random.bin", "data/sparse.img", f"data/{UTF8_NAME}", "data/small-049.txt"):
+    rels = ("data/random.bin", "data/sparse.img", "data/big.bin", f"data/{UTF8_NAME}",
+            "data/small-049.txt")  # fmt: skip
+    for rel in rels:
         got, want = dest / rel, ref / rel
         assert sha256(got) == sha256(want), rel
         assert listed["/" + rel]["sha256"] == sha256(want), rel  # the report's hash is right
@@ -213,6 +219,10 @@ def test_extract_keeps_everything(source: dict[str, Path], kind: str, tmp_path: 
     )
     assert os.getxattr(dest / "data/random.bin", "user.rescueui.note") == b"kept"
     assert os.lstat(dest / "data/sparse.img").st_blocks * 512 < 1 * MiB  # the hole stayed a hole
+    assert os.lstat(dest / "data/big.bin").st_blocks * 512 < 9 * MiB  # its hole too
+    # our image's large files are read by their extents, straight from the image (each
+    # chunk checked there); the other kinds through the view
+    assert report["details"]["read_by_extents"] == (2 if kind == "image" else 0), report["details"]
     assert (dest / "data/queue").is_fifo()
     data = os.lstat(dest / "data")
     assert data.st_mtime_ns == 1_500_000_000_000_000_000 and oct(data.st_mode & 0o777) == "0o750"
@@ -463,4 +473,12 @@ def test_a_damaged_chunk_is_not_served(source: dict[str, Path], tmp_path: Path) 
     assert report["outcome"] == "failed"
     assert re.search(r"stream 'p1', chunk \d+", report["error"]), report["error"]
     assert list(dest.iterdir()) == []
+    # a large file, read by its extents straight from the image: the same
+    proc = rescueui(
+        "extract", image, "--partition", "1", "/data/big.bin", dest, "--onto-image-medium",
+        "--quiet", "--json", check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    report = json.loads(proc.stdout)
+    assert re.search(r"stream 'p1', chunk \d+", report["error"]), report["error"]
     assert leftovers() == []

@@ -115,6 +115,14 @@ class PartitionReader:
         self._ahead: list[int] = []  # chunks to decode ahead, for the decode-ahead threads
         self._wake = threading.Condition(self._lock)
         self._started = False
+        self._closed = False
+
+    def close(self) -> None:
+        """End the decode-ahead threads (a reader used inside a longer-lived process)."""
+        with self._lock:
+            self._closed = True
+            self._cache.clear()
+            self._wake.notify_all()
 
     def read_at(self, offset: int, length: int) -> bytes | memoryview:
         """``length`` bytes from ``offset`` (fewer only at the end of the partition)."""
@@ -178,7 +186,7 @@ class PartitionReader:
 
     def _decode_ahead(self, index: int) -> None:
         """Queue the chunks after ``index`` for the decode-ahead threads (lock held)."""
-        if not self._started:
+        if not self._started and not self._closed:
             self._started = True
             for _ in range(DECODE_AHEAD):
                 threading.Thread(target=self._ahead_loop, daemon=True).start()
@@ -196,8 +204,10 @@ class PartitionReader:
         again and answers the error."""
         while True:
             with self._lock:
-                while not self._ahead:
+                while not self._ahead and not self._closed:
                     self._wake.wait()
+                if self._closed:
+                    return
                 index = self._ahead.pop(0)
                 if index in self._cache or index in self._pending:
                     continue
