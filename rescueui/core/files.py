@@ -331,12 +331,13 @@ class _Extractor:
                     if len(waits) >= PIPELINE_BUFFERS:  # bounded: the oldest block is done
                         for w in waits.pop(0):
                             w.wait()
-                    n = min(BLOCK, end - done)
-                    data = self.reader.read_at(e.physical + (done - e.logical), n)
+                    at = e.physical + (done - e.logical)
+                    piece = self.reader.piece  # within one chunk: its cached bytes, no copy
+                    n = min(BLOCK, end - done, piece - at % piece)
+                    data = self.reader.read_at(at, n)
                     if len(data) != n:
                         raise RescueError(
-                            f"The image's partition ended at byte {e.physical + done - e.logical}"
-                            " inside a file's extent.",
+                            f"The image's partition ended at byte {at} inside a file's extent.",
                             hint="The image is damaged or incomplete; use another copy of it.",
                         )
                     waits.append(

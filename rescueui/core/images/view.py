@@ -103,6 +103,8 @@ class PartitionReader:
         self.size = int(stream.size_bytes)
         self.fs_type = str(getattr(stream, "fs_type", "") or "")
         self._ours = hasattr(image, "read_chunk")
+        # reads within one piece are answered without a copy (our format: a chunk)
+        self.piece = int(getattr(stream, "chunk_size", 0) or 0) if self._ours else 1 << 62
         if not self._ours and getattr(image, "sequential", False):
             raise ImageError(  # served_partition stages these first (.staging)
                 f"The image {image.path} ({image.describe()}) can only be read from its start "
