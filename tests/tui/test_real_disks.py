@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,6 +41,29 @@ def _tree(root: Path) -> dict[str, bytes]:
         for p in sorted(root.rglob("*"))
         if p.is_file() and "lost+found" not in p.parts
     }
+
+
+async def to_target_screen(pilot: Any, image_dir: Path) -> None:
+    """Disks (listed) -> Enter -> o: the image typed by its path -> chosen -> the Target
+    screen."""
+    app = pilot.app
+    await wait_for(
+        pilot, lambda: isinstance(app.screen, DisksScreen) and app.screen.table.row_count > 0
+    )
+    await pilot.press("enter", "o")
+    await wait_for(pilot, lambda: type(app.screen).__name__ == "PathDialog")
+    await pilot.press(*str(image_dir), "enter")
+    await wait_for(
+        pilot,
+        lambda: (
+            isinstance(app.screen, ImageScreen)
+            and any(i.path == image_dir for i in app.screen.images)
+        ),
+    )
+    while app.screen.selected().path != image_dir:
+        await pilot.press("down")
+    await pilot.press("enter")
+    await wait_for(pilot, lambda: isinstance(app.screen, TargetScreen))
 
 
 @pytest.mark.root
@@ -144,23 +168,7 @@ async def test_tui_restores_one_partition_onto_an_existing_partition(
 
     app = RescueApp(Session(mount_media=False), console=True, watch_disks=False)
     async with app.run_test(size=(120, 40)) as pilot:
-        await wait_for(
-            pilot, lambda: isinstance(app.screen, DisksScreen) and app.screen.table.row_count > 0
-        )
-        await pilot.press("enter", "o")
-        await wait_for(pilot, lambda: type(app.screen).__name__ == "PathDialog")
-        await pilot.press(*str(image_dir), "enter")
-        await wait_for(
-            pilot,
-            lambda: (
-                isinstance(app.screen, ImageScreen)
-                and any(i.path == image_dir for i in app.screen.images)
-            ),
-        )
-        while app.screen.selected().path != image_dir:
-            await pilot.press("down")
-        await pilot.press("enter")
-        await wait_for(pilot, lambda: isinstance(app.screen, TargetScreen))
+        await to_target_screen(pilot, image_dir)
         table = app.screen.query_one(DiskTable)
         await choose_row(pilot, table, target.name)
         while table.selected_path() != target.part(2):
@@ -210,23 +218,7 @@ async def test_tui_restores_onto_a_smaller_disk(loops: LoopFactory, tmp_path: Pa
 
     app = RescueApp(Session(mount_media=False), console=True, watch_disks=False)
     async with app.run_test(size=(120, 40)) as pilot:
-        await wait_for(
-            pilot, lambda: isinstance(app.screen, DisksScreen) and app.screen.table.row_count > 0
-        )
-        await pilot.press("enter", "o")
-        await wait_for(pilot, lambda: type(app.screen).__name__ == "PathDialog")
-        await pilot.press(*str(image_dir), "enter")
-        await wait_for(
-            pilot,
-            lambda: (
-                isinstance(app.screen, ImageScreen)
-                and any(i.path == image_dir for i in app.screen.images)
-            ),
-        )
-        while app.screen.selected().path != image_dir:
-            await pilot.press("down")
-        await pilot.press("enter")
-        await wait_for(pilot, lambda: isinstance(app.screen, TargetScreen))
+        await to_target_screen(pilot, image_dir)
         await choose_row(pilot, app.screen.query_one(DiskTable), target.name)
         assert "Fit: smaller than the image's disk" in screen_text(app)
         await pilot.press("enter")
