@@ -264,7 +264,7 @@ class _Extractor:
                     digest = self._copy_by_extents(extents, fout, st.st_size)
                     self.by_extents += 1
                 elif st.st_size > PIPELINE_MIN:
-                    digest = self._copy_pipelined(src, fin, fout, st.st_size)
+                    digest = self._copy_through_view(src, fin, fout, st.st_size)
                 else:
                     digest = self._copy_serial(src, fin, fout, st.st_size)
                 os.ftruncate(fout, st.st_size)
@@ -303,105 +303,97 @@ class _Extractor:
 
     def _copy_by_extents(self, extents: list[Any], fout: int, size: int) -> str:
         """A large file read from the image by its extents (each chunk decoded and checked
-        by the reader, ahead by its own threads) while one thread hashes the blocks and
-        another writes them; holes and unwritten extents stay holes, hashed as zeros."""
-        h = hashlib.sha256() if self.hashes else _NoHash()
-        hasher = _Worker("hash")
-        writer = _Worker("write")
-        waits: list[list[threading.Event]] = []
-        done = 0
-        try:
-            for e in extents:
-                if e.logical >= size:
-                    break
-                if e.logical > done:
-                    hasher.put(_hash_zeros, h, e.logical - done)
-                    self.meter.advance(e.logical - done)
-                    done = e.logical
-                end = min(e.logical + e.length, size)
-                if e.unwritten:
-                    hasher.put(_hash_zeros, h, end - done)
-                    self.meter.advance(end - done)
-                    done = end
-                    continue
-                while done < end:
-                    self._check_cancel()
-                    hasher.check()
-                    writer.check()
-                    if len(waits) >= PIPELINE_BUFFERS:  # bounded: the oldest block is done
-                        for w in waits.pop(0):
-                            w.wait()
-                    at = e.physical + (done - e.logical)
-                    piece = self.reader.piece  # within one chunk: its cached bytes, no copy
-                    n = min(BLOCK, end - done, piece - at % piece)
-                    data = self.reader.read_at(at, n)
-                    if len(data) != n:
-                        raise RescueError(
-                            f"The image's partition ended at byte {at} inside a file's extent.",
-                            hint="The image is damaged or incomplete; use another copy of it.",
-                        )
-                    waits.append(
-                        [hasher.put(h.update, data), writer.put(_write_all, fout, data, done)]
-                    )
-                    done += n
-                    self.meter.advance(n)
-            if size > done:
-                hasher.put(_hash_zeros, h, size - done)
-                self.meter.advance(size - done)
-        finally:
-            hasher.close()
-            writer.close()
-        hasher.check()
-        writer.check()
-        return h.hexdigest()
+        by the reader, ahead by its own threads); unwritten extents stay holes."""
+        reader = self.reader
+        piece = reader.piece  # a read within one chunk: its cached bytes, no copy
 
-    def _copy_pipelined(self, src: Path, fin: int, fout: int, size: int) -> str:
-        """A large file: this thread reads block after block (waiting for the image view
-        to serve them) while one thread hashes the blocks read before and another writes
-        them (hashlib and the system calls release the GIL, so the three overlap). The
-        hash sees the blocks in order, holes as zeros; a block's buffer is read into again
-        only when it was both hashed and written."""
+        def read(_buf: memoryview, at: int, want: int, origin: int) -> memoryview:
+            where = at + origin
+            n = min(want, piece - where % piece)
+            data = reader.read_at(where, n)
+            if len(data) != n:
+                raise RescueError(
+                    f"The image's partition ended at byte {where} inside a file's extent.",
+                    hint="The image is damaged or incomplete; use another copy of it.",
+                )
+            return memoryview(data)
+
+        ranges = [
+            (e.logical, e.logical + e.length, e.physical - e.logical)
+            for e in extents
+            if not e.unwritten
+        ]
+        return self._pipelined(fout, size, ranges, read)
+
+    def _copy_through_view(self, src: Path, fin: int, fout: int, size: int) -> str:
+        """A large file read through the mounted view (with direct I/O where it can be)."""
+        direct = _open_direct(src)
+
+        def read(buf: memoryview, at: int, want: int, _origin: int) -> memoryview:
+            n = _read_block(fin, direct, buf, want, at)
+            if not n:
+                raise RescueError(f"{src} ended early at byte {at} while read.")
+            return buf[:n]
+
+        try:
+            ranges = [(start, end, 0) for start, end in _data_ranges(fin, size)]
+            return self._pipelined(fout, size, ranges, read)
+        finally:
+            if direct is not None:
+                os.close(direct)
+
+    def _pipelined(
+        self,
+        fout: int,
+        size: int,
+        ranges: list[tuple[int, int, int]],
+        read: Callable[[memoryview, int, int, int], memoryview],
+    ) -> str:
+        """Copy the data ``ranges`` (start, end, the reader's origin; file order; the rest
+        are holes) of a file of ``size`` bytes into ``fout``: this thread reads block after
+        block (``read(buffer, at, at most, origin)``: the bytes at file offset ``at``, in the
+        buffer or its own) while one thread hashes the blocks read before and another writes
+        them (hashlib and the system calls release the GIL, so the three overlap). The hash
+        sees the blocks in order, holes as zeros; a buffer is read into again only when its
+        block was both hashed and written. Returns the SHA-256 ("" without hashes)."""
         h = hashlib.sha256() if self.hashes else _NoHash()
         hasher = _Worker("hash")
         writer = _Worker("write")
-        free: list[tuple[memoryview, list[Any]]] = [
+        slots: list[tuple[memoryview, list[Any]]] = [
             (memoryview(mmap.mmap(-1, BLOCK)), []) for _ in range(PIPELINE_BUFFERS)
         ]
-        direct = _open_direct(src)
         turn = 0
         done = 0
         try:
-            for start, end in _data_ranges(fin, size):
-                if start > done:
+            for start, end, origin in ranges:
+                if start >= size:
+                    break
+                end = min(end, size)
+                if start > done:  # a hole: zeros in the hash, nothing written
                     hasher.put(_hash_zeros, h, start - done)
                     self.meter.advance(start - done)
                     done = start
                 while done < end:
                     self._check_cancel()
-                    buf, waits = free[turn]
-                    turn = (turn + 1) % len(free)
+                    buf, waits = slots[turn]
+                    turn = (turn + 1) % len(slots)
                     for w in waits:
                         w.wait()
                     hasher.check()
                     writer.check()
-                    n = _read_block(fin, direct, buf, min(BLOCK, end - done), done)
-                    if not n:
-                        raise RescueError(f"{src} ended early at byte {done} while read.")
-                    data = buf[:n]
+                    data = read(buf, done, min(BLOCK, end - done), origin)
                     waits[:] = [
                         hasher.put(h.update, data),
                         writer.put(_write_all, fout, data, done),
                     ]
-                    done += n
-                    self.meter.advance(n)
+                    done += len(data)
+                    self.meter.advance(len(data))
             if size > done:
                 hasher.put(_hash_zeros, h, size - done)
                 self.meter.advance(size - done)
         finally:
             hasher.close()
             writer.close()
-            if direct is not None:
-                os.close(direct)
         hasher.check()
         writer.check()
         return h.hexdigest()
@@ -450,7 +442,7 @@ class _NoHash:
         return ""
 
 
-PIPELINE_MIN = 2 * BLOCK  # files larger than this are copied with _copy_pipelined
+PIPELINE_MIN = 2 * BLOCK  # files larger than this are copied by _pipelined (threads)
 PIPELINE_BUFFERS = 4  # blocks read ahead of the hashing and writing threads
 DIRECT_ALIGN = 4096
 
