@@ -328,7 +328,16 @@ def _ext_replayed(
 
 
 def _xfs_log_dirty(runner: _Runner, device: str) -> bool:
-    """True if ``xfs_logprint`` says the log is not clean; :class:`_Failed` if it cannot."""
+    """True if ``xfs_logprint`` says the log is not clean; :class:`_Failed` if it cannot.
+
+    ``xfs_logprint`` does not check the superblock: on bytes that are no xfs it can
+    report a "totally zeroed log ... <CLEAN>". ``xfs_db`` checks it first."""
+    xfs_db = _checker("xfs_db", "xfsprogs")
+    rc, _out, err = runner.output(
+        [xfs_db, "-r", "-c", "sb 0", "-c", "print magicnum", device], "xfs_db"
+    )
+    if rc != 0:
+        raise _Failed(f"xfs_db could not read the filesystem: {_last_line(err, 'xfs_db')}")
     logprint = _checker("xfs_logprint", "xfsprogs")
     state = runner.first_match([logprint, "-t", device], re.compile(r"state:\s*<(\w+)>"))
     if state is None:
