@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from rescueui.cli.adapt_options import adapt_options, add_adapt_arguments
 from rescueui.cli.output import partition_number, say
 from rescueui.cli.progress_display import ProgressDisplay
 from rescueui.cli.vm_options import add_vm_arguments, vm_only_options
+from rescueui.core import units
 from rescueui.core.errors import (
     CancelledError,
     RescueError,
@@ -44,7 +44,6 @@ from rescueui.core.image import MAX_STREAM_BYTES
 from rescueui.core.targets.newfile import NewFile, create_new_file
 from rescueui.core.units import human_duration, human_rate, human_size
 
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE | re.ASCII)
 MAX_CREATE_BYTES = MAX_STREAM_BYTES  # what an image can describe (1 PiB); more is a typo
 SIZE_HINT = "Give bytes, or a number with K, M, G or T (e.g. 20G), or 'image' for the size of the source disk."
 
@@ -133,11 +132,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 def parse_size(text: str) -> int:
     """``--create`` SIZE: bytes or K/M/G/T (powers of 1024), ASCII digits only, 1 byte to
     :data:`MAX_CREATE_BYTES`. Raises RescueError naming the option and the value."""
-    m = _SIZE_RE.match(text)
-    if not m:
+    size = units.parse_size(text)
+    if size is None:
         raise RescueError(f"--create {text!r}: cannot read this size.", hint=SIZE_HINT)
-    factor = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[m.group(2).upper()]
-    return check_size(int(m.group(1)) * factor, text)
+    return check_size(size, text)
 
 
 def check_size(size: int, text: str) -> int:

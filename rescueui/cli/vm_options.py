@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import re
 from typing import Any
 
 from rescueui.core.errors import RescueError
-
-_SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE | re.ASCII)
-_FACTOR = {"": 1 << 20, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+from rescueui.core.units import MiB, parse_size
 
 
 def add_vm_arguments(p: argparse.ArgumentParser) -> None:
@@ -60,13 +57,13 @@ def add_vm_arguments(p: argparse.ArgumentParser) -> None:
 
 def parse_memory(option: str, text: str) -> int:
     """SIZE of --memory / --host-memory: a number with K, M, G or T (plain numbers: MiB)."""
-    m = _SIZE.match(text or "")
-    if not m:
+    size = parse_size(text, plain=MiB)
+    if size is None:
         raise RescueError(
             f"{option} {text!r}: cannot read this size.",
             hint="Give a number with M or G, e.g. 4G or 512M.",
         )
-    return int(m.group(1)) * _FACTOR[m.group(2).upper()]
+    return size
 
 
 def vm_request(args: argparse.Namespace) -> Any:

@@ -22,7 +22,7 @@ from rescueui.core.demo import DemoEnvironment, paced
 from rescueui.core.errors import ImageError, RescueError
 from rescueui.core.fsmake import MAKEABLE
 from rescueui.core.progress import ProgressCallback
-from rescueui.core.units import human_size
+from rescueui.core.units import MiB, human_size, parse_size
 
 if TYPE_CHECKING:
     from rescueui.core.adapt import AdaptOptions
@@ -1170,10 +1170,17 @@ class Session:
         name: str | None = None,
         disk_format: str = "qcow2",
         runs_on: Any = None,
+        vcpus: str = "",
+        memory: str = "",
+        firmware: str | None = None,
+        definition: str | None = None,
     ) -> VmRequest:
         """The operator's choice of a new VM, checked now: a name the core can use, a known
         disk format and a folder that exists and can be written to (nothing is created).
         ``runs_on``: the profile of the host that will run the VM (None: this machine).
+        ``vcpus`` and ``memory`` as typed (empty: the source's, fitted to the host; a number
+        of memory without a unit is MiB); ``firmware`` "bios"/"uefi" (None: what the image
+        boots by); ``definition`` "vmx"/"ovf" besides the libvirt one (None: only that).
         Raises RescueError saying what is wrong."""
         from rescueui.core.vm.job import vm_folder  # the core's rule for the VM's folder
         from rescueui.core.vm.machine import VmRequest
@@ -1183,8 +1190,33 @@ class Session:
                 "No folder given for the virtual machine's files.",
                 hint="Type the folder the VM's disk and definition go into.",
             )
+        vcpu_count = None
+        if vcpus.strip():
+            if not (vcpus.strip().isascii() and vcpus.strip().isdigit()):
+                raise RescueError(
+                    f"vCPUs {vcpus.strip()[:20]!r}: not a number.",
+                    hint="Type a whole number of vCPUs, or leave the field empty for the "
+                    "source's, fitted to the host.",
+                )
+            vcpu_count = int(vcpus)
+        memory_bytes = None
+        if memory.strip():
+            memory_bytes = parse_size(memory, plain=MiB)
+            if memory_bytes is None:
+                raise RescueError(
+                    f"Memory {memory.strip()[:20]!r}: cannot read this size.",
+                    hint="Type a number with M or G (e.g. 4G or 512M), or leave the field "
+                    "empty for the source's, fitted to the host.",
+                )
         request = VmRequest(
-            folder=folder, name=name or None, disk_format=disk_format, runs_on=runs_on
+            folder=folder,
+            name=name or None,
+            disk_format=disk_format,
+            definitions=("libvirt", definition) if definition else ("libvirt",),
+            vcpus=vcpu_count,
+            memory_bytes=memory_bytes,
+            firmware=firmware,
+            runs_on=runs_on,
         )
         request.check()
         where = Path(os.path.abspath(folder))

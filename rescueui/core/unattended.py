@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rescueui.core import units
 from rescueui.core.errors import RescueError
 from rescueui.core.progress import Progress
 from rescueui.core.units import human_duration, human_rate, human_size
@@ -180,18 +181,15 @@ def ascii_digits(text: str) -> bool:
 
 def parse_size(text: str) -> int:
     """Bytes, as a plain integer (``1073741824``); binary suffixes K/M/G/T(iB) are accepted."""
-    t = text.strip().replace("_", "")
-    units = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
-    low = t.lower().removesuffix("ib").removesuffix("b")
-    num, unit = (low[:-1], low[-1]) if low and low[-1] in "kmgt" else (low, "")
-    if not ascii_digits(num):
+    size = units.parse_size(text)
+    if size is None:
         raise UnattendedError(
             f"Kernel option {PREFIX}target: size '{text}' is not a number of bytes "
             "(digits 0-9, optionally followed by K, M, G or T).",
             hint="Give the exact size in bytes, as the disk list shows it in JSON form "
             "(size_bytes).",
         )
-    return int(num) * units[unit]
+    return size
 
 
 def parse_target(value: str) -> TargetPin:

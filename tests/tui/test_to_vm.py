@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -121,6 +122,62 @@ async def test_the_dialog_shows_its_keys_and_refuses_what_cannot_be_used(tmp_pat
         assert request.folder == str(tmp_path) and request.name == "web01"
         assert request.disk_format == "vmdk" and request.runs_on is None
         assert app.flow.target is None
+
+
+async def test_the_operator_sets_vcpus_memory_firmware_and_a_vmx(tmp_path: Path) -> None:
+    """The values the pre-flight would fit are the operator's to set: what cannot be read or
+    cannot be a VM's is refused in the dialog with the core's words; a good choice reaches
+    the request, and is offered again when the operator comes back from the pre-flight."""
+    session = CannedSession()
+    app = canned_app(session)
+    async with app.run_test(size=(80, 24)) as pilot:
+        dialog = await open_dialog(pilot)
+        text = screen_text(app)
+        assert "Firmware: [as the image boots]  BIOS   UEFI" in text
+        assert "Definition: [libvirt]  libvirt + VMware .vmx   libvirt + OVF" in text
+        assert "Tab: next field  Space: next choice  Enter: pre-flight  Esc: cancel" in text
+        dialog.query_one("#vm-folder").value = str(tmp_path)
+        for vcpus, memory, expected in (
+            ("two", "", "vCPUs 'two': not a number."),
+            ("\u0663", "", "not a number"),  # an Arabic-Indic digit: int() would read it
+            ("0", "", "0 vCPUs is not a number a VM can have. Give 1 to 1024."),
+            ("", "4X", "Memory '4X': cannot read this size. Type a number with M or G"),
+            ("", "100M", "100.0 MiB of memory is not a size a VM can have."),
+        ):
+            dialog.query_one("#vm-vcpus").value = vcpus
+            dialog.query_one("#vm-memory").value = memory
+            await pilot.press("enter")
+            await pilot.pause()
+            assert app.screen is dialog, f"{vcpus!r} {memory!r} was taken"
+            assert expected in dialog_error(dialog), dialog_error(dialog)
+        # a .vmx wants a vmdk disk: the core's rule, shown here
+        dialog.query_one("#vm-vcpus").value = "3"
+        dialog.query_one("#vm-memory").value = "1536"  # no unit: MiB
+        dialog.query_one("#vm-memory").focus()
+        await pilot.press("tab", "space", "space", "tab", "space")  # UEFI, + .vmx
+        await pilot.pause()
+        assert "> Definition:  libvirt  [libvirt + VMware .vmx]" in screen_text(app)
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.screen is dialog
+        assert "A VMware .vmx or an OVF descriptor needs the disk as vmdk" in dialog_error(dialog)
+        dialog.query_one("#vm-format").index = dialog.query_one("#vm-format").values.index("vmdk")
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, PreflightScreen), what="pre-flight")
+        request = app.flow.vm
+        assert (request.vcpus, request.memory_bytes) == (3, 1536 << 20)
+        assert request.firmware == "uefi" and request.definitions == ("libvirt", "vmx")
+        assert session.vm_preflights[-1]["request"] is request
+
+        # back, and v again: the dialog holds the choice made
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: isinstance(app.screen, TargetScreen), what="target")
+        dialog = await open_dialog(pilot, on_target=True)
+        assert dialog.query_one("#vm-vcpus").value == "3"
+        assert dialog.query_one("#vm-memory").value == "1536M"
+        assert "Firmware:  as the image boots   BIOS  [UEFI]" in screen_text(app)
+        assert "Definition:  libvirt  [libvirt + VMware .vmx]" in screen_text(app)
+        assert "Disk format:  qcow2  [vmdk]" in screen_text(app)
 
 
 async def test_escape_leaves_the_dialog_without_a_choice(tmp_path: Path) -> None:
@@ -393,6 +450,8 @@ async def test_the_demo_restores_into_a_new_vm(demo_env: DemoEnvironment) -> Non
         dialog = app.screen
         assert dialog.query_one("#vm-folder").value == str(vms)  # the demo's own folder
         assert dialog.query_one("#vm-name").value == "demo-server-image"
+        dialog.query_one("#vm-vcpus").value = "1"
+        dialog.query_one("#vm-memory").value = "768M"
         await pilot.press("enter")
         await wait_for(pilot, lambda: isinstance(app.screen, PreflightScreen), what="pre-flight")
         screen = app.screen
@@ -401,7 +460,7 @@ async def test_the_demo_restores_into_a_new_vm(demo_env: DemoEnvironment) -> Non
         assert screen.error is None, screen.error
         codes = {f.code for f in screen.findings}
         assert {"vm.firmware", "vm.disk", "vm.cpus", "vm.memory", "vm.space"} <= codes
-        assert "New VM demo-server-image:" in words(app)
+        assert "New VM demo-server-image: 1 vCPU(s), 768.0 MiB," in words(app)
         # the demo plans no fix-ups (nothing in its sample disk boots)
         assert "Fix-ups on: none - the restored system is left as it is" in words(app)
         await acknowledge_all(pilot, screen)
@@ -421,3 +480,7 @@ async def test_the_demo_restores_into_a_new_vm(demo_env: DemoEnvironment) -> Non
     assert not list(vms.glob("*.rescueui-work.img"))  # the working file is gone
     assert f"disk: {disk}" in report and "qemu-img compare:" in report
     assert "adapt" not in job.report.details  # no fix-ups in the demo
+    domain = ET.parse(vms / "demo-server-image.xml").getroot()  # the operator's values
+    assert domain.findtext("vcpu") == "1"
+    assert domain.find("memory").get("unit") == "KiB"
+    assert domain.findtext("memory") == str(768 * 1024)

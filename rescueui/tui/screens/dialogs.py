@@ -15,13 +15,13 @@ from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Vertical, VerticalScroll
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Footer, Input, Static
 from textual.worker import get_current_worker
 
 from rescueui.core.errors import RescueError
-from rescueui.core.units import human_size
+from rescueui.core.units import MiB, human_size
 from rescueui.tui.text import esc, plain
 from rescueui.tui.widgets.disktable import part_text
 
@@ -319,17 +319,39 @@ VM_HOST_PROMPT = (
 )
 
 VM_PROMPT = (
-    "The image is restored into the disk of a new virtual machine: the disk and its libvirt "
-    "definition (NAME.xml) are made new in the folder and nothing existing is overwritten, "
-    "so no code is asked. The folder must exist: nothing is created here."
+    "The image goes into the disk of a new virtual machine: its disk and definition are new "
+    "files in the folder (it must exist); nothing is overwritten, so no code is asked."
 )
-VM_KEYS = "Tab: next field  Space: next format  Enter: pre-flight  Esc: cancel"
+VM_KEYS = "Tab: next field  Space: next choice  Enter: pre-flight  Esc: cancel"
+
+# what the firmware and definition lines show -> the core's value (None: decided by the core)
+VM_FIRMWARES: dict[str, str | None] = {"as the image boots": None, "BIOS": "bios", "UEFI": "uefi"}
+VM_DEFINITIONS: dict[str, str | None] = {
+    "libvirt": None,
+    "libvirt + VMware .vmx": "vmx",
+    "libvirt + OVF": "ovf",
+}
+
+
+@dataclass
+class VmChoice:
+    """What the VM dialog was filled with, as typed (the core reads and checks it)."""
+
+    folder: str
+    name: str | None = None
+    disk_format: str = "qcow2"
+    vcpus: str = ""  # empty: the source's, fitted to the host
+    memory: str = ""
+    firmware: str | None = None
+    definition: str | None = None
 
 
 class VmDialog(ModalScreen[Any]):
-    """Ask for a new virtual machine: the folder its files go into, its name and its disk
-    format. Enter has ``make`` (the session) check the choice at once: what is wrong (a
-    folder that does not exist, a name that cannot be a file name) is shown here and the
+    """Ask for a new virtual machine: the folder its files go into, its name, its disk
+    format, and, where the operator wants other values than the source machine's fitted to
+    the host, its vCPUs, memory, firmware and a VMware/OVF definition. Enter has ``make``
+    (the session) check the choice at once: what is wrong (a folder that does not exist, a
+    name that cannot be a file name, a size that cannot be read) is shown here and the
     dialog stays; a good choice is returned (the core's VmRequest)."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -340,33 +362,55 @@ class VmDialog(ModalScreen[Any]):
 
     def __init__(
         self,
-        make: Callable[[str, str | None, str], Any],
-        folder: str,
-        name: str = "",
-        disk_format: str = "qcow2",
+        make: Callable[[VmChoice], Any],
+        choice: VmChoice,
         formats: tuple[str, ...] = ("qcow2",),
     ) -> None:
         super().__init__()
-        self.make = make  # (folder, name or None, disk format) -> VmRequest; raises RescueError
-        self.folder = folder
-        self.vm_name = name
-        self.disk_format = disk_format
+        self.make = make  # VmChoice -> VmRequest; raises RescueError
+        self.choice = choice
         self.formats = formats
 
     def compose(self) -> ComposeResult:
         from rescueui.tui.widgets.choice import ChoiceLine
 
+        c = self.choice
         with Vertical(classes="dialog", id="vm-box"):
             yield Static(Text(VM_PROMPT))
-            folder = Input(value=self.folder, placeholder="an existing folder", id="vm-folder")
+            folder = Input(value=c.folder, placeholder="an existing folder", id="vm-folder")
             folder.border_title = "Folder for the VM's files"
             yield folder
             name = Input(
-                value=self.vm_name, placeholder="empty: named after the image", id="vm-name"
+                value=c.name or "", placeholder="empty: named after the image", id="vm-name"
             )
             name.border_title = "Name of the VM (its files are named after it)"
             yield name
-            yield ChoiceLine("Disk format", self.formats, self.disk_format, id="vm-format")
+            yield ChoiceLine("Disk format", self.formats, c.disk_format, id="vm-format")
+            with Horizontal(id="vm-sizes"):
+                vcpus = Input(
+                    value=c.vcpus, placeholder="empty: the source's, fitted", id="vm-vcpus"
+                )
+                vcpus.border_title = "vCPUs"
+                yield vcpus
+                memory = Input(
+                    value=c.memory,
+                    placeholder="e.g. 4G; empty: the source's, fitted",
+                    id="vm-memory",
+                )
+                memory.border_title = "Memory (e.g. 4G)"
+                yield memory
+            yield ChoiceLine(
+                "Firmware",
+                tuple(VM_FIRMWARES),
+                _shown(VM_FIRMWARES, c.firmware),
+                id="vm-firmware",
+            )
+            yield ChoiceLine(
+                "Definition",
+                tuple(VM_DEFINITIONS),
+                _shown(VM_DEFINITIONS, c.definition),
+                id="vm-definition",
+            )
             yield Static("", id="error")
             yield Static(VM_KEYS, classes="dim")
         yield Footer()
@@ -378,11 +422,20 @@ class VmDialog(ModalScreen[Any]):
     def action_accept(self) -> None:
         from rescueui.tui.widgets.choice import ChoiceLine
 
-        folder = self.query_one("#vm-folder", Input).value.strip()
-        name = self.query_one("#vm-name", Input).value.strip() or None
-        disk_format = self.query_one("#vm-format", ChoiceLine).value
+        def line(widget_id: str) -> str:
+            return self.query_one(f"#{widget_id}", ChoiceLine).value
+
+        choice = VmChoice(
+            folder=self.query_one("#vm-folder", Input).value.strip(),
+            name=self.query_one("#vm-name", Input).value.strip() or None,
+            disk_format=line("vm-format"),
+            vcpus=self.query_one("#vm-vcpus", Input).value.strip(),
+            memory=self.query_one("#vm-memory", Input).value.strip(),
+            firmware=VM_FIRMWARES[line("vm-firmware")],
+            definition=VM_DEFINITIONS[line("vm-definition")],
+        )
         try:
-            request = self.make(folder, name, disk_format)
+            request = self.make(choice)
         except RescueError as exc:
             self.query_one("#error", Static).update(
                 plain(f"Cannot use it: {exc}", style="bold reverse")
@@ -393,6 +446,18 @@ class VmDialog(ModalScreen[Any]):
 
     def action_cancel(self) -> None:
         self.dismiss(None)
+
+
+def memory_text(memory_bytes: int | None) -> str:
+    """Memory as the dialog's field shows it again (``4096M``; empty: not chosen)."""
+    if not memory_bytes:
+        return ""
+    return f"{memory_bytes // MiB}M" if memory_bytes % MiB == 0 else f"{memory_bytes}B"
+
+
+def _shown(choices: dict[str, str | None], value: str | None) -> str:
+    """The label a choice line shows for the core's ``value``."""
+    return next((label for label, v in choices.items() if v == value), next(iter(choices)))
 
 
 def destroyed_text(disk: Any) -> Text:

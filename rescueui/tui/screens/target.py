@@ -147,7 +147,7 @@ class TargetScreen(StepScreen):
         to its pre-flight."""
         from rescueui.core.errors import RescueError
         from rescueui.core.vm.machine import FORMATS
-        from rescueui.tui.screens.dialogs import VmDialog
+        from rescueui.tui.screens.dialogs import VmChoice, VmDialog, memory_text
         from rescueui.tui.screens.preflight import PreflightScreen
 
         img = self.flow.image
@@ -164,10 +164,24 @@ class TargetScreen(StepScreen):
             self.app.bell()
             return
         runs_on = previous.runs_on if previous else None
+        choice = VmChoice(folder=folder, name=name)
+        if previous:
+            choice.disk_format = previous.disk_format
+            choice.vcpus = str(previous.vcpus) if previous.vcpus else ""
+            choice.memory = memory_text(previous.memory_bytes)
+            choice.firmware = previous.firmware
+            choice.definition = next((d for d in previous.definitions if d != "libvirt"), None)
 
-        def make(folder: str, name: str | None, disk_format: str) -> Any:
+        def make(choice: VmChoice) -> Any:
             return self.session.vm_request(
-                folder, name=name, disk_format=disk_format, runs_on=runs_on
+                choice.folder,
+                name=choice.name,
+                disk_format=choice.disk_format,
+                runs_on=runs_on,
+                vcpus=choice.vcpus,
+                memory=choice.memory,
+                firmware=choice.firmware,
+                definition=choice.definition,
             )
 
         def chosen(request: Any) -> None:
@@ -176,13 +190,4 @@ class TargetScreen(StepScreen):
             self.flow.choose_vm(request)
             self.app.push_screen(PreflightScreen())
 
-        self.app.push_screen(
-            VmDialog(
-                make,
-                folder,
-                name,
-                previous.disk_format if previous else FORMATS[0],
-                FORMATS,
-            ),
-            chosen,
-        )
+        self.app.push_screen(VmDialog(make, choice, FORMATS), chosen)
