@@ -41,6 +41,17 @@ def dialog_error(dialog: VmDialog) -> str:
     return " ".join(str(dialog.query_one("#error").render()).split())
 
 
+async def refused(pilot: Pilot, dialog: VmDialog, fields: dict[str, str], expected: str) -> None:
+    """The dialog filled with ``fields`` (widget id -> text) and Enter: it stays, and shows
+    the core's reason."""
+    for widget_id, text in fields.items():
+        dialog.query_one(f"#{widget_id}").value = text
+    await pilot.press("enter")
+    await pilot.pause()
+    assert pilot.app.screen is dialog, f"{fields} was taken"
+    assert expected in dialog_error(dialog), dialog_error(dialog)
+
+
 async def open_dialog(pilot: Pilot, *, on_target: bool = False) -> VmDialog:
     app = pilot.app
     if not on_target:
@@ -95,12 +106,7 @@ async def test_the_dialog_shows_its_keys_and_refuses_what_cannot_be_used(tmp_pat
             ("", NAME, "No folder given"),
             (str(tmp_path), "web 01/../x", "cannot be used as a file name"),
         ):
-            dialog.query_one("#vm-folder").value = folder
-            dialog.query_one("#vm-name").value = name
-            await pilot.press("enter")
-            await pilot.pause()
-            assert app.screen is dialog, f"{folder!r} {name!r} was taken"
-            assert expected in dialog_error(dialog), dialog_error(dialog)
+            await refused(pilot, dialog, {"vm-folder": folder, "vm-name": name}, expected)
         assert not missing.exists()
         assert session.vm_preflights == []
 
@@ -144,12 +150,7 @@ async def test_the_operator_sets_vcpus_memory_firmware_and_a_vmx(tmp_path: Path)
             ("", "4X", "Memory '4X': cannot read this size. Type a number with M or G"),
             ("", "100M", "100.0 MiB of memory is not a size a VM can have."),
         ):
-            dialog.query_one("#vm-vcpus").value = vcpus
-            dialog.query_one("#vm-memory").value = memory
-            await pilot.press("enter")
-            await pilot.pause()
-            assert app.screen is dialog, f"{vcpus!r} {memory!r} was taken"
-            assert expected in dialog_error(dialog), dialog_error(dialog)
+            await refused(pilot, dialog, {"vm-vcpus": vcpus, "vm-memory": memory}, expected)
         # a .vmx wants a vmdk disk: the core's rule, shown here
         dialog.query_one("#vm-vcpus").value = "3"
         dialog.query_one("#vm-memory").value = "1536"  # no unit: MiB
