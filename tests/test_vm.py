@@ -292,6 +292,66 @@ def test_refusals_leave_nothing_and_say_what_to_do(web01: Path, tmp_path: Path) 
 
 
 @needs_tools
+def test_a_larger_vm_disk_gets_the_last_partition_and_filesystem_grown(
+    web01: Path, tmp_path: Path
+) -> None:
+    """--disk-size: the VM disk is as large as asked; the GPT is fitted to it and the last
+    partition and its ext4 grown (the restore's own steps onto a larger disk). Smaller than
+    the source is a STOP that makes nothing; a size that cannot be read is refused."""
+    out = tmp_path / "vms"
+    out.mkdir()
+    small = rescueui("preflight", web01, "--to-vm", out, "--disk-size", "32M", "--json")
+    found = codes(json.loads(small.stdout)["findings"])
+    assert found["vm.size"]["level"] == "stop", found["vm.size"]
+    assert "smaller than the source disk, 64.0 MiB (67108864 bytes)" in found["vm.size"]["message"]
+    refused = rescueui(
+        "restore", web01, "--to-vm", out, "--disk-size", "32M", "--accept-warnings", "--quiet"
+    )
+    assert refused.returncode != 0 and "smaller than the source disk" in refused.stderr
+    assert list(out.iterdir()) == []
+    bad = rescueui("restore", web01, "--to-vm", out, "--disk-size", "big", "--quiet")
+    assert bad.returncode != 0 and "--disk-size 'big': cannot read this size" in bad.stderr
+
+    done = rescueui(
+        "restore", web01, "--to-vm", out, "--disk-size", "96M", "--name", "big",
+        "--accept-warnings", "--quiet", "--json",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["details"]["vm"]["disk_bytes"] == 96 * MiB
+    assert any("partition 2" in n and "grown from" in n for n in report["notes"]), report["notes"]
+    info = json.loads(
+        subprocess.run(
+            ["qemu-img", "info", "--output=json", str(out / "big.qcow2")],
+            capture_output=True, text=True, check=True,
+        ).stdout
+    )  # fmt: skip
+    assert info["virtual-size"] == 96 * MiB
+    raw = tmp_path / "big.img"
+    subprocess.run(
+        ["qemu-img", "convert", "-O", "raw", str(out / "big.qcow2"), str(raw)], check=True
+    )
+    verify = subprocess.run(["sfdisk", "--verify", str(raw)], capture_output=True, text=True)
+    assert verify.returncode == 0 and "problem" not in verify.stdout.lower(), verify.stdout
+    table = json.loads(
+        subprocess.run(
+            ["sfdisk", "-J", str(raw)], capture_output=True, text=True, check=True
+        ).stdout
+    )["partitiontable"]
+    last = table["partitions"][-1]
+    assert (last["start"] + last["size"]) * 512 > 90 * MiB  # was 47 MiB
+    part = tmp_path / "p2.img"
+    with open(raw, "rb") as src, open(part, "wb") as dst:
+        src.seek(last["start"] * 512)
+        dst.write(src.read(last["size"] * 512))
+    fsck = subprocess.run(["e2fsck", "-fn", str(part)], capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    head = subprocess.run(["dumpe2fs", "-h", str(part)], capture_output=True, text=True).stdout
+    fields = dict(line.split(":", 1) for line in head.splitlines() if ":" in line)
+    assert int(fields["Block count"]) * int(fields["Block size"]) > 70 * MiB  # was 30 MiB
+
+
+@needs_tools
 def test_a_failed_restore_removes_the_vm_files(web01: Path, tmp_path: Path) -> None:
     """An image whose data is damaged: the restore fails at the chunk, and the disk file
     made for the VM is removed again; the report says so."""

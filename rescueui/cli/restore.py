@@ -411,7 +411,7 @@ def show_vm_plan(plan: Any) -> None:
     say("Image:   {}", plan.image.dir)
     show_findings(plan)
     say(
-        "VM:      {} -- {} vCPU(s), {}, {}, disk {} ({}, {}), network card {}",
+        "VM:      {} -- {} vCPU(s), {}, {}, disk {} ({}, {}, {}), network card {}",
         vm.name,
         vm.vcpus,
         human_size(vm.memory_bytes),
@@ -419,6 +419,7 @@ def show_vm_plan(plan: Any) -> None:
         vm.disk_file,
         vm.disk_format,
         vm.disk_bus,
+        human_size(vm.disk_bytes),
         vm.nic_model,
     )
     say("Writes:  new files in {} (nothing existing is overwritten)", plan.final_step.folder)

@@ -32,6 +32,13 @@ def add_vm_arguments(p: argparse.ArgumentParser) -> None:
         "--memory", metavar="SIZE", help="memory, e.g. 4G (default: the source's, fitted)"
     )
     g.add_argument(
+        "--disk-size",
+        dest="vm_disk_size",
+        metavar="SIZE",
+        help="the VM disk's size, e.g. 100G, at least the source disk's: the last partition "
+        "and its filesystem are grown (default: the source disk's size)",
+    )
+    g.add_argument(
         "--firmware",
         dest="vm_firmware",
         choices=("bios", "uefi"),
@@ -66,6 +73,17 @@ def parse_memory(option: str, text: str) -> int:
     return size
 
 
+def disk_size(text: str) -> int:
+    """SIZE of --disk-size: bytes, or a number with K, M, G or T."""
+    size = parse_size(text)
+    if size is None:
+        raise RescueError(
+            f"--disk-size {text!r}: cannot read this size.",
+            hint="Give a number with G or T, e.g. 100G, or bytes.",
+        )
+    return size
+
+
 def vm_request(args: argparse.Namespace) -> Any:
     """The --to-vm choices as the core's VmRequest (--for-host is the host that runs it)."""
     from rescueui.core.host import load_profile
@@ -79,6 +97,7 @@ def vm_request(args: argparse.Namespace) -> Any:
         vcpus=args.vcpus,
         memory_bytes=parse_memory("--memory", args.memory) if args.memory else None,
         firmware=args.vm_firmware,
+        disk_bytes=disk_size(args.vm_disk_size) if args.vm_disk_size else None,
         runs_on=load_profile(args.for_host) if args.for_host else None,
         host_cpus=args.host_cpus,
         host_memory_bytes=parse_memory("--host-memory", args.host_memory)
@@ -111,6 +130,7 @@ def vm_only_options(args: argparse.Namespace) -> list[str]:
         ("--vcpus", "vcpus", None),
         ("--memory", "memory", None),
         ("--firmware", "vm_firmware", None),
+        ("--disk-size", "vm_disk_size", None),
         ("--host-cpus", "host_cpus", None),
         ("--host-memory", "host_memory", None),
         ("--format", "vm_format", "qcow2"),

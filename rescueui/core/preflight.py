@@ -596,7 +596,8 @@ def run_preflight(
         findings = [_for_other_machine(f) for f in findings]
     findings += _check_unused_space(facts, target, partition)
     size = int(_get(target, "size_bytes", 0) or 0)
-    if smaller is None and (partition is not None or facts.whole_disk):
+    # a VM disk is made new, never smaller than the source disk (vm.size): no file-level plan
+    if smaller is None and vm is None and (partition is not None or facts.whole_disk):
         from rescueui.core import smaller as smaller_mod
 
         if smaller_mod.needed(image, size, partition):
@@ -631,9 +632,9 @@ def on_other_machine(target: Any, host: HostProfile) -> Any:
     return replace(target, bus=buses.pop() if len(buses) == 1 else "unknown")
 
 
-# Comparisons a new virtual machine's own findings (vm.cpus, vm.memory, vm.disk) replace:
-# the VM is made to fit, so the plan says what it gets instead.
-_VM_DECIDES = ("cpus", "memory", "bus")
+# Comparisons a new virtual machine's own findings (vm.cpus, vm.memory, vm.disk, vm.size)
+# replace: the VM is made to fit, so the plan says what it gets instead.
+_VM_DECIDES = ("cpus", "memory", "bus", "fit")
 
 # Findings a restore onto a smaller disk replaces with its plan (smaller.plan / smaller.fit).
 _SMALLER_DECIDES = ("fit", "fit.larger", "unused-space")

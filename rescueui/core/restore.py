@@ -375,7 +375,7 @@ def _plan_restore(
                     action="restore-partition",
                 )
             needed = image.extent_bytes
-            if smaller_mod.needed(image, ident.size_bytes):
+            if vm is None and smaller_mod.needed(image, ident.size_bytes):
                 layout = smaller_mod.plan_smaller(image, ident.size_bytes)
                 adapt = smaller_mod.adapt_options(adapt)
                 needed = sum(p.new_bytes for p in layout.partitions)

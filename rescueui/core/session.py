@@ -1172,6 +1172,7 @@ class Session:
         runs_on: Any = None,
         vcpus: str = "",
         memory: str = "",
+        disk_size: str = "",
         firmware: str | None = None,
         definition: str | None = None,
     ) -> VmRequest:
@@ -1179,7 +1180,8 @@ class Session:
         disk format and a folder that exists and can be written to (nothing is created).
         ``runs_on``: the profile of the host that will run the VM (None: this machine).
         ``vcpus`` and ``memory`` as typed (empty: the source's, fitted to the host; a number
-        of memory without a unit is MiB); ``firmware`` "bios"/"uefi" (None: what the image
+        of memory without a unit is MiB); ``disk_size`` as typed (empty: the source disk's;
+        a plain number is bytes); ``firmware`` "bios"/"uefi" (None: what the image
         boots by); ``definition`` "vmx"/"ovf" besides the libvirt one (None: only that).
         Raises RescueError saying what is wrong."""
         from rescueui.core.vm.job import vm_folder  # the core's rule for the VM's folder
@@ -1208,6 +1210,15 @@ class Session:
                     hint="Type a number with M or G (e.g. 4G or 512M), or leave the field "
                     "empty for the source's, fitted to the host.",
                 )
+        disk_bytes = None
+        if disk_size.strip():
+            disk_bytes = parse_size(disk_size)
+            if disk_bytes is None:
+                raise RescueError(
+                    f"Disk size {disk_size.strip()[:20]!r}: cannot read this size.",
+                    hint="Type a number with G or T (e.g. 100G), or leave the field empty for "
+                    "the source disk's size.",
+                )
         request = VmRequest(
             folder=folder,
             name=name or None,
@@ -1215,6 +1226,7 @@ class Session:
             definitions=("libvirt", definition) if definition else ("libvirt",),
             vcpus=vcpu_count,
             memory_bytes=memory_bytes,
+            disk_bytes=disk_bytes,
             firmware=firmware,
             runs_on=runs_on,
         )

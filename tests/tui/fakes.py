@@ -321,7 +321,7 @@ def canned_vm(request: Any, image: ImageSummary) -> Any:
         nic_model="virtio",
         vcpus=min(cpus, CANNED_SOURCE_CPUS),
         memory_bytes=128 * GiB,
-        disk_bytes=480 * GiB,
+        disk_bytes=request.disk_bytes or 480 * GiB,
         disk_format=request.disk_format,
         definitions=tuple(request.definitions),
         mac="52:54:00:12:34:56",
@@ -376,6 +376,7 @@ def canned_vm_report(folder: str, name: str = "web01-2026-11-20") -> JobReport:
         "nic_model": "virtio",
         "vcpus": 8,
         "memory_bytes": 128 * GiB,
+        "disk_bytes": 480 * GiB,
         "disk_format": "qcow2",
         "files": {"disk": f"{folder}/{name}.qcow2", "libvirt": f"{folder}/{name}.xml"},
         "checks": [

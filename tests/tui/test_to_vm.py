@@ -130,7 +130,7 @@ async def test_the_dialog_shows_its_keys_and_refuses_what_cannot_be_used(tmp_pat
         assert app.flow.target is None
 
 
-async def test_the_operator_sets_vcpus_memory_firmware_and_a_vmx(tmp_path: Path) -> None:
+async def test_the_operator_sets_vcpus_memory_disk_size_firmware_and_a_vmx(tmp_path: Path) -> None:
     """The values the pre-flight would fit are the operator's to set: what cannot be read or
     cannot be a VM's is refused in the dialog with the core's words; a good choice reaches
     the request, and is offered again when the operator comes back from the pre-flight."""
@@ -151,10 +151,17 @@ async def test_the_operator_sets_vcpus_memory_firmware_and_a_vmx(tmp_path: Path)
             ("", "100M", "100.0 MiB of memory is not a size a VM can have."),
         ):
             await refused(pilot, dialog, {"vm-vcpus": vcpus, "vm-memory": memory}, expected)
+        dialog.query_one("#vm-memory").value = ""
+        for size, expected in (
+            ("big", "Disk size 'big': cannot read this size. Type a number with G or T"),
+            ("0", "A VM disk of 0 B cannot be made."),
+        ):
+            await refused(pilot, dialog, {"vm-disk-size": size}, expected)
+        dialog.query_one("#vm-disk-size").value = "1T"
         # a .vmx wants a vmdk disk: the core's rule, shown here
         dialog.query_one("#vm-vcpus").value = "3"
         dialog.query_one("#vm-memory").value = "1536"  # no unit: MiB
-        dialog.query_one("#vm-memory").focus()
+        dialog.query_one("#vm-disk-size").focus()
         await pilot.press("tab", "space", "space", "tab", "space")  # UEFI, + .vmx
         await pilot.pause()
         assert "> Definition:  libvirt  [libvirt + VMware .vmx]" in screen_text(app)
@@ -167,6 +174,7 @@ async def test_the_operator_sets_vcpus_memory_firmware_and_a_vmx(tmp_path: Path)
         await wait_for(pilot, lambda: isinstance(app.screen, PreflightScreen), what="pre-flight")
         request = app.flow.vm
         assert (request.vcpus, request.memory_bytes) == (3, 1536 << 20)
+        assert request.disk_bytes == 1 << 40
         assert request.firmware == "uefi" and request.definitions == ("libvirt", "vmx")
         assert session.vm_preflights[-1]["request"] is request
 
@@ -176,6 +184,7 @@ async def test_the_operator_sets_vcpus_memory_firmware_and_a_vmx(tmp_path: Path)
         dialog = await open_dialog(pilot, on_target=True)
         assert dialog.query_one("#vm-vcpus").value == "3"
         assert dialog.query_one("#vm-memory").value == "1536M"
+        assert dialog.query_one("#vm-disk-size").value == "1048576M"
         assert "Firmware:  as the image boots   BIOS  [UEFI]" in screen_text(app)
         assert "Definition:  libvirt  [libvirt + VMware .vmx]" in screen_text(app)
         assert "Disk format:  qcow2  [vmdk]" in screen_text(app)
@@ -209,7 +218,7 @@ async def test_the_preflight_shows_the_vm_and_a_cpu_warning_is_acknowledged(
         text = words(app)
         assert (
             f"New VM {NAME}: 8 vCPU(s), 128.0 GiB, UEFI, disk {NAME}.qcow2 (qcow2, "
-            f"virtio) in {tmp_path}"
+            f"virtio, 480.0 GiB) in {tmp_path}"
         ) in text
         for code in ("vm.firmware", "vm.disk", "vm.cpus", "vm.memory", "vm.space"):
             assert code in [r.finding.code for r in screen.rows], code
@@ -349,9 +358,9 @@ async def test_the_job_shows_the_vm_phases_and_the_report_its_files(tmp_path: Pa
         await pilot.pause(0.1)
         report = " ".join(str(app.screen.query_one("#report").render()).split())
         assert VM_TITLE in report
-        assert f"VM {NAME}: 8 vCPU(s), 128.0 GiB, UEFI, disk bus virtio, network card virtio" in (
-            report
-        )
+        assert (
+            f"VM {NAME}: 8 vCPU(s), 128.0 GiB, UEFI, disk 480.0 GiB on virtio, network card virtio"
+        ) in report
         assert f"Files made: disk: {tmp_path}/{NAME}.qcow2 libvirt definition: " in report
         assert f"Checks: qemu-img compare: {NAME}.qcow2 holds exactly the restored" in report
         assert "valid by virt-xml-validate" in report

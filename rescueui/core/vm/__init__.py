@@ -20,19 +20,24 @@ FILE_WORDS = {
 }
 
 
+def _size(value: Any) -> str:
+    """A size from a report (untrusted): in words, or "?"."""
+    try:
+        return human_size(int(value or 0)) if value else "?"
+    except (TypeError, ValueError):
+        return "?"
+
+
 def vm_lines(details: Any) -> list[str]:
     """The VM section of a report (``report.details["vm"]``) as plain lines: what the VM
     got and why, the files made, the checks. The one rendering the text report and the
     front ends share. Untrusted (a report file may be read back): every field becomes text."""
     if not isinstance(details, dict) or not details.get("name"):
         return []
-    try:
-        memory = human_size(int(details.get("memory_bytes") or 0))
-    except (TypeError, ValueError):
-        memory = "?"
+    memory, disk = (_size(details.get(k)) for k in ("memory_bytes", "disk_bytes"))
     out = [
         f"VM {details['name']}: {details.get('vcpus', '?')} vCPU(s), {memory}, "
-        f"{str(details.get('firmware', '?')).upper()}, disk bus "
+        f"{str(details.get('firmware', '?')).upper()}, disk {disk} on "
         f"{details.get('disk_bus', '?')}, network card {details.get('nic_model', '?')}"
     ]
     why = details.get("why")

@@ -34,7 +34,12 @@ from datetime import UTC
 from pathlib import Path
 from typing import Any
 
-from rescueui.core.errors import CancelledError, RescueError, UnsafeTargetError
+from rescueui.core.errors import (
+    CancelledError,
+    RescueError,
+    TargetTooSmallError,
+    UnsafeTargetError,
+)
 from rescueui.core.host import HostProfile, read_host_profile
 from rescueui.core.preflight import Finding
 from rescueui.core.targets.newfile import NewFile, create_new_file
@@ -256,6 +261,9 @@ def plan_vm_restore(
 
     with open_image(image_dir) as image:
         vm, files, taken = _prepare(image, request, this_host=this_host, adapt=adapt)
+    too_small = next((f for f in vm.findings if f.code == "vm.size" and f.level == "stop"), None)
+    if too_small is not None:
+        raise TargetTooSmallError(too_small.message, hint=too_small.detail)
     if taken:
         raise UnsafeTargetError(
             f"{taken[0]} already exists; the VM's files are only made new, never overwritten.",

@@ -29,6 +29,7 @@ from typing import Any
 
 from rescueui.core.errors import RescueError
 from rescueui.core.host import HostProfile
+from rescueui.core.image import MAX_STREAM_BYTES
 from rescueui.core.preflight import Finding, ImageFacts, analyse_boot
 from rescueui.core.units import GiB, MiB, human_size
 
@@ -46,6 +47,7 @@ MIN_MEMORY = 256 * MiB
 MEMORY_STEP = 128 * MiB
 MAX_VCPUS = 1024
 MAX_MEMORY = 16 * 1024 * GiB
+MAX_DISK = MAX_STREAM_BYTES  # what an image can describe (1 PiB); more is a typo
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,62}$", re.ASCII)
 
@@ -61,6 +63,7 @@ class VmRequest:
     vcpus: int | None = None
     memory_bytes: int | None = None
     firmware: str | None = None  # "bios" | "uefi"
+    disk_bytes: int | None = None  # the VM disk's size (None: the source disk's)
     runs_on: HostProfile | None = None  # the profile of the host that will run the VM
     host_cpus: int | None = None
     host_memory_bytes: int | None = None
@@ -105,6 +108,11 @@ class VmRequest:
             raise RescueError(
                 f"{human_size(self.memory_bytes)} of memory is not a size a VM can have.",
                 hint=f"Give {human_size(MIN_MEMORY)} to {human_size(MAX_MEMORY)}.",
+            )
+        if self.disk_bytes is not None and not 0 < self.disk_bytes <= MAX_DISK:
+            raise RescueError(
+                f"A VM disk of {human_size(self.disk_bytes)} cannot be made.",
+                hint=f"Give a size up to {human_size(MAX_DISK)}, or none for the source disk's.",
             )
         if self.firmware not in (None, "bios", "uefi"):
             raise RescueError(f"Unknown firmware {self.firmware!r}.", hint="Choose bios or uefi.")
@@ -375,6 +383,27 @@ def _fit(
     )
 
 
+def _size_finding(size: int, source_size: int, *, asked: bool) -> Finding:
+    """``vm.size``: the VM disk's size against the source disk's."""
+    if size < source_size:
+        return Finding(
+            "stop",
+            "vm.size",
+            f"A VM disk of {human_size(size)} ({size} bytes) is smaller than the source disk, "
+            f"{human_size(source_size)} ({source_size} bytes); it is restored block for block.",
+            f"Give at least {human_size(source_size)}, or no size for the source disk's.",
+        )
+    if size > source_size:
+        return Finding(
+            "info",
+            "vm.size",
+            f"VM disk {human_size(size)} as asked, {human_size(size - source_size)} larger "
+            f"than the source disk ({human_size(source_size)}).",
+        )
+    how = "as asked, the source disk's size" if asked else "the source disk's size"
+    return Finding("info", "vm.size", f"VM disk {human_size(size)}, {how}.")
+
+
 def plan_vm(
     image: Any,
     request: VmRequest,
@@ -454,8 +483,10 @@ def plan_vm(
     findings += [f_cpu, f_mem]
     why["vcpus"], why["memory"] = f_cpu.message, f_mem.message
 
-    size = int(disk_bytes or facts.source_disk.get("size_bytes") or facts.extent_bytes)
-    size = max(size, int(facts.extent_bytes))
+    source_size = int(facts.source_disk.get("size_bytes") or facts.extent_bytes)
+    source_size = max(source_size, int(facts.extent_bytes))
+    size = int(disk_bytes or request.disk_bytes or source_size)
+    findings.append(_size_finding(size, source_size, asked=bool(disk_bytes or request.disk_bytes)))
     name = request.name or default_name(str(getattr(image, "path", "") or "vm"))
     return VmMachine(
         name=name,

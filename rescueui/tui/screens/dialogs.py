@@ -342,6 +342,7 @@ class VmChoice:
     disk_format: str = "qcow2"
     vcpus: str = ""  # empty: the source's, fitted to the host
     memory: str = ""
+    disk_size: str = ""  # empty: the source disk's
     firmware: str | None = None
     definition: str | None = None
 
@@ -387,18 +388,19 @@ class VmDialog(ModalScreen[Any]):
             yield name
             yield ChoiceLine("Disk format", self.formats, c.disk_format, id="vm-format")
             with Horizontal(id="vm-sizes"):
-                vcpus = Input(
-                    value=c.vcpus, placeholder="empty: the source's, fitted", id="vm-vcpus"
-                )
+                vcpus = Input(value=c.vcpus, placeholder="empty: source's", id="vm-vcpus")
                 vcpus.border_title = "vCPUs"
                 yield vcpus
                 memory = Input(
                     value=c.memory,
-                    placeholder="e.g. 4G; empty: the source's, fitted",
+                    placeholder="empty: source's",
                     id="vm-memory",
                 )
                 memory.border_title = "Memory (e.g. 4G)"
                 yield memory
+                disk = Input(value=c.disk_size, placeholder="empty: source's", id="vm-disk-size")
+                disk.border_title = "Disk size"
+                yield disk
             yield ChoiceLine(
                 "Firmware",
                 tuple(VM_FIRMWARES),
@@ -431,6 +433,7 @@ class VmDialog(ModalScreen[Any]):
             disk_format=line("vm-format"),
             vcpus=self.query_one("#vm-vcpus", Input).value.strip(),
             memory=self.query_one("#vm-memory", Input).value.strip(),
+            disk_size=self.query_one("#vm-disk-size", Input).value.strip(),
             firmware=VM_FIRMWARES[line("vm-firmware")],
             definition=VM_DEFINITIONS[line("vm-definition")],
         )
@@ -448,11 +451,11 @@ class VmDialog(ModalScreen[Any]):
         self.dismiss(None)
 
 
-def memory_text(memory_bytes: int | None) -> str:
-    """Memory as the dialog's field shows it again (``4096M``; empty: not chosen)."""
-    if not memory_bytes:
+def size_text(size: int | None) -> str:
+    """A size as the dialog's field shows it again (``4096M``; empty: not chosen)."""
+    if not size:
         return ""
-    return f"{memory_bytes // MiB}M" if memory_bytes % MiB == 0 else f"{memory_bytes}B"
+    return f"{size // MiB}M" if size % MiB == 0 else f"{size}B"
 
 
 def _shown(choices: dict[str, str | None], value: str | None) -> str:

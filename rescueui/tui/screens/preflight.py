@@ -148,7 +148,7 @@ def vm_words(vm: Any, folder: str) -> str:
     return (
         f"New VM {esc(vm.name)}: {vm.vcpus} vCPU(s), {human_size(vm.memory_bytes)}, "
         f"{esc(vm.firmware).upper()}, disk {esc(vm.disk_file)} ({esc(vm.disk_format)}, "
-        f"{esc(vm.disk_bus)}) in {esc(folder)}"
+        f"{esc(vm.disk_bus)}, {human_size(vm.disk_bytes)}) in {esc(folder)}"
     )
 
 

@@ -147,7 +147,7 @@ class TargetScreen(StepScreen):
         to its pre-flight."""
         from rescueui.core.errors import RescueError
         from rescueui.core.vm.machine import FORMATS
-        from rescueui.tui.screens.dialogs import VmChoice, VmDialog, memory_text
+        from rescueui.tui.screens.dialogs import VmChoice, VmDialog, size_text
         from rescueui.tui.screens.preflight import PreflightScreen
 
         img = self.flow.image
@@ -168,7 +168,8 @@ class TargetScreen(StepScreen):
         if previous:
             choice.disk_format = previous.disk_format
             choice.vcpus = str(previous.vcpus) if previous.vcpus else ""
-            choice.memory = memory_text(previous.memory_bytes)
+            choice.memory = size_text(previous.memory_bytes)
+            choice.disk_size = size_text(previous.disk_bytes)
             choice.firmware = previous.firmware
             choice.definition = next((d for d in previous.definitions if d != "libvirt"), None)
 
@@ -180,6 +181,7 @@ class TargetScreen(StepScreen):
                 runs_on=runs_on,
                 vcpus=choice.vcpus,
                 memory=choice.memory,
+                disk_size=choice.disk_size,
                 firmware=choice.firmware,
                 definition=choice.definition,
             )
