@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from rescueui.core.units import GiB
+from rescueui.core.units import GiB, MiB
 from tests import bootsystem
 from tests.clirun import capture, rescueui
 from tests.marks import needs
@@ -104,8 +104,14 @@ def test_virtio_system_as_a_vm_fitted_to_a_one_cpu_host_boots(
         and "has the virtio disk drivers" in found["vm.disk"]["message"]
     )
 
-    report = to_vm(virtio_image, out, "--name", "web01", "--host-cpus", "1")
+    # a VM disk 256 MiB larger than the source's: the root partition and filesystem grown
+    size = json.loads(pf.stdout)["vm"]["disk_bytes"] + 256 * MiB
+    report = to_vm(
+        virtio_image, out, "--name", "web01", "--host-cpus", "1", "--disk-size", str(size)
+    )
     assert report["outcome"] == "success"
+    assert report["details"]["vm"]["disk_bytes"] == size
+    assert any("partition 1" in n and "grown from" in n for n in report["notes"]), report["notes"]
     assert "vm.cpus" in {a["code"] for a in report["acknowledgements"]}
     vm = report["details"]["vm"]
     assert (vm["vcpus"], vm["disk_bus"], vm["nic_model"], vm["firmware"]) == (
