@@ -24,6 +24,7 @@ from rescueui.core.progress import Progress
 from rescueui.core.session import Session
 from rescueui.core.units import MiB
 from rescueui.core.verify import verify_image
+from tests.imagefixtures import checked_ext_partition
 
 
 def _table(path: Path) -> dict:
@@ -49,12 +50,7 @@ def test_sample_disk_has_real_filesystems_with_files(tmp_path: Path) -> None:
     ).stdout  # fmt: skip
     assert "BOOTX64" in out
     # ext4: extract the partition and check it, then read a file out of it with debugfs
-    part = tmp_path / "p2.img"
-    with open(disk, "rb") as src, open(part, "wb") as dst:
-        src.seek(p2["start"] * 512)
-        dst.write(src.read(p2["size"] * 512))
-    fsck = subprocess.run(["e2fsck", "-fn", str(part)], capture_output=True, text=True)
-    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    part = checked_ext_partition(disk, p2, tmp_path / "p2.img")
     cat = subprocess.run(
         ["debugfs", "-R", "cat /usr/lib/python3/json/__init__.py", str(part)],
         capture_output=True, text=True, check=True,

@@ -21,7 +21,7 @@ import pytest
 from rescueui.core.adapt.system import InstalledSystem, Kernel
 from rescueui.core.units import GiB, MiB
 from rescueui.core.vm.machine import SATA_DISK, VIRTIO_DISK, _choose_bus, fitted_memory
-from tests.imagefixtures import make_disk
+from tests.imagefixtures import checked_ext_partition, make_disk
 
 NEEDS = [t for t in ("qemu-img", "sfdisk", "mkfs.ext4", "mkfs.vfat") if shutil.which(t) is None]
 needs_tools = pytest.mark.skipif(bool(NEEDS), reason=f"missing tools: {', '.join(NEEDS)}")
@@ -340,12 +340,7 @@ def test_a_larger_vm_disk_gets_the_last_partition_and_filesystem_grown(
     )["partitiontable"]
     last = table["partitions"][-1]
     assert (last["start"] + last["size"]) * 512 > 90 * MiB  # was 47 MiB
-    part = tmp_path / "p2.img"
-    with open(raw, "rb") as src, open(part, "wb") as dst:
-        src.seek(last["start"] * 512)
-        dst.write(src.read(last["size"] * 512))
-    fsck = subprocess.run(["e2fsck", "-fn", str(part)], capture_output=True, text=True)
-    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    part = checked_ext_partition(raw, last, tmp_path / "p2.img")
     head = subprocess.run(["dumpe2fs", "-h", str(part)], capture_output=True, text=True).stdout
     fields = dict(line.split(":", 1) for line in head.splitlines() if ":" in line)
     assert int(fields["Block count"]) * int(fields["Block size"]) > 70 * MiB  # was 30 MiB
