@@ -37,7 +37,7 @@ deps:
 	udevadm trigger && udevadm settle --timeout=60
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
