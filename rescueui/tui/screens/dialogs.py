@@ -319,8 +319,8 @@ VM_HOST_PROMPT = (
 )
 
 VM_PROMPT = (
-    "The image goes into the disk of a new virtual machine: its disk and definition are new "
-    "files in the folder (it must exist); nothing is overwritten, so no code is asked."
+    "A new virtual machine: its disk and definition are new files in an existing folder; "
+    "nothing is overwritten, so no code is asked."
 )
 VM_KEYS = "Tab: next field  Space: next choice  Enter: pre-flight  Esc: cancel"
 
