@@ -27,7 +27,21 @@ def test_sizes_are_read(text: str, plain: int, expected: int) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", " ", "G", "4X", "4.5G", "-1", "1_", "_1", "\u00b2", "\u0663G", "4 G B", "0x10"],
+    [
+        "",
+        " ",
+        "G",
+        "4X",
+        "4.5G",
+        "-1",
+        "1_",
+        "_1",
+        "\u00b2",
+        "\u0663G",
+        "4 G B",
+        "0x10",
+        "9" * 5000,
+    ],
 )
 def test_what_is_not_a_size_is_none(text: str) -> None:
     assert parse_size(text) is None

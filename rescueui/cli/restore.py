@@ -134,7 +134,7 @@ def parse_size(text: str) -> int:
     :data:`MAX_CREATE_BYTES`. Raises RescueError naming the option and the value."""
     size = units.parse_size(text)
     if size is None:
-        raise RescueError(f"--create {text!r}: cannot read this size.", hint=SIZE_HINT)
+        raise RescueError(f"--create {text[:40]!r}: cannot read this size.", hint=SIZE_HINT)
     return check_size(size, text)
 
 

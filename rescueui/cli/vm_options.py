@@ -67,7 +67,7 @@ def parse_memory(option: str, text: str) -> int:
     size = parse_size(text, plain=MiB)
     if size is None:
         raise RescueError(
-            f"{option} {text!r}: cannot read this size.",
+            f"{option} {text[:40]!r}: cannot read this size.",
             hint="Give a number with M or G, e.g. 4G or 512M.",
         )
     return size
@@ -78,7 +78,7 @@ def disk_size(text: str) -> int:
     size = parse_size(text)
     if size is None:
         raise RescueError(
-            f"--disk-size {text!r}: cannot read this size.",
+            f"--disk-size {text[:40]!r}: cannot read this size.",
             hint="Give a number with G or T, e.g. 100G, or bytes.",
         )
     return size

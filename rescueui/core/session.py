@@ -1194,7 +1194,7 @@ class Session:
             )
         vcpu_count = None
         if vcpus.strip():
-            if not (vcpus.strip().isascii() and vcpus.strip().isdigit()):
+            if not (vcpus.strip().isascii() and vcpus.strip().isdigit()) or len(vcpus) > 9:
                 raise RescueError(
                     f"vCPUs {vcpus.strip()[:20]!r}: not a number.",
                     hint="Type a whole number of vCPUs, or leave the field empty for the "

@@ -10,17 +10,18 @@ GiB = 1024 * MiB
 TiB = 1024 * GiB
 
 
-# digits (ASCII only: str.isdigit takes '²' and int() reads Arabic-Indic digits), an optional
-# binary unit, an optional "iB"/"B"; underscores may group the digits (1_073_741_824)
-_SIZE_RE = re.compile(r"^\s*(\d[\d_]*)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE | re.ASCII)
+# digits (ASCII only: str.isdigit takes '²' and int() reads Arabic-Indic digits; at most 30,
+# so that no typed text makes a number too long for int()), an optional binary unit, an
+# optional "iB"/"B"; underscores may group the digits (1_073_741_824)
+_SIZE_RE = re.compile(r"^\s*(\d[\d_]{0,29})\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE | re.ASCII)
 _UNITS = {"K": KiB, "M": MiB, "G": GiB, "T": TiB}
 
 
 def parse_size(text: str, *, plain: int = 1) -> int | None:
     """The bytes a size typed by the operator means (``4G``, ``512MiB``, ``1073741824``;
     K/M/G/T are powers of 1024), or None when it cannot be read. ``plain``: the unit of a
-    number without one (bytes, or MiB for memory); a number with "B" alone is bytes. The caller says what was wrong, in the
-    words of the field it came from."""
+    number without one (bytes, or MiB for memory); a number with "B" alone is bytes. The
+    caller says what was wrong, in the words of the field it came from."""
     m = _SIZE_RE.match(text or "")
     if not m or m.group(1).endswith("_"):
         return None

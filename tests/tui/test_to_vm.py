@@ -147,6 +147,7 @@ async def test_the_operator_sets_vcpus_memory_disk_size_firmware_and_a_vmx(tmp_p
             ("two", "", "vCPUs 'two': not a number."),
             ("\u0663", "", "not a number"),  # an Arabic-Indic digit: int() would read it
             ("0", "", "0 vCPUs is not a number a VM can have. Give 1 to 1024."),
+            ("9" * 5000, "", "not a number"),  # no int() of 5000 digits
             ("", "4X", "Memory '4X': cannot read this size. Type a number with M or G"),
             ("", "100M", "100.0 MiB of memory is not a size a VM can have."),
         ):
