@@ -88,22 +88,7 @@ async def test_tui_restores_a_real_loop_disk(loops: LoopFactory, tmp_path: Path)
             pilot, lambda: isinstance(app.screen, DisksScreen) and app.screen.table.row_count > 0
         )
         assert any(d.path == target.path for d in app.screen.table.disks)
-        await pilot.press("enter")
-        await wait_for(pilot, lambda: isinstance(app.screen, ImageScreen))
-        await pilot.press("o")
-        await wait_for(pilot, lambda: type(app.screen).__name__ == "PathDialog")
-        await pilot.press(*str(image_dir), "enter")
-        await wait_for(
-            pilot,
-            lambda: (
-                isinstance(app.screen, ImageScreen)
-                and any(i.path == image_dir for i in app.screen.images)
-            ),
-        )
-        while app.screen.selected().path != image_dir:
-            await pilot.press("down")
-        await pilot.press("enter")
-        await wait_for(pilot, lambda: isinstance(app.screen, TargetScreen))
+        await to_target_screen(pilot, image_dir)
         await choose_row(pilot, app.screen.query_one(DiskTable), target.name)
         await pilot.press("enter")
         await wait_for(
